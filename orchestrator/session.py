@@ -1,0 +1,149 @@
+"""How a train loop talks to Ray: one small interface, two implementations.
+
+`TuneSession` runs the loop inside the Tune trial's own process (single CPU worker: no
+Ray Train controller, no extra processes). `TrainSession` runs it on a Ray Train
+`TorchTrainer` worker (DDP over N workers, GPUs). A loop written against `Session` runs
+unchanged on both paths.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+STATE_FILE = "state.pt"
+FINAL_FILE = "final.json"
+
+
+class Session:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model.to(self.device)
+
+    def report(self, metrics: dict[str, Any], state: dict | None = None,
+               final: dict | None = None) -> None:
+        """Report one epoch's metrics; save `state` (and `final` artifacts) as a checkpoint."""
+        raise NotImplementedError
+
+    def restore(self) -> tuple[dict | None, dict | None]:
+        """The latest checkpoint's (state, final artifacts), or (None, None)."""
+        raise NotImplementedError
+
+
+@contextmanager
+def _checkpoint_dir(state: dict | None, final: dict | None):
+    """A temporary directory holding `state.pt` and `final.json`, or None without state."""
+    if state is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="ckpt-") as directory:
+        torch.save(state, Path(directory) / STATE_FILE)
+        if final is not None:
+            (Path(directory) / FINAL_FILE).write_text(json.dumps(final))
+        yield directory
+
+
+def load_checkpoint_dir(directory: str | Path) -> tuple[dict | None, dict | None]:
+    directory = Path(directory)
+    state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
+    final_path = directory / FINAL_FILE
+    final = json.loads(final_path.read_text()) if final_path.exists() else None
+    return state, final
+
+
+def _restore(checkpoint) -> tuple[dict | None, dict | None]:
+    if checkpoint is None:
+        return None, None
+    with checkpoint.as_directory() as directory:
+        return load_checkpoint_dir(directory)
+
+
+def select_device(use_gpu: bool) -> torch.device:
+    """CUDA when GPUs were requested and one is visible; otherwise the CPU."""
+    if use_gpu and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+class TuneSession(Session):
+    """The loop runs in the Tune trial's process and reports with `ray.tune.report`."""
+
+    def __init__(self, num_threads: int = 1):
+        torch.set_num_threads(max(1, num_threads))
+        self.device = select_device(use_gpu=False)
+
+    def report(self, metrics, state=None, final=None):
+        from ray import tune
+
+        with _checkpoint_dir(state, final) as directory:
+            checkpoint = tune.Checkpoint.from_directory(directory) if directory else None
+            tune.report(metrics, checkpoint=checkpoint)
+
+    def restore(self):
+        from ray import tune
+
+        return _restore(tune.get_checkpoint())
+
+
+class TrainSession(Session):
+    """The loop runs on a Ray Train worker; rank 0 writes the checkpoints."""
+
+    def __init__(self, num_threads: int = 1):
+        import ray.train
+        import ray.train.torch
+
+        torch.set_num_threads(max(1, num_threads))
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def prepare_model(self, model):
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)  # moves to device; DDP when N > 1
+
+    def report(self, metrics, state=None, final=None):
+        import ray.train
+
+        if self.rank != 0:
+            state = final = None
+        with _checkpoint_dir(state, final) as directory:
+            checkpoint = ray.train.Checkpoint.from_directory(directory) if directory else None
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+    def restore(self):
+        import ray.train
+
+        return _restore(ray.train.get_checkpoint())
+
+
+class LocalSession(Session):
+    """No Ray: keeps every report in memory. For notebooks, tests and the plain baseline."""
+
+    def __init__(self, num_threads: int | None = None):
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.reports: list[dict[str, Any]] = []
+        self.final: dict | None = None
+        self._state: dict | None = None
+
+    def report(self, metrics, state=None, final=None):
+        self.reports.append(dict(metrics))
+        if state is not None:
+            self._state = copy.deepcopy(state)
+        if final is not None:
+            self.final = final
+
+    def restore(self):
+        return self._state, self.final

@@ -1,0 +1,66 @@
+"""Named sweeps. One module per sweep declares `SPACE`: what is swept, in three profiles.
+
+A profile is declarative: fixed `config` values, a `grid` of swept values (every
+combination is one trial) and the resources of one trial. `smoke` is the smallest real run
+(tests, CI), `local` the default (embedded data, minutes on a laptop) and `paper` the
+documents' full protocol (real datasets, GPUs).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any
+
+PROFILES = ("smoke", "local", "paper")
+
+
+@dataclass(frozen=True)
+class Profile:
+    config: dict[str, Any]
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    num_workers: int = 1           # data-parallel workers per trial (Ray Train)
+    gpus_per_worker: float = 0.0   # fractional values share a GPU between workers
+    cpus_per_worker: int = 1
+    description: str = ""
+
+    def num_trials(self) -> int:
+        count = 1
+        for values in self.grid.values():
+            count *= len(values)
+        return count
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    description: str
+    loop: str                      # name of the train loop in orchestrator.loops
+    metric: str                    # Tune's metric for picking the best trial
+    mode: str                      # "max" or "min"
+    profiles: dict[str, Profile]
+    table_keys: tuple[str, ...] = ()     # config columns that identify a trial in reports
+    table_metrics: tuple[str, ...] = ()  # final metrics shown in the markdown table
+    plot_x: str = ""                     # x axis of the report's plots (log2 scale)
+    plot_lines: tuple[str, ...] = ()     # config keys that make separate lines
+    plot_panels: tuple[str, ...] = ()    # config keys that make separate panels
+    plot_metrics: tuple[str, ...] = ()   # one figure per metric
+    choices: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # allowed values
+
+    def profile(self, name: str) -> Profile:
+        if name not in self.profiles:
+            raise KeyError(f"sweep '{self.name}' has no profile '{name}'; "
+                           f"known: {', '.join(self.profiles)}")
+        return self.profiles[name]
+
+
+def sweep_names() -> list[str]:
+    """Names of all sweeps: the modules of this package."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+
+
+def get_search_space(name: str) -> SearchSpace:
+    if name not in sweep_names():
+        raise KeyError(name)
+    return importlib.import_module(f"{__name__}.{name}").SPACE

@@ -1,0 +1,84 @@
+"""GFFN vs FFN across batch sizes (NOTES.md A; Klinger 2021, ch. 4-5).
+
+Grid: batch size x {FFN, GFFN} x lr scaling x training budget. Budget A trains until
+validation accuracy stops improving (patience); budget B trains a fixed, longer number of
+epochs, well past 100% training accuracy. Which budget is used decides whether GFFN's ECE
+beats FFN's, so each trial also reports training accuracy and optimizer steps.
+"""
+
+from search_spaces import Profile, SearchSpace
+from workloads.datasets import DATASET_NAMES
+from workloads.losses import LOG_PARTITIONS, LOSSES
+from workloads.lr_scaling import LR_SCALING_RULES
+from workloads.models import CLASSIFIERS
+
+# Shared by every profile; a profile overrides what differs.
+BASE = {
+    "dataset": "digits",
+    "arch": "mlp",
+    "log_partition": "logsumexp",
+    "lr": 1e-3,                 # Adam; tuned at the reference batch size
+    "reference_batch_size": 32,
+    "lr_scaling": "none",
+    "budget": "A",
+    "patience": 5,              # budget A: epochs without a better validation accuracy
+    "max_epochs_a": 100,        # budget A: hard cap
+    "epochs_b": 100,            # budget B: fixed number of epochs
+    "num_bins": 15,
+    "seed": 0,
+    "data_seed": 0,
+}
+
+SPACE = SearchSpace(
+    name="batch_size_gffn",
+    description="GFFN vs FFN: accuracy, ECE and OOD AUROC across batch sizes (NOTES.md A)",
+    loop="classifier",
+    metric="val_acc",
+    mode="max",
+    profiles={
+        "smoke": Profile(
+            config={**BASE, "budget": "B", "epochs_b": 1},
+            grid={"batch_size": [16, 128], "model": ["ffn", "gffn"]},
+            description="4 trials, 1 epoch on digits",
+        ),
+        "local": Profile(
+            config={**BASE, "epochs_b": 150},
+            grid={
+                "batch_size": [8, 32, 128, 512],
+                "model": ["ffn", "gffn"],
+                "lr_scaling": ["none", "sqrt"],
+                "budget": ["A", "B"],
+            },
+            description="32 trials on digits: both budgets, FFN/GFFN, lr scaling none/sqrt",
+        ),
+        "paper": Profile(
+            config={**BASE, "arch": "cnn", "patience": 5, "max_epochs_a": 100, "epochs_b": 100},
+            grid={
+                "dataset": ["mnist", "fashionmnist", "svhn", "cifar10"],
+                "batch_size": [4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048],
+                "model": ["ffn", "gffn"],
+                "lr_scaling": ["none", "sqrt"],
+                "budget": ["A", "B"],
+            },
+            num_workers=1,
+            gpus_per_worker=1.0,
+            cpus_per_worker=4,
+            description="the thesis' protocol: 4 datasets, batch 4..2048, CNN, one GPU per trial",
+        ),
+    },
+    table_keys=("dataset", "budget", "model", "lr_scaling", "batch_size"),
+    table_metrics=("test_acc", "test_ece", "test_mce", "test_nll", "auroc_msp", "auroc_lnz",
+                   "train_acc", "steps", "epochs"),
+    plot_x="batch_size",
+    plot_lines=("model", "lr_scaling"),
+    plot_panels=("dataset", "budget"),
+    plot_metrics=("test_acc", "test_ece", "auroc_msp", "auroc_lnz"),
+    choices={
+        "dataset": DATASET_NAMES,
+        "arch": tuple(CLASSIFIERS),
+        "model": tuple(LOSSES),
+        "log_partition": LOG_PARTITIONS,
+        "lr_scaling": LR_SCALING_RULES,
+        "budget": ("A", "B"),
+    },
+)

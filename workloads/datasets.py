@@ -1,0 +1,275 @@
+"""Datasets: the embedded `digits` default, torchvision image sets, and their OOD sets.
+
+Every loader returns a `Dataset` of in-memory float tensors in [0, 1] with shape
+(N, C, H, W); vector models flatten them. OOD sets are built per in-distribution set:
+Gaussian and uniform noise, natural-image patches cut from scikit-learn's bundled sample
+images, and for image datasets the cross-dataset pairs of NOTES.md (A: CIFAR-10 <-> SVHN;
+B: FashionMNIST -> MNIST, KMNIST).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DIGITS = "digits"
+IMAGE_DATASETS = ("mnist", "fashionmnist", "kmnist", "svhn", "cifar10")
+DATASET_NAMES = (DIGITS, *IMAGE_DATASETS)
+
+# Cross-dataset OOD pairs (NOTES.md A and B). Only those present on disk are used.
+CROSS_DATASET_OOD = {
+    "mnist": ("fashionmnist", "kmnist"),
+    "fashionmnist": ("mnist", "kmnist"),
+    "kmnist": ("mnist", "fashionmnist"),
+    "svhn": ("cifar10",),
+    "cifar10": ("svhn",),
+}
+
+# Files torchvision expects under DATA_DIR, for the error message of a missing dataset.
+EXPECTED_FILES = {
+    "mnist": ["MNIST/raw/train-images-idx3-ubyte", "MNIST/raw/train-labels-idx1-ubyte",
+              "MNIST/raw/t10k-images-idx3-ubyte", "MNIST/raw/t10k-labels-idx1-ubyte"],
+    "fashionmnist": ["FashionMNIST/raw/train-images-idx3-ubyte",
+                     "FashionMNIST/raw/train-labels-idx1-ubyte",
+                     "FashionMNIST/raw/t10k-images-idx3-ubyte",
+                     "FashionMNIST/raw/t10k-labels-idx1-ubyte"],
+    "kmnist": ["KMNIST/raw/train-images-idx3-ubyte", "KMNIST/raw/train-labels-idx1-ubyte",
+               "KMNIST/raw/t10k-images-idx3-ubyte", "KMNIST/raw/t10k-labels-idx1-ubyte"],
+    "svhn": ["train_32x32.mat", "test_32x32.mat"],
+    "cifar10": ["cifar-10-batches-py/data_batch_1 .. data_batch_5",
+                "cifar-10-batches-py/test_batch"],
+}
+
+
+class DatasetMissingError(FileNotFoundError):
+    """A dataset is not under the data directory and downloading was not requested."""
+
+    def __init__(self, name: str, data_dir: str | Path):
+        self.name = name
+        self.data_dir = str(data_dir)
+        files = "\n".join(f"  {self.data_dir}/{f}" for f in EXPECTED_FILES[name])
+        super().__init__(
+            f"dataset '{name}' was not found in {self.data_dir}.\n"
+            f"Expected files:\n{files}\n"
+            f"Pass --download to fetch it there, or --data-dir to point at a copy."
+        )
+
+
+@dataclass
+class Dataset:
+    """In-memory splits of one in-distribution dataset, and its OOD sets (test-sized)."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    ood: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+def _stratified_split(x: np.ndarray, y: np.ndarray, fractions: tuple[float, float], seed: int):
+    """Split into train/val/test with fixed, seeded, stratified shuffles."""
+    from sklearn.model_selection import train_test_split
+
+    val_frac, test_frac = fractions
+    x_rest, x_test, y_rest, y_test = train_test_split(
+        x, y, test_size=test_frac, stratify=y, random_state=seed)
+    x_train, x_val, y_train, y_val = train_test_split(
+        x_rest, y_rest, test_size=val_frac / (1.0 - test_frac), stratify=y_rest,
+        random_state=seed)
+    return x_train, y_train, x_val, y_val, x_test, y_test
+
+
+def load_digits(seed: int = 0) -> Dataset:
+    """scikit-learn's bundled 8x8 digits scaled to [0, 1]; stratified 60/20/20 split."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    x = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]
+    y = bunch.target.astype(np.int64)
+    xtr, ytr, xva, yva, xte, yte = _stratified_split(x, y, (0.2, 0.2), seed)
+    t = torch.from_numpy
+    return Dataset(DIGITS, t(xtr), t(ytr), t(xva), t(yva), t(xte), t(yte), num_classes=10)
+
+
+def _torchvision_dataset(name: str, data_dir: Path, train: bool, download: bool):
+    import torchvision.datasets as tvd
+
+    kwargs = {"root": str(data_dir), "download": download}
+    try:
+        if name == "mnist":
+            ds = tvd.MNIST(train=train, **kwargs)
+        elif name == "fashionmnist":
+            ds = tvd.FashionMNIST(train=train, **kwargs)
+        elif name == "kmnist":
+            ds = tvd.KMNIST(train=train, **kwargs)
+        elif name == "svhn":
+            ds = tvd.SVHN(split="train" if train else "test", **kwargs)
+        elif name == "cifar10":
+            ds = tvd.CIFAR10(train=train, **kwargs)
+        else:
+            raise ValueError(f"unknown dataset '{name}'")
+    except RuntimeError as error:  # torchvision: "Dataset not found. You can use download=True"
+        if download:
+            raise
+        raise DatasetMissingError(name, data_dir) from error
+    return ds
+
+
+def _torchvision_split(name: str, data_dir: Path, train: bool, download: bool):
+    ds = _torchvision_dataset(name, data_dir, train, download)
+    if name in ("mnist", "fashionmnist", "kmnist"):
+        x = ds.data.numpy()[:, None, :, :]
+        y = ds.targets.numpy()
+    elif name == "svhn":
+        x = ds.data  # (N, 3, 32, 32) uint8
+        y = ds.labels
+    else:
+        x = ds.data.transpose(0, 3, 1, 2)  # (N, 32, 32, 3) -> (N, 3, 32, 32)
+        y = np.asarray(ds.targets)
+    return x, np.asarray(y, dtype=np.int64)
+
+
+def load_image_dataset(name: str, data_dir: str | Path, download: bool = False,
+                       seed: int = 0, val_fraction: float = 0.1) -> Dataset:
+    """MNIST, FashionMNIST, KMNIST, SVHN or CIFAR-10 through torchvision.
+
+    The validation set is a seeded, stratified `val_fraction` of the training split.
+    Raises DatasetMissingError when the files are absent and `download` is False.
+    """
+    from sklearn.model_selection import train_test_split
+
+    data_dir = Path(data_dir).expanduser()
+    if not data_dir.is_dir() and not download:
+        raise DatasetMissingError(name, data_dir)
+    x, y = _torchvision_split(name, data_dir, train=True, download=download)
+    x_test, y_test = _torchvision_split(name, data_dir, train=False, download=download)
+    x_train, x_val, y_train, y_val = train_test_split(
+        x, y, test_size=val_fraction, stratify=y, random_state=seed)
+
+    def to_tensor(a):
+        return torch.from_numpy(np.ascontiguousarray(a)).float().div_(255.0)
+
+    return Dataset(name, to_tensor(x_train), torch.from_numpy(y_train), to_tensor(x_val),
+                   torch.from_numpy(y_val), to_tensor(x_test), torch.from_numpy(y_test),
+                   num_classes=10)
+
+
+def ensure_dataset(name: str, data_dir: str | Path | None, download: bool = False) -> None:
+    """Check that `name` can be loaded (downloading it when asked) without loading it.
+
+    Raises DatasetMissingError naming the directory, the expected files and --download.
+    """
+    if name == DIGITS:
+        return
+    if name not in IMAGE_DATASETS:
+        raise ValueError(f"unknown dataset '{name}'; known: {', '.join(DATASET_NAMES)}")
+    if data_dir is None:
+        raise DatasetMissingError(name, "<no --data-dir given>")
+    data_dir = Path(data_dir).expanduser()
+    if not data_dir.is_dir() and not download:
+        raise DatasetMissingError(name, data_dir)
+    for train in (True, False):
+        _torchvision_dataset(name, data_dir, train, download)
+
+
+def natural_image_patches(n: int, shape: tuple[int, int, int], seed: int = 0) -> torch.Tensor:
+    """`n` random patches of scikit-learn's bundled sample photos, resized to `shape`.
+
+    Patches are square crops of random size (1/8 to 1/2 of the shorter side), converted to
+    grayscale when `shape` has one channel, and scaled to [0, 1].
+    """
+    from sklearn.datasets import load_sample_images
+
+    channels, height, width = shape
+    images = [torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255.0
+              for img in load_sample_images().images]
+    generator = torch.Generator().manual_seed(seed)
+    patches = []
+    for i in range(n):
+        img = images[i % len(images)]
+        _, h, w = img.shape
+        side = int(torch.randint(min(h, w) // 8, min(h, w) // 2, (1,), generator=generator))
+        top = int(torch.randint(0, h - side, (1,), generator=generator))
+        left = int(torch.randint(0, w - side, (1,), generator=generator))
+        patches.append(img[:, top:top + side, left:left + side])
+    out = torch.stack([F.interpolate(p[None], size=(height, width), mode="area")[0]
+                       for p in patches])
+    if channels == 1:
+        gray = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        out = (out * gray).sum(dim=1, keepdim=True)
+    return out.clamp_(0.0, 1.0)
+
+
+def noise_ood_sets(n: int, shape: tuple[int, ...], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Gaussian noise (mean 0.5, std 0.25, clipped) and uniform noise on [0, 1]."""
+    generator = torch.Generator().manual_seed(seed)
+    gaussian = (0.5 + 0.25 * torch.randn((n, *shape), generator=generator)).clamp_(0.0, 1.0)
+    uniform = torch.rand((n, *shape), generator=generator)
+    return {"gaussian_noise": gaussian, "uniform_noise": uniform}
+
+
+def _match_shape(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Resize and convert channels so a cross-dataset OOD set fits the ID input shape."""
+    channels, height, width = shape
+    if x.shape[2:] != (height, width):
+        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+    if x.shape[1] == 3 and channels == 1:
+        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    elif x.shape[1] == 1 and channels == 3:
+        x = x.expand(-1, 3, -1, -1)
+    return x.clamp(0.0, 1.0).contiguous()
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = False,
+                 seed: int = 0, ood: bool = True) -> Dataset:
+    """Load an in-distribution dataset by name, with its OOD sets sized like its test set."""
+    if name == DIGITS:
+        data = load_digits(seed)
+    elif name in IMAGE_DATASETS:
+        if data_dir is None:
+            raise DatasetMissingError(name, "<no --data-dir given>")
+        data = load_image_dataset(name, data_dir, download=download, seed=seed)
+    else:
+        raise ValueError(f"unknown dataset '{name}'; known: {', '.join(DATASET_NAMES)}")
+    if ood:
+        n = len(data.x_test)
+        shape = data.input_shape
+        data.ood.update(noise_ood_sets(n, shape, seed=seed + 1))
+        data.ood["natural_patches"] = natural_image_patches(n, shape, seed=seed + 2)
+        for other in CROSS_DATASET_OOD.get(name, ()):
+            try:
+                other_data = load_image_dataset(other, data_dir, download=download, seed=seed)
+            except DatasetMissingError:
+                continue  # a cross-dataset pair is used only where its files are present
+            data.ood[other] = _match_shape(other_data.x_test[:n], shape)
+    return data
+
+
+def iterate_minibatches(num_examples: int, batch_size: int, epoch: int, seed: int = 0,
+                        rank: int = 0, world_size: int = 1):
+    """Yield index tensors of this worker's share of each global batch of one epoch.
+
+    The epoch's permutation depends only on (seed, epoch), so every worker sees the same
+    global batches; worker `rank` takes the rank-th slice of `batch_size // world_size`.
+    Incomplete last batches are dropped, so per-worker batches are always equal in size and
+    N workers with batch b see exactly the examples 1 worker with batch N*b sees.
+    """
+    if batch_size % world_size:
+        raise ValueError(f"global batch size {batch_size} is not divisible by {world_size} workers")
+    local = batch_size // world_size
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(num_examples, generator=generator)
+    for start in range(0, num_examples - batch_size + 1, batch_size):
+        yield order[start + rank * local: start + (rank + 1) * local]

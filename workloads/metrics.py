@@ -1,0 +1,91 @@
+"""Classification, calibration and OOD-detection metrics (NOTES.md A and E).
+
+Calibration: ECE = sum_m |B_m|/n * |acc(B_m) - conf(B_m)| over M equal-width confidence
+bins, MCE = max_m |acc(B_m) - conf(B_m)| over non-empty bins (M = 15 by default).
+OOD detection: in-distribution is the positive class and a higher score means more ID;
+AUROC, AUPR-in, AUPR-out and FPR at 95% TPR come from scikit-learn's curves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    return (logits.argmax(dim=1) == targets).float().mean().item()
+
+
+def nll(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean negative log-likelihood of the softmax classifier p(y|x)."""
+    return F.cross_entropy(logits, targets).item()
+
+
+@dataclass
+class Calibration:
+    """ECE, MCE and the per-bin data of a reliability diagram."""
+
+    ece: float
+    mce: float
+    bin_edges: list[float]
+    bin_accuracy: list[float]    # NaN where a bin is empty
+    bin_confidence: list[float]  # NaN where a bin is empty
+    bin_count: list[int]
+
+
+def calibration(confidences: np.ndarray, correct: np.ndarray, num_bins: int = 15) -> Calibration:
+    """Equal-width binning of confidences in [0, 1]; bins are (lo, hi], the first [0, hi]."""
+    confidences = np.asarray(confidences, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    edges = np.linspace(0.0, 1.0, num_bins + 1)
+    index = np.clip(np.searchsorted(edges, confidences, side="left") - 1, 0, num_bins - 1)
+    count = np.bincount(index, minlength=num_bins)
+    acc_sum = np.bincount(index, weights=correct, minlength=num_bins)
+    conf_sum = np.bincount(index, weights=confidences, minlength=num_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        bin_acc = acc_sum / count
+        bin_conf = conf_sum / count
+    gaps = np.abs(bin_acc - bin_conf)
+    nonempty = count > 0
+    ece = float(np.sum(count[nonempty] / count.sum() * gaps[nonempty]))
+    mce = float(np.max(gaps[nonempty])) if nonempty.any() else 0.0
+    return Calibration(ece, mce, edges.tolist(), bin_acc.tolist(), bin_conf.tolist(),
+                       count.astype(int).tolist())
+
+
+def classifier_calibration(logits: torch.Tensor, targets: torch.Tensor,
+                           num_bins: int = 15) -> Calibration:
+    """Calibration of the max-softmax confidence of a classifier's predictions."""
+    probs = logits.softmax(dim=1)
+    confidence, prediction = probs.max(dim=1)
+    correct = (prediction == targets).cpu().numpy()
+    return calibration(confidence.cpu().numpy(), correct, num_bins)
+
+
+def ood_metrics(score_id: np.ndarray, score_ood: np.ndarray) -> dict[str, float]:
+    """AUROC, AUPR-in, AUPR-out, FPR95 and TNR95 with ID as positive, higher score = ID.
+
+    FPR95 is the fraction of OOD inputs scored at or above the threshold at which 95% of
+    ID inputs are accepted (the smallest FPR whose TPR reaches 0.95 on the ROC curve).
+    """
+    from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+    score_id = np.asarray(score_id, dtype=np.float64).ravel()
+    score_ood = np.asarray(score_ood, dtype=np.float64).ravel()
+    scores = np.concatenate([score_id, score_ood])
+    if not np.all(np.isfinite(scores)):
+        nan = float("nan")
+        return {"auroc": nan, "aupr_in": nan, "aupr_out": nan, "fpr95": nan, "tnr95": nan}
+    labels = np.concatenate([np.ones_like(score_id), np.zeros_like(score_ood)])
+    fpr, tpr, _ = roc_curve(labels, scores)
+    fpr95 = float(fpr[np.searchsorted(tpr, 0.95, side="left")])
+    return {
+        "auroc": float(roc_auc_score(labels, scores)),
+        "aupr_in": float(average_precision_score(labels, scores)),
+        "aupr_out": float(average_precision_score(1 - labels, -scores)),
+        "fpr95": fpr95,
+        "tnr95": 1.0 - fpr95,
+    }

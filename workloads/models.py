@@ -1,0 +1,64 @@
+"""Classifiers for the GFFN study: an MLP for 8x8/vector inputs and a small CNN for images.
+
+Neither has batch norm or dropout: the GFFN protocol (NOTES.md A) forbids both, since
+their effect depends on the batch size being swept.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class MLPClassifier(nn.Module):
+    """Flatten, then `depth` hidden ReLU layers of `width` units, then K logits."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int = 256,
+                 depth: int = 2):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        size = math.prod(input_shape)
+        for _ in range(depth):
+            layers += [nn.Linear(size, width), nn.ReLU()]
+            size = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(size, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class SmallCNN(nn.Module):
+    """Two 3x3 conv blocks (32, 64 channels) with max-pooling, then a 128-unit MLP head.
+
+    Works for 28x28 and 32x32 inputs with any channel count; no batch norm, no dropout.
+    """
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, width: int = 128):
+        super().__init__()
+        channels, height, width_px = input_shape
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * (height // 4) * (width_px // 4), width), nn.ReLU(),
+        )
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+CLASSIFIERS = {"mlp": MLPClassifier, "cnn": SmallCNN}
+
+
+def build_classifier(name: str, input_shape: tuple[int, ...], num_classes: int,
+                     **kwargs) -> nn.Module:
+    """Build a classifier by registry name ('mlp' or 'cnn')."""
+    if name not in CLASSIFIERS:
+        raise ValueError(f"unknown classifier '{name}'; known: {', '.join(CLASSIFIERS)}")
+    if name == "cnn" and (len(input_shape) != 3 or input_shape[1] < 8):
+        raise ValueError(f"the CNN needs (C, H, W) images of at least 8x8, got {input_shape}")
+    return CLASSIFIERS[name](input_shape, num_classes, **kwargs)

@@ -1,0 +1,88 @@
+"""One epoch of classifier training and the final evaluation, in plain PyTorch.
+
+The orchestrator's train loop (Ray Tune in-process or Ray Train DDP) and the benchmark's
+plain sequential loop both call these, so every path trains with the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from workloads.datasets import Dataset, iterate_minibatches
+from workloads.metrics import accuracy, classifier_calibration, nll, ood_metrics
+from workloads.scores import batched_logits, get_score
+
+
+@dataclass
+class EpochStats:
+    loss: float       # mean training loss over this worker's batches (NaN/inf if diverged)
+    accuracy: float   # training accuracy on the batches seen, in train mode
+    steps: int        # optimizer steps taken this epoch
+
+
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable,
+                    x: torch.Tensor, y: torch.Tensor, batch_size: int, epoch: int,
+                    seed: int = 0, rank: int = 0, world_size: int = 1,
+                    device: torch.device | str = "cpu") -> EpochStats:
+    """Train over one epoch of global batches of `batch_size`; this worker's share only."""
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    seen = steps = 0
+    for index in iterate_minibatches(len(x), batch_size, epoch, seed, rank, world_size):
+        xb, yb = x[index].to(device, non_blocking=True), y[index].to(device, non_blocking=True)
+        logits = model(xb)
+        loss = loss_fn(logits, yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach()
+        correct += (logits.detach().argmax(1) == yb).sum()
+        seen += len(yb)
+        steps += 1
+    if steps == 0:
+        raise ValueError(f"batch size {batch_size} exceeds the {len(x)} training examples")
+    return EpochStats(loss=(loss_sum / steps).item(), accuracy=(correct / seen).item(),
+                      steps=steps)
+
+
+def evaluate_split(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Accuracy and NLL on one labelled split."""
+    logits = batched_logits(model, x)
+    return {"acc": accuracy(logits, y), "nll": nll(logits, y)}
+
+
+def final_evaluation(model: nn.Module, data: Dataset,
+                     scores: dict[str, dict] | None = None,
+                     num_bins: int = 15) -> tuple[dict[str, float], dict]:
+    """Test accuracy, NLL, ECE, MCE and OOD metrics per (score, OOD set).
+
+    `scores` maps registered OOD score names to their parameters (default: MSP and ln Z).
+
+    Returns flat scalar metrics (`test_acc`, `ood_<score>_<set>_auroc`, the mean AUROC per
+    score `auroc_<score>`, ...) and the reliability-diagram bins.
+    """
+    logits = batched_logits(model, data.x_test)
+    calib = classifier_calibration(logits, data.y_test, num_bins)
+    metrics = {"test_acc": accuracy(logits, data.y_test), "test_nll": nll(logits, data.y_test),
+               "test_ece": calib.ece, "test_mce": calib.mce}
+    for score_name, params in (scores or {"msp": {}, "lnz": {}}).items():
+        score = get_score(score_name)
+        score_id = score(model, data.x_test, **params).numpy()
+        aurocs = []
+        for ood_name, x_ood in data.ood.items():
+            n = min(len(score_id), len(x_ood))  # balanced ID/OOD counts
+            result = ood_metrics(score_id[:n], score(model, x_ood[:n], **params).numpy())
+            for key, value in result.items():
+                metrics[f"ood_{score_name}_{ood_name}_{key}"] = value
+            aurocs.append(result["auroc"])
+        if aurocs:
+            metrics[f"auroc_{score_name}"] = float(sum(aurocs) / len(aurocs))
+    reliability = {"bin_edges": calib.bin_edges, "accuracy": calib.bin_accuracy,
+                   "confidence": calib.bin_confidence, "count": calib.bin_count}
+    return metrics, reliability
+
