@@ -29,10 +29,12 @@ def train_classifier(config: dict[str, Any], session: Session) -> None:
     """FFN or GFFN classifier training under budget A (early stopping) or B (fixed epochs).
 
     Reports every epoch: `epoch`, `train_loss`, `train_acc_running`, `val_acc`, `val_nll`,
-    `steps`, `lr`, `status`. The last report adds the final test metrics (see
-    `workloads.training.final_evaluation`), `train_acc` on the full training set and
-    `best_epoch`. A non-finite loss ends the trial with `status="diverged"`.
+    `steps`, `lr`, `status`, `train_seconds` (optimizer steps only) and `loop_seconds`
+    (wall time of this run of the loop, data loading included). The last report adds the
+    final test metrics (see `workloads.training.final_evaluation`), `train_acc` on the full
+    training set and `best_epoch`. A non-finite loss ends the trial with `status="diverged"`.
     """
+    loop_started = time.perf_counter()
     torch.manual_seed(config["seed"])
     data = load_dataset(config["dataset"], config.get("data_dir"), download=False,
                         seed=config["data_seed"])
@@ -71,7 +73,8 @@ def train_classifier(config: dict[str, Any], session: Session) -> None:
         state["epoch"] = epoch
         metrics = {"epoch": epoch + 1, "train_loss": stats.loss,
                    "train_acc_running": stats.accuracy, "steps": state["steps"], "lr": lr,
-                   "train_seconds": state["train_seconds"]}
+                   "train_seconds": state["train_seconds"],
+                   "loop_seconds": time.perf_counter() - loop_started}
         if not math.isfinite(stats.loss):
             session.report({**metrics, "status": "diverged", "diverged_epoch": epoch + 1})
             return
@@ -96,7 +99,8 @@ def train_classifier(config: dict[str, Any], session: Session) -> None:
                                               scores={"msp": {}, "lnz": {"kind": kind}})
         train = evaluate_split(evaluated, data.x_train, data.y_train)
         metrics.update(final, train_acc=train["acc"], best_epoch=state["best_epoch"] + 1,
-                       epochs=epoch + 1, status="completed")
+                       epochs=epoch + 1, status="completed",
+                       loop_seconds=time.perf_counter() - loop_started)
         session.report(metrics, state=state, final={"reliability": reliability})
         return
 

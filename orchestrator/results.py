@@ -176,7 +176,7 @@ def plot_reliability(table: pd.DataFrame, reliability: dict[str, Any], space: Se
     if not reliability or "trial_id" not in table.columns or space.plot_x not in table.columns:
         return written
     row_key = next((k for k in space.plot_lines if k in table.columns), None)
-    for index, (panel, group) in enumerate(_groups(table, space.plot_panels)):
+    for panel, group in _groups(table, space.plot_panels):
         group = group[group["trial_id"].isin(list(reliability))]
         if group.empty:
             continue
@@ -208,7 +208,8 @@ def plot_reliability(table: pd.DataFrame, reliability: dict[str, Any], space: Se
                              if row_key else f"{space.plot_x}={col_value}", fontsize=7)
         fig.suptitle(f"reliability (accuracy per confidence bin): {_label(panel)}", fontsize=9)
         fig.tight_layout()
-        path = out / f"reliability_{index}.png"
+        slug = "_".join(f"{k}={v}" for k, v in panel) or "all"
+        path = out / f"reliability_{slug}.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(path)

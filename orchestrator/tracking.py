@@ -43,8 +43,14 @@ def resolve_mode(requested: str | None) -> str:
 
 
 def prepare_environment(mode: str) -> None:
-    """Set WANDB_MODE before `ray.init`, so every Ray worker inherits it."""
+    """Set WANDB_MODE before `ray.init`, so every Ray worker inherits it.
+
+    Offline or disabled, no process needs the API key: it is removed from the environment
+    so that Ray cannot copy it into a runtime environment or a log.
+    """
     os.environ["WANDB_MODE"] = mode
+    if mode != "online":
+        os.environ.pop("WANDB_API_KEY", None)
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_CONSOLE", "off")  # Ray already captures trial output
 

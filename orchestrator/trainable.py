@@ -35,8 +35,11 @@ class Scaling:
     def trial_resources(self) -> dict[str, float]:
         """What Tune reserves for the trial process itself."""
         if self.in_process:
-            return {"CPU": self.cpus_per_worker}
-        return {"CPU": 0}  # the trial only drives a TorchTrainer, whose workers hold resources
+            return {"CPU": self.cpus_per_worker, "GPU": 0}
+        # The trial only drives a TorchTrainer whose workers hold the CPUs and GPUs. Tune
+        # needs a non-empty request: a nominal 1 MiB of memory, so that the trial never
+        # blocks its own workers from the node's last CPU.
+        return {"CPU": 0, "GPU": 0, "memory": 2**20}
 
     def total_resources(self) -> dict[str, float]:
         """What one trial needs in all: the unit for how many trials fit at once."""

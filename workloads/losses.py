@@ -45,22 +45,30 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+class _AllGather(torch.autograd.Function):
+    """Concatenate equal-sized per-worker tensors; backward sums the gradients over workers
+    and returns this worker's slice (what DDP's gradient averaging then divides by N)."""
+
+    @staticmethod
+    def forward(ctx, values: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(values) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, values.contiguous())
+        ctx.rank, ctx.size = dist.get_rank(), values.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.size:(ctx.rank + 1) * ctx.size]
+
+
 def gather_batch(values: torch.Tensor) -> torch.Tensor:
     """Concatenate a per-example tensor over all workers, keeping the autograd graph.
 
-    Backward sums the incoming gradients over workers (torch.distributed.nn semantics),
-    which DDP's averaging then divides by N. Per-worker batches must be equal in size.
+    Per-worker batches must be equal in size; `datasets.iterate_minibatches` guarantees it.
     """
-    if not _distributed():
-        return values
-    from torch.distributed.nn.functional import all_gather
-
-    sizes = [torch.zeros(1, dtype=torch.long, device=values.device)
-             for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([values.shape[0]], device=values.device))
-    if len({int(s) for s in sizes}) != 1:
-        raise ValueError(f"per-worker batches differ in size: {[int(s) for s in sizes]}")
-    return torch.cat(all_gather(values), dim=0)
+    return _AllGather.apply(values) if _distributed() else values
 
 
 def gffn_loss(logits: torch.Tensor, targets: torch.Tensor,

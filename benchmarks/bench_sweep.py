@@ -1,0 +1,125 @@
+"""Benchmark: the `local` sweep on Ray against a plain sequential PyTorch loop.
+
+Measures, in one run on this machine:
+1. wall time of `python -m orchestrator.sweep batch_size_gffn` (the local profile, W&B
+   offline) against a plain loop with no Ray that trains the same trials with the same
+   workload code (`train_classifier` + `LocalSession`, torch's default thread count);
+2. training throughput (epochs/s) of one representative trial on each path: the plain
+   loop, the in-process Tune path and the Ray Train DDP path (2 workers);
+3. per-trial orchestration overhead: the slot-seconds the sweep spends beyond the plain
+   loop's compute, per trial: (slots * sweep_wall - plain_wall) / trials.
+
+Usage:  python benchmarks/bench_sweep.py [--profile local] [--out benchmarks/out]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from orchestrator.loops import train_classifier  # noqa: E402
+from orchestrator.session import LocalSession  # noqa: E402
+from search_spaces import get_search_space  # noqa: E402
+
+SWEEP = "batch_size_gffn"
+# One representative trial for the throughput comparison (budget B: fixed epochs).
+THROUGHPUT_TRIAL = {"batch_size": 32, "model": "gffn", "lr_scaling": "none", "budget": "B",
+                    "epochs_b": 40}
+
+
+def trial_configs(profile_name: str) -> list[dict]:
+    profile = get_search_space(SWEEP).profile(profile_name)
+    keys = list(profile.grid)
+    return [{**profile.config, **dict(zip(keys, values))}
+            for values in itertools.product(*(profile.grid[k] for k in keys))]
+
+
+def epochs_per_second(reports: list[dict]) -> float:
+    """Steady-state rate between the first and the second-to-last epoch's report
+    (the last one includes the final evaluation)."""
+    first, last = reports[0], reports[-2]
+    return (last["epoch"] - first["epoch"]) / (last["loop_seconds"] - first["loop_seconds"])
+
+
+def run_plain(configs: list[dict]) -> tuple[float, list[float]]:
+    started = time.perf_counter()
+    per_trial = []
+    for i, config in enumerate(configs, 1):
+        session = LocalSession()
+        train_classifier(config, session)
+        per_trial.append(session.reports[-1]["loop_seconds"])
+        print(f"[plain] trial {i}/{len(configs)}: {per_trial[-1]:.1f} s", flush=True)
+    return time.perf_counter() - started, per_trial
+
+
+def run_sweep(storage: Path, *args: str) -> tuple[float, Path]:
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    env.pop("WANDB_API_KEY", None)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "orchestrator.sweep", SWEEP, "--storage",
+                    str(storage), *args], check=True, env=env, cwd=ROOT,
+                   stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - started
+    return wall, sorted(storage.glob(f"{SWEEP}-*"))[-1]
+
+
+def sweep_trial_reports(sweep_dir: Path) -> list[dict]:
+    """The per-epoch reports of the (single) trial of a sweep, from Tune's result.json."""
+    (result_file,) = list(sweep_dir.glob("*/result.json"))
+    return [json.loads(line) for line in result_file.read_text().splitlines() if line]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="local")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict = {"profile": args.profile, "cpus": os.cpu_count()}
+
+    # 2. Throughput of one trial on each path.
+    config = {**trial_configs(args.profile)[0], **THROUGHPUT_TRIAL}
+    session = LocalSession()
+    train_classifier(config, session)
+    rates = {"plain": epochs_per_second(session.reports)}
+    sets = [f"--set={k}={v}" for k, v in THROUGHPUT_TRIAL.items()]
+    for path, extra in (("in_process", []), ("ddp_2_workers", ["--num-workers", "2"])):
+        _, sweep_dir = run_sweep(out / f"throughput_{path}", "--profile", args.profile,
+                                 "--wandb", "disabled", *sets, *extra)
+        rates[path] = epochs_per_second(sweep_trial_reports(sweep_dir))
+    results["epochs_per_second"] = rates
+    results["throughput_ratio"] = {k: v / rates["plain"] for k, v in rates.items()}
+    print(json.dumps(results, indent=2), flush=True)
+
+    # 1. The whole sweep against the plain sequential loop.
+    configs = trial_configs(args.profile)
+    plain_wall, plain_trials = run_plain(configs)
+    sweep_wall, sweep_dir = run_sweep(out / "sweep", "--profile", args.profile,
+                                      "--wandb", "offline")
+    table = pd.read_csv(sweep_dir / "results" / "trials.csv")
+    slots = min(os.cpu_count() or 1, len(configs))
+    results.update(
+        trials=len(configs), plain_wall_s=plain_wall, sweep_wall_s=sweep_wall,
+        sweep_to_plain=sweep_wall / plain_wall, slots=slots,
+        overhead_per_trial_s=(slots * sweep_wall - plain_wall) / len(configs),
+        in_trial_ray_seconds_mean=float((table["time_total_s"] - table["loop_seconds"]).mean())
+        if "time_total_s" in table else None,
+        plain_trial_seconds_sum=sum(plain_trials))
+    (out / "bench_sweep.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Bad input exits 2 with a one-line reason and no traceback, before Ray starts."""
+
+import subprocess
+import sys
+
+import pytest
+
+from orchestrator.sweep import apply_overrides
+from search_spaces import PROFILES, get_search_space, sweep_names
+
+
+def sweep(*args, env):
+    return subprocess.run([sys.executable, "-m", "orchestrator.sweep", *args],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_unknown_sweep_exits_2_and_lists_valid_names(sweep_env):
+    proc = sweep("no_such_sweep", env=sweep_env)
+    assert proc.returncode == 2
+    assert "batch_size_gffn" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("setting, words", [
+    ("foo=1", ["foo", "unknown key"]),
+    ("lr=fast", ["lr", "float"]),
+    ("batch_size=8,x", ["batch_size", "int"]),
+    ("model=resnet", ["model", "ffn", "gffn"]),
+    ("lr", ["KEY=VALUE"]),
+])
+def test_bad_set_exits_2_and_names_the_key(sweep_env, setting, words):
+    proc = sweep("batch_size_gffn", "--set", setting, env=sweep_env)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for word in words:
+        assert word in proc.stderr
+
+
+def test_missing_dataset_exits_2_with_directory_files_and_download(sweep_env, tmp_path):
+    proc = sweep("batch_size_gffn", "--set", "dataset=svhn", "--data-dir",
+                 str(tmp_path / "nowhere"), env=sweep_env)
+    assert proc.returncode == 2
+    assert str(tmp_path / "nowhere") in proc.stderr
+    assert "train_32x32.mat" in proc.stderr and "--download" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_list_and_help(sweep_env):
+    listing = sweep("--list", env=sweep_env)
+    assert listing.returncode == 0 and "batch_size_gffn" in listing.stdout
+    assert "smoke" in listing.stdout and "paper" in listing.stdout
+    helptext = sweep("--help", env=sweep_env)
+    assert helptext.returncode == 0
+    for flag in ("--profile", "--set", "--num-workers", "--gpus-per-worker", "--storage",
+                 "--resume", "--wandb", "--data-dir", "--download", "--list"):
+        assert flag in helptext.stdout
+
+
+def test_overrides_fix_a_value_or_sweep_it():
+    space = get_search_space("batch_size_gffn")
+    profile = apply_overrides(space, space.profile("local"),
+                              ["batch_size=64", "lr=3e-4,1e-3", "budget=B"])
+    assert profile.config["batch_size"] == 64 and "batch_size" not in profile.grid
+    assert profile.grid["lr"] == [3e-4, 1e-3] and "lr" not in profile.config
+    assert profile.config["budget"] == "B"
+    assert profile.num_trials() == 2 * 2 * 2  # model x lr_scaling x lr
+
+
+def test_every_sweep_declares_three_profiles_and_smoke_is_small():
+    for name in sweep_names():
+        space = get_search_space(name)
+        assert set(space.profiles) == set(PROFILES)
+        smoke = space.profile("smoke")
+        assert smoke.num_trials() <= 4
+        local = space.profile("local")
+        assert local.config.get("dataset", "digits") == "digits" or \
+            set(local.grid.get("dataset", [])) == {"digits"}
+
+
+def test_local_profile_spans_the_study():
+    local = get_search_space("batch_size_gffn").profile("local")
+    assert min(local.grid["batch_size"]) <= 8 and max(local.grid["batch_size"]) >= 512
+    assert set(local.grid["model"]) == {"ffn", "gffn"}
+    assert set(local.grid["lr_scaling"]) == {"none", "sqrt"}
+    assert set(local.grid["budget"]) == {"A", "B"}
+    paper = get_search_space("batch_size_gffn").profile("paper")
+    assert set(paper.grid["dataset"]) == {"mnist", "fashionmnist", "svhn", "cifar10"}
+    assert min(paper.grid["batch_size"]) == 4 and max(paper.grid["batch_size"]) == 2048
+    assert paper.gpus_per_worker > 0

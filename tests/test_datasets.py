@@ -1,0 +1,92 @@
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from workloads.datasets import (
+    DatasetMissingError,
+    ensure_dataset,
+    iterate_minibatches,
+    load_dataset,
+    load_digits,
+    natural_image_patches,
+)
+
+
+def write_idx(folder, prefix, n, seed):
+    """Write MNIST-format IDX files (big-endian header, unsigned bytes) the way LeCun did."""
+    rng = np.random.default_rng(seed)
+    raw = folder / prefix / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, count in (("train", n), ("t10k", n // 4)):
+        labels = np.arange(count, dtype=np.uint8) % 10
+        images = (rng.random((count, 28, 28)) * 255).astype(np.uint8)
+        images[:, :, :3] = labels[:, None, None] * 25  # a label-dependent stripe
+        with open(raw / f"{split}-images-idx3-ubyte", "wb") as f:
+            f.write(struct.pack(">IIII", 0x00000803, count, 28, 28) + images.tobytes())
+        with open(raw / f"{split}-labels-idx1-ubyte", "wb") as f:
+            f.write(struct.pack(">II", 0x00000801, count) + labels.tobytes())
+    return images, labels
+
+
+def test_mnist_loader_reads_idx_files(tmp_path):
+    test_images, test_labels = write_idx(tmp_path, "MNIST", 200, seed=0)
+    data = load_dataset("mnist", tmp_path)
+    assert data.input_shape == (1, 28, 28) and data.num_classes == 10
+    assert len(data.x_train) + len(data.x_val) == 200 and len(data.x_test) == 50
+    assert torch.equal(data.y_test, torch.from_numpy(test_labels.astype(np.int64)))
+    assert torch.allclose(data.x_test[:, 0], torch.from_numpy(test_images).float() / 255)
+    assert 0.0 <= data.x_train.min() and data.x_train.max() <= 1.0
+    assert set(data.ood) == {"gaussian_noise", "uniform_noise", "natural_patches"}
+    for x in data.ood.values():
+        assert x.shape == data.x_test.shape
+
+
+def test_cross_dataset_ood_pairs_are_used_when_present(tmp_path):
+    write_idx(tmp_path, "MNIST", 200, seed=0)
+    write_idx(tmp_path, "FashionMNIST", 120, seed=1)
+    data = load_dataset("mnist", tmp_path)
+    assert "fashionmnist" in data.ood and "kmnist" not in data.ood
+    assert data.ood["fashionmnist"].shape == (30, 1, 28, 28)
+
+
+def test_missing_dataset_names_directory_files_and_download(tmp_path):
+    with pytest.raises(DatasetMissingError) as info:
+        ensure_dataset("fashionmnist", tmp_path)
+    message = str(info.value)
+    assert str(tmp_path) in message
+    assert "FashionMNIST/raw/train-images-idx3-ubyte" in message
+    assert "--download" in message
+    with pytest.raises(DatasetMissingError):
+        load_dataset("cifar10", tmp_path / "absent")
+
+
+def test_digits_split_is_seeded_stratified_and_scaled():
+    a, b = load_digits(seed=0), load_digits(seed=0)
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
+    assert len(a.x_train) + len(a.x_val) + len(a.x_test) == 1797
+    assert a.input_shape == (1, 8, 8)
+    assert a.x_train.min() >= 0 and a.x_train.max() == 1.0
+    counts = torch.bincount(a.y_test, minlength=10).float()
+    assert counts.max() - counts.min() <= 2  # stratified
+    assert not torch.equal(load_digits(seed=1).y_test, a.y_test)
+
+
+def test_natural_patches_fit_the_id_shape():
+    gray = natural_image_patches(7, (1, 8, 8))
+    colour = natural_image_patches(3, (3, 32, 32))
+    assert gray.shape == (7, 1, 8, 8) and colour.shape == (3, 3, 32, 32)
+    assert gray.min() >= 0 and gray.max() <= 1 and gray.std() > 0.01
+
+
+def test_two_workers_see_exactly_one_workers_global_batches():
+    single = list(iterate_minibatches(103, 8, epoch=3, seed=5))
+    rank0 = list(iterate_minibatches(103, 8, epoch=3, seed=5, rank=0, world_size=2))
+    rank1 = list(iterate_minibatches(103, 8, epoch=3, seed=5, rank=1, world_size=2))
+    assert len(single) == 12  # incomplete last batch dropped
+    for whole, a, b in zip(single, rank0, rank1):
+        assert len(a) == len(b) == 4
+        assert torch.equal(whole, torch.cat([a, b]))
+    with pytest.raises(ValueError):
+        list(iterate_minibatches(100, 9, epoch=0, world_size=2))

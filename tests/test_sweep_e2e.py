@@ -1,0 +1,106 @@
+"""End to end through real Ray Tune, Ray Train (gloo DDP) and W&B (offline)."""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from orchestrator.wandb_offline import find_offline_runs, read_offline_run
+
+pytestmark = pytest.mark.slow
+SECRET = "sentinel-wandb-key-0123456789abcdef"
+
+
+def run_sweep(tmp_path, env, *args, timeout=600):
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.sweep", "batch_size_gffn", "--profile", "smoke",
+         "--storage", str(tmp_path / "runs"), *args],
+        capture_output=True, text=True, env=env, timeout=timeout, cwd=tmp_path)
+    sweep_dirs = sorted((tmp_path / "runs").glob("batch_size_gffn-smoke-*"))
+    return proc, (sweep_dirs[-1] if sweep_dirs else None)
+
+
+def trials(sweep_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(sweep_dir / "results" / "trials.csv")
+
+
+def test_smoke_sweep_results_plots_and_wandb_offline_runs(tmp_path, sweep_env):
+    env = {**sweep_env, "WANDB_API_KEY": SECRET}
+    proc, sweep_dir = run_sweep(tmp_path, env, "--wandb", "offline")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    table = trials(sweep_dir)
+    assert len(table) == 4
+    assert set(zip(table.batch_size, table.model)) == {(16, "ffn"), (16, "gffn"),
+                                                      (128, "ffn"), (128, "gffn")}
+    assert (table.status == "completed").all()
+    for column in ("test_acc", "test_ece", "test_mce", "test_nll", "auroc_msp", "auroc_lnz",
+                   "ood_msp_natural_patches_aupr_in", "ood_lnz_uniform_noise_fpr95",
+                   "train_acc", "steps"):
+        assert table[column].map(math.isfinite).all(), column
+    assert (table.steps == (1078 // table.batch_size)).all()  # 1 epoch, last batch dropped
+    results = sweep_dir / "results"
+    assert (results / "trials.md").read_text().count("| digits") == 4
+    plots = {p.name for p in (results / "plots").glob("*.png")}
+    assert {"test_acc_vs_batch_size.png", "test_ece_vs_batch_size.png",
+            "auroc_msp_vs_batch_size.png", "auroc_lnz_vs_batch_size.png"} <= plots
+    assert any(name.startswith("reliability") for name in plots)
+
+    # One W&B run per trial, grouped by sweep, whose summary holds the final metrics.
+    runs = [read_offline_run(p) for p in find_offline_runs(sweep_dir)]
+    assert len(runs) == 4
+    by_trial = table.set_index("trial_id")
+    for run in runs:
+        assert run.group == sweep_dir.name
+        row = by_trial.loc[run.run_id]
+        assert run.config["batch_size"] == row.batch_size and run.config["model"] == row.model
+        for metric in ("test_acc", "test_ece", "auroc_msp", "auroc_lnz"):
+            assert run.summary[metric] == pytest.approx(row[metric], rel=1e-9)
+    assert "wandb sync" in proc.stdout
+
+    # The API key is never written to a config, a log or a results file.
+    for path in [*sweep_dir.rglob("*"), *(tmp_path / "ray").rglob("*")]:
+        if path.is_file() and path.stat().st_size < 50_000_000:
+            assert SECRET.encode() not in path.read_bytes(), path
+
+    # The report redraws table and plots from the saved results alone.
+    for png in (results / "plots").glob("*.png"):
+        png.unlink()
+    (results / "trials.md").unlink()
+    report = subprocess.run([sys.executable, "-m", "orchestrator.report", str(sweep_dir)],
+                            capture_output=True, text=True, env=sweep_env, timeout=120)
+    assert report.returncode == 0, report.stderr
+    assert (results / "trials.md").exists()
+    assert {p.name for p in (results / "plots").glob("*.png")} == plots
+
+
+def test_ddp_path_with_two_workers_matches_in_process_path(tmp_path, sweep_env):
+    common = ["--set", "batch_size=32", "--set", "model=gffn", "--wandb", "disabled"]
+    ddp, ddp_dir = run_sweep(tmp_path / "ddp", sweep_env, *common, "--num-workers", "2")
+    assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
+    assert "TorchTrainer, 2 workers" in ddp.stdout
+    local, local_dir = run_sweep(tmp_path / "local", sweep_env, *common)
+    assert local.returncode == 0, local.stdout[-3000:] + local.stderr[-3000:]
+    a, b = trials(ddp_dir).iloc[0], trials(local_dir).iloc[0]
+    assert a.status == b.status == "completed"
+    assert a.steps == b.steps == 1078 // 32
+    # Same global batches, same initial weights, a global-batch GFFN normalizer:
+    # the two paths train the same model up to float32 summation order.
+    assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4)
+    assert a.test_acc == pytest.approx(b.test_acc, abs=0.01)
+    assert any((ddp_dir / "train").glob("train-*/checkpoint_*"))
+
+
+def test_diverged_trial_is_reported_and_the_sweep_goes_on(tmp_path, sweep_env):
+    proc, sweep_dir = run_sweep(tmp_path, sweep_env, "--set", "lr=1e12,1e-3",
+                                "--set", "batch_size=16", "--set", "model=gffn",
+                                "--wandb", "disabled")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = trials(sweep_dir).set_index("lr")
+    assert table.loc[1e12, "status"] == "diverged"
+    assert table.loc[1e12, "diverged_epoch"] == 1
+    assert table.loc[1e-3, "status"] == "completed"
+    assert "diverged" in (sweep_dir / "results" / "trials.md").read_text()
