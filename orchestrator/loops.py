@@ -88,7 +88,8 @@ def train_classifier(config: dict[str, Any], session: Session) -> None:
         state["model"] = _unwrap(model).state_dict()
         state["optimizer"] = optimizer.state_dict()
         if not (patience_over or epoch + 1 == max_epochs):
-            session.report({**metrics, "status": "running"}, state=state)
+            save = (epoch + 1) % config.get("checkpoint_every", 1) == 0
+            session.report({**metrics, "status": "running"}, state=state if save else None)
             continue
         # Budget A evaluates the weights of the best validation epoch; B the last weights.
         evaluated = _unwrap(model)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,6 +69,22 @@ def _restore(checkpoint) -> tuple[dict | None, dict | None]:
         return load_checkpoint_dir(directory)
 
 
+def _quiet_ray_train_logs() -> None:
+    """Ray logs every checkpoint and report at INFO; the console keeps Tune's table only."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+
+
+def _quiet_ray_train_worker_logs() -> None:
+    """Ray Train V2 logs every report's full metrics at INFO from a logger named after its
+    source file (so `LoggingConfig` does not reach it); silence that one logger."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:
+        return
+    getattr(context, "logger", logging.getLogger()).setLevel(logging.WARNING)
+
+
 def select_device(use_gpu: bool) -> torch.device:
     """CUDA when GPUs were requested and one is visible; otherwise the CPU."""
     if use_gpu and torch.cuda.is_available():
@@ -79,6 +96,7 @@ class TuneSession(Session):
     """The loop runs in the Tune trial's process and reports with `ray.tune.report`."""
 
     def __init__(self, num_threads: int = 1):
+        _quiet_ray_train_logs()
         torch.set_num_threads(max(1, num_threads))
         self.device = select_device(use_gpu=False)
 
@@ -102,6 +120,7 @@ class TrainSession(Session):
         import ray.train
         import ray.train.torch
 
+        _quiet_ray_train_worker_logs()
         torch.set_num_threads(max(1, num_threads))
         context = ray.train.get_context()
         self.rank = context.get_world_rank()

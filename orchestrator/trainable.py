@@ -83,6 +83,7 @@ def make_trainable(loop_name: str, scaling: Scaling, train_storage: str | Path) 
                 callbacks=[TuneReportCallback()],
                 checkpoint_config=train.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
                 failure_config=train.FailureConfig(max_failures=scaling.max_failures),
+                logging_config=train.LoggingConfig(log_level="WARNING"),
             ),
         )
         trainer.fit()

@@ -91,8 +91,10 @@ def read_offline_run(run_dir: str | Path) -> OfflineRun:
         record.ParseFromString(payload)
         kind = record.WhichOneof("record_type")
         if kind == "run":
-            run.run_id, run.group, run.project = (record.run.run_id, record.run.run_group,
-                                                  record.run.project)
+            # Later run records (updates) may leave fields empty: keep what is known.
+            run.run_id = record.run.run_id or run.run_id
+            run.group = record.run.run_group or run.group
+            run.project = record.run.project or run.project
             for item in record.run.config.update:
                 key, value = _item_value(item)
                 run.config[key] = _config_value(value)

@@ -25,6 +25,7 @@ BASE = {
     "max_epochs_a": 100,        # budget A: hard cap
     "epochs_b": 100,            # budget B: fixed number of epochs
     "num_bins": 15,
+    "checkpoint_every": 1,      # epochs between checkpoints (the last epoch always saves)
     "seed": 0,
     "data_seed": 0,
 }

@@ -1,7 +1,9 @@
 """Shared test setup: no network, W&B offline, small thread counts."""
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,8 +18,11 @@ os.environ.pop("RAY_ADDRESS", None)
 
 @pytest.fixture
 def sweep_env(tmp_path):
-    """Environment for a sweep subprocess: offline W&B, no cluster address, no user key."""
+    """Environment for a sweep subprocess: offline W&B, no cluster address, no user key,
+    and a private Ray temp dir (short: Ray's socket paths must stay under 108 bytes)."""
+    ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "RAY_"))}
     env.update(WANDB_MODE="offline", WANDB_DIR=str(tmp_path), HOME=str(tmp_path),
-               PYTHONPATH=str(ROOT), RAY_TMPDIR=str(tmp_path / "ray"))
-    return env
+               PYTHONPATH=str(ROOT), RAY_TMPDIR=ray_tmp)
+    yield env
+    shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -15,6 +15,7 @@ SECRET = "sentinel-wandb-key-0123456789abcdef"
 
 
 def run_sweep(tmp_path, env, *args, timeout=600):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
         [sys.executable, "-m", "orchestrator.sweep", "batch_size_gffn", "--profile", "smoke",
          "--storage", str(tmp_path / "runs"), *args],
@@ -62,7 +63,7 @@ def test_smoke_sweep_results_plots_and_wandb_offline_runs(tmp_path, sweep_env):
     assert "wandb sync" in proc.stdout
 
     # The API key is never written to a config, a log or a results file.
-    for path in [*sweep_dir.rglob("*"), *(tmp_path / "ray").rglob("*")]:
+    for path in [*sweep_dir.rglob("*"), *Path(env["RAY_TMPDIR"]).rglob("*")]:
         if path.is_file() and path.stat().st_size < 50_000_000:
             assert SECRET.encode() not in path.read_bytes(), path
 

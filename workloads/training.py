@@ -19,8 +19,8 @@ from workloads.scores import batched_logits, get_score
 
 @dataclass
 class EpochStats:
-    loss: float       # mean training loss over this worker's batches (NaN/inf if diverged)
-    accuracy: float   # training accuracy on the batches seen, in train mode
+    loss: float       # mean training loss over the epoch's global batches (NaN/inf: diverged)
+    accuracy: float   # training accuracy on the examples seen, in train mode
     steps: int        # optimizer steps taken this epoch
 
 
@@ -28,7 +28,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn:
                     x: torch.Tensor, y: torch.Tensor, batch_size: int, epoch: int,
                     seed: int = 0, rank: int = 0, world_size: int = 1,
                     device: torch.device | str = "cpu") -> EpochStats:
-    """Train over one epoch of global batches of `batch_size`; this worker's share only."""
+    """Train over one epoch of global batches of `batch_size`, this worker's share of each;
+    with several workers the returned loss and accuracy are those of the global batches."""
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
@@ -46,8 +47,11 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn:
         steps += 1
     if steps == 0:
         raise ValueError(f"batch size {batch_size} exceeds the {len(x)} training examples")
-    return EpochStats(loss=(loss_sum / steps).item(), accuracy=(correct / seen).item(),
-                      steps=steps)
+    totals = torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)])
+    if world_size > 1:  # the global batch's loss is the mean of the workers' losses
+        torch.distributed.all_reduce(totals)
+    return EpochStats(loss=(totals[0] / (steps * world_size)).item(),
+                      accuracy=(totals[1] / totals[2]).item(), steps=steps)
 
 
 def evaluate_split(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
