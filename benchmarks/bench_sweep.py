@@ -89,18 +89,28 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {"profile": args.profile, "cpus": os.cpu_count()}
 
-    # 2. Throughput of one trial on each path.
+    # 2. Throughput of one trial on each path (same trial, same workload code).
     config = {**trial_configs(args.profile)[0], **THROUGHPUT_TRIAL}
-    session = LocalSession()
-    train_classifier(config, session)
-    rates = {"plain": epochs_per_second(session.reports)}
+    rates = {}
+    for threads in (None, 1):
+        session = LocalSession(num_threads=threads)
+        train_classifier(config, session)
+        rates[f"plain_{threads or 'default'}_threads"] = epochs_per_second(session.reports)
     sets = [f"--set={k}={v}" for k, v in THROUGHPUT_TRIAL.items()]
-    for path, extra in (("in_process", []), ("ddp_2_workers", ["--num-workers", "2"])):
+    paths = {
+        "in_process_1cpu": [],
+        "in_process_2cpu": ["--cpus-per-worker", "2"],
+        "in_process_1cpu_checkpoint_every_10": ["--set", "checkpoint_every=10"],
+        "ddp_2_workers": ["--num-workers", "2"],
+    }
+    for path, extra in paths.items():
         _, sweep_dir = run_sweep(out / f"throughput_{path}", "--profile", args.profile,
                                  "--wandb", "disabled", *sets, *extra)
         rates[path] = epochs_per_second(sweep_trial_reports(sweep_dir))
+    results["throughput_trial"] = THROUGHPUT_TRIAL
     results["epochs_per_second"] = rates
-    results["throughput_ratio"] = {k: v / rates["plain"] for k, v in rates.items()}
+    plain = rates["plain_default_threads"]
+    results["throughput_vs_plain_default_threads"] = {k: v / plain for k, v in rates.items()}
     print(json.dumps(results, indent=2), flush=True)
 
     # 1. The whole sweep against the plain sequential loop.

@@ -76,7 +76,8 @@ def train_classifier(config: dict[str, Any], session: Session) -> None:
                    "train_seconds": state["train_seconds"],
                    "loop_seconds": time.perf_counter() - loop_started}
         if not math.isfinite(stats.loss):
-            session.report({**metrics, "status": "diverged", "diverged_epoch": epoch + 1})
+            session.report({**metrics, "val_acc": math.nan, "val_nll": math.nan,
+                            "status": "diverged", "diverged_epoch": epoch + 1})
             return
         val = evaluate_split(_unwrap(model), data.x_val, data.y_val)
         metrics.update(val_acc=val["acc"], val_nll=val["nll"])

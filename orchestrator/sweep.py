@@ -238,7 +238,11 @@ def run(args: argparse.Namespace) -> int:
         "cpus_per_worker": scaling.cpus_per_worker, "wandb": mode, "storage": sweep_dir,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
     started = time.perf_counter()
-    result_grid = tuner.fit()
+    try:
+        result_grid = tuner.fit()
+    except Exception as error:  # Tune itself failed: keep whatever the trials reported
+        print(f"[sweep] Tune stopped with an error: {error!r}", file=sys.stderr)
+        result_grid = tune.Tuner.restore(sweep_dir, trainable).get_results()
     wall = time.perf_counter() - started
 
     table, reliability = collect_results(result_grid)
