@@ -33,9 +33,14 @@ from orchestrator.session import LocalSession  # noqa: E402
 from search_spaces import get_search_space  # noqa: E402
 
 SWEEP = "batch_size_gffn"
-# One representative trial for the throughput comparison (budget B: fixed epochs).
-THROUGHPUT_TRIAL = {"batch_size": 32, "model": "gffn", "lr_scaling": "none", "budget": "B",
-                    "epochs_b": 40}
+# Representative trials for the throughput comparison (budget B: fixed epochs). On digits
+# an epoch at batch 32 is ~45 ms of compute, at batch 8 ~200 ms.
+THROUGHPUT_TRIALS = {
+    "batch32": {"batch_size": 32, "model": "gffn", "lr_scaling": "none", "budget": "B",
+                "epochs_b": 40},
+    "batch8": {"batch_size": 8, "model": "gffn", "lr_scaling": "none", "budget": "B",
+               "epochs_b": 12},
+}
 
 
 def trial_configs(profile_name: str) -> list[dict]:
@@ -89,29 +94,31 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {"profile": args.profile, "cpus": os.cpu_count()}
 
-    # 2. Throughput of one trial on each path (same trial, same workload code).
-    config = {**trial_configs(args.profile)[0], **THROUGHPUT_TRIAL}
-    rates = {}
-    for threads in (None, 1):
-        session = LocalSession(num_threads=threads)
-        train_classifier(config, session)
-        rates[f"plain_{threads or 'default'}_threads"] = epochs_per_second(session.reports)
-    sets = [f"--set={k}={v}" for k, v in THROUGHPUT_TRIAL.items()]
+    # 2. Throughput of representative trials on each path (same workload code).
     paths = {
         "in_process_1cpu": [],
         "in_process_2cpu": ["--cpus-per-worker", "2"],
         "in_process_1cpu_checkpoint_every_10": ["--set", "checkpoint_every=10"],
         "ddp_2_workers": ["--num-workers", "2"],
     }
-    for path, extra in paths.items():
-        _, sweep_dir = run_sweep(out / f"throughput_{path}", "--profile", args.profile,
-                                 "--wandb", "disabled", *sets, *extra)
-        rates[path] = epochs_per_second(sweep_trial_reports(sweep_dir))
-    results["throughput_trial"] = THROUGHPUT_TRIAL
-    results["epochs_per_second"] = rates
-    plain = rates["plain_default_threads"]
-    results["throughput_vs_plain_default_threads"] = {k: v / plain for k, v in rates.items()}
-    print(json.dumps(results, indent=2), flush=True)
+    results["throughput"] = {}
+    for trial_name, trial in THROUGHPUT_TRIALS.items():
+        config = {**trial_configs(args.profile)[0], **trial}
+        rates = {}
+        for threads in (None, 1):
+            session = LocalSession(num_threads=threads)
+            train_classifier(config, session)
+            rates[f"plain_{threads or 'default'}_threads"] = epochs_per_second(session.reports)
+        sets = [f"--set={k}={v}" for k, v in trial.items()]
+        for path, extra in paths.items():
+            _, sweep_dir = run_sweep(out / f"throughput_{trial_name}_{path}", "--profile",
+                                     args.profile, "--wandb", "disabled", *sets, *extra)
+            rates[path] = epochs_per_second(sweep_trial_reports(sweep_dir))
+        plain = rates["plain_default_threads"]
+        results["throughput"][trial_name] = {
+            "trial": trial, "epochs_per_second": rates,
+            "ratio_to_plain_default_threads": {k: v / plain for k, v in rates.items()}}
+        print(json.dumps(results["throughput"][trial_name], indent=2), flush=True)
 
     # 1. The whole sweep against the plain sequential loop.
     configs = trial_configs(args.profile)

@@ -219,12 +219,19 @@ def run(args: argparse.Namespace) -> int:
         tuner = tune.Tuner.restore(str(restore_path), trainable, resume_errored=True,
                                    param_space=param_space)
     else:
-        callbacks = [cb for cb in [tracking.wandb_callback(mode, group=run_name)] if cb]
+        from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+        # result.json and progress.csv per trial; no TensorBoard files (they cost the driver
+        # time on every epoch's report, and W&B is the dashboard).
+        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+        callbacks = [JsonLoggerCallback(), CSVLoggerCallback()]
+        callbacks += [cb for cb in [tracking.wandb_callback(mode, group=run_name)] if cb]
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode,
-                                        max_concurrent_trials=max_concurrent),
+                                        max_concurrent_trials=max_concurrent,
+                                        reuse_actors=True),
             run_config=tune.RunConfig(
                 name=run_name, storage_path=storage, callbacks=callbacks,
                 failure_config=tune.FailureConfig(max_failures=scaling.max_failures),

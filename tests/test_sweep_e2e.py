@@ -105,3 +105,41 @@ def test_diverged_trial_is_reported_and_the_sweep_goes_on(tmp_path, sweep_env):
     assert table.loc[1e12, "diverged_epoch"] == 1
     assert table.loc[1e-3, "status"] == "completed"
     assert "diverged" in (sweep_dir / "results" / "trials.md").read_text()
+
+
+def test_killed_trial_is_retried_from_its_checkpoint(tmp_path, sweep_env):
+    """Kill a running trial's process: Tune retries it from its latest checkpoint."""
+    import json
+    import os
+    import signal
+    import time
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.sweep", "batch_size_gffn", "--profile", "smoke",
+         "--storage", str(tmp_path / "runs"), "--set", "batch_size=128", "--set", "model=gffn",
+         "--set", "epochs_b=120", "--wandb", "disabled"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=sweep_env,
+        cwd=tmp_path)
+    killed_at = None
+    deadline = time.time() + 240
+    while killed_at is None and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        for result_file in (tmp_path / "runs").glob("*/*/result.json"):
+            lines = [json.loads(x) for x in result_file.read_text().splitlines() if x.strip()]
+            if len(lines) >= 5:
+                killed_at = lines[-1]["epoch"]
+                os.kill(lines[-1]["pid"], signal.SIGKILL)
+                break
+    output, _ = proc.communicate(timeout=300)
+    assert killed_at is not None, output[-3000:]
+    assert proc.returncode == 0, output[-3000:]
+    (sweep_dir,) = (tmp_path / "runs").glob("batch_size_gffn-smoke-*")
+    row = trials(sweep_dir).iloc[0]
+    assert row.status == "completed" and row.epochs == 120
+    # The retry resumed from a checkpoint: it did not start again from epoch 1.
+    (result_file,) = sweep_dir.glob("*/result.json")
+    epochs = [json.loads(x)["epoch"] for x in result_file.read_text().splitlines() if x.strip()]
+    restart = next(i for i in range(1, len(epochs)) if epochs[i] <= epochs[i - 1])
+    assert epochs[restart] > 1, epochs[restart - 3:restart + 3]
+    assert epochs[restart] >= killed_at - 3  # at most a few epochs redone

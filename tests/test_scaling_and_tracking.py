@@ -1,0 +1,96 @@
+"""Resource and device logic of the training paths (CPU-checkable parts of the GPU path),
+W&B mode selection, and the loop's own resume from a checkpoint."""
+
+import math
+
+import pytest
+import torch
+
+from orchestrator.loops import train_classifier
+from orchestrator.session import LocalSession, select_device
+from orchestrator.tracking import has_api_key, resolve_mode
+from orchestrator.trainable import Scaling
+from search_spaces import get_search_space
+
+
+def test_single_cpu_worker_runs_in_process():
+    scaling = Scaling(num_workers=1, gpus_per_worker=0, cpus_per_worker=2)
+    assert scaling.in_process
+    assert scaling.trial_resources() == {"CPU": 2, "GPU": 0}
+    assert scaling.total_resources() == {"CPU": 2, "GPU": 0}
+
+
+@pytest.mark.parametrize("workers, gpus", [(2, 0.0), (1, 1.0), (4, 0.5)])
+def test_multi_worker_and_gpu_trials_use_a_torch_trainer(workers, gpus):
+    scaling = Scaling(num_workers=workers, gpus_per_worker=gpus, cpus_per_worker=3)
+    assert not scaling.in_process
+    assert scaling.trial_resources()["CPU"] == 0  # the trial only drives the trainer
+    config = scaling.scaling_config()
+    assert config.num_workers == workers
+    assert config.use_gpu == (gpus > 0)
+    expected = {"CPU": 3, **({"GPU": gpus} if gpus else {})}
+    assert config.resources_per_worker == expected
+    assert scaling.total_resources() == {"CPU": 3 * workers, "GPU": gpus * workers}
+
+
+def test_device_falls_back_to_cpu_without_cuda():
+    assert select_device(use_gpu=False).type == "cpu"
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert select_device(use_gpu=True).type == expected
+
+
+def test_wandb_mode_follows_the_api_key(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert not has_api_key()
+    assert resolve_mode(None) == "offline"
+    with pytest.raises(ValueError, match="API key"):
+        resolve_mode("online")
+    assert resolve_mode("disabled") == "disabled"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert resolve_mode(None) == "online"
+    monkeypatch.delenv("WANDB_API_KEY")
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password " +
+                                     "y" * 40 + "\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    assert resolve_mode(None) == "online"
+
+
+def _config(**overrides):
+    profile = get_search_space("batch_size_gffn").profile("smoke")
+    return {**profile.config, "batch_size": 64, "model": "gffn", **overrides}
+
+
+def test_loop_resumes_from_its_checkpoint_exactly():
+    straight = LocalSession(num_threads=1)
+    train_classifier(_config(epochs_b=4), straight)
+
+    first = LocalSession(num_threads=1)
+    train_classifier(_config(epochs_b=2), first)  # stops after epoch 2, checkpointed
+    resumed = LocalSession(num_threads=1)
+    resumed._state, resumed.final = first._state, None
+    train_classifier(_config(epochs_b=4), resumed)
+    assert [r["epoch"] for r in resumed.reports] == [3, 4]
+    assert resumed.reports[-1]["steps"] == straight.reports[-1]["steps"]
+    assert resumed.reports[-1]["test_acc"] == straight.reports[-1]["test_acc"]
+    assert resumed.reports[-1]["train_loss"] == pytest.approx(
+        straight.reports[-1]["train_loss"], rel=1e-5)
+
+
+def test_budget_a_stops_on_patience_and_evaluates_the_best_epoch():
+    session = LocalSession(num_threads=1)
+    train_classifier(_config(budget="A", patience=2, max_epochs_a=60, batch_size=512), session)
+    final = session.reports[-1]
+    assert final["status"] == "completed"
+    assert final["epochs"] - final["best_epoch"] == 2 or final["epochs"] == 60
+    best_val = max(r["val_acc"] for r in session.reports)
+    assert session.reports[final["best_epoch"] - 1]["val_acc"] == best_val
+    assert all(math.isfinite(final[k]) for k in ("test_acc", "test_ece", "auroc_lnz"))
+
+
+def test_non_finite_loss_ends_the_trial_as_diverged():
+    session = LocalSession(num_threads=1)
+    train_classifier(_config(lr=1e12, epochs_b=5, batch_size=16), session)
+    assert len(session.reports) == 1
+    assert session.reports[0]["status"] == "diverged"
+    assert session.reports[0]["diverged_epoch"] == 1
