@@ -19,7 +19,6 @@ from ray.tune import Callback
 from orchestrator.wandb_offline import find_offline_runs
 
 WANDB_MODES = ("offline", "online", "disabled")
-HIDDEN_CONFIG = ("data_dir",)
 DEFAULT_PROJECT = "robustness-lab"
 
 
@@ -86,10 +85,9 @@ class WandbTrialLogger(Callback):
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
         Path(trial.local_path).mkdir(parents=True, exist_ok=True)
-        config = {k: v for k, v in trial.config.items() if k not in HIDDEN_CONFIG}
         run = wandb.init(
             project=self.project, group=self.group, name=str(trial), id=trial.trial_id,
-            config=config, dir=trial.local_path, mode=self.mode, reinit="create_new",
+            config=dict(trial.config), dir=trial.local_path, mode=self.mode, reinit="create_new",
             resume="allow", settings=wandb.Settings(console="off", x_disable_stats=True,
                                                     disable_git=True, save_code=False))
         self._runs[trial.trial_id] = run

@@ -48,7 +48,9 @@ SPACE = SearchSpace(
                 "batch_size": [8, 32, 128, 512],
                 "model": ["ffn", "gffn"],
                 "lr_scaling": ["none", "sqrt"],
-                "budget": ["A", "B"],
+                # Tune runs the grid with the last key varying slowest: the long budget-B
+                # trials start first and the short budget-A trials fill the tail.
+                "budget": ["B", "A"],
             },
             description="32 trials on digits: both budgets, FFN/GFFN, lr scaling none/sqrt",
         ),

@@ -137,9 +137,27 @@ def test_killed_trial_is_retried_from_its_checkpoint(tmp_path, sweep_env):
     (sweep_dir,) = (tmp_path / "runs").glob("batch_size_gffn-smoke-*")
     row = trials(sweep_dir).iloc[0]
     assert row.status == "completed" and row.epochs == 120
-    # The retry resumed from a checkpoint: it did not start again from epoch 1.
+    # A new process took over, and it resumed from a checkpoint, not from epoch 1.
     (result_file,) = sweep_dir.glob("*/result.json")
-    epochs = [json.loads(x)["epoch"] for x in result_file.read_text().splitlines() if x.strip()]
-    restart = next(i for i in range(1, len(epochs)) if epochs[i] <= epochs[i - 1])
-    assert epochs[restart] > 1, epochs[restart - 3:restart + 3]
-    assert epochs[restart] >= killed_at - 3  # at most a few epochs redone
+    reports = [json.loads(x) for x in result_file.read_text().splitlines() if x.strip()]
+    restart = next(i for i in range(1, len(reports))
+                   if reports[i]["pid"] != reports[i - 1]["pid"])
+    assert reports[restart]["epoch"] >= killed_at - 3  # at most a few epochs redone
+    assert reports[-1]["epoch"] == 120
+    assert (result_file.parent / "error.txt").exists()  # Tune recorded the failure
+
+
+def test_resume_continues_the_latest_run_of_a_sweep(tmp_path, sweep_env):
+    proc, _ = run_sweep(tmp_path / "none", sweep_env, "--resume", "--wandb", "disabled")
+    assert proc.returncode == 2 and "no earlier run" in proc.stderr
+
+    first, sweep_dir = run_sweep(tmp_path, sweep_env, "--set", "model=gffn",
+                                 "--wandb", "disabled")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    (sweep_dir / "results" / "trials.csv").unlink()
+    resumed, resumed_dir = run_sweep(tmp_path, sweep_env, "--resume", "--set", "model=gffn",
+                                     "--wandb", "disabled")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert resumed_dir == sweep_dir  # no new run directory
+    table = trials(sweep_dir)
+    assert len(table) == 2 and (table.status == "completed").all()
