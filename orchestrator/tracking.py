@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import netrc
 import os
+import queue
+import sys
+import threading
 from numbers import Number
 from pathlib import Path
 from typing import Any
@@ -67,58 +70,94 @@ class WandbTrialLogger(Callback):
     the summary ends with the trial's final metrics and its status. Offline runs are written
     to `<trial dir>/wandb/offline-run-*`. Unlike Ray's WandbLoggerCallback there are no
     logging actors to start per trial, and none that can be killed before W&B has flushed.
+    All W&B calls run on one background thread, so a slow `wandb.init` (or a slow network
+    in online mode) never stalls Tune's event loop; the experiment's end waits for it.
     """
 
-    def __init__(self, mode: str, group: str, project: str | None = None,
-                 exclude: tuple[str, ...] = ("config", "checkpoint_path", "checkpoint_dir_name",
-                                             "should_checkpoint", "done", "date", "hostname",
-                                             "node_ip", "pid", "timestamp")):
+    EXCLUDE = ("config", "checkpoint_path", "checkpoint_dir_name", "should_checkpoint", "done",
+               "date", "hostname", "node_ip", "pid", "timestamp")
+
+    def __init__(self, mode: str, group: str, project: str | None = None):
         self.mode = mode
         self.group = group
         self.project = project or os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT)
-        self.exclude = set(exclude)
         self._runs: dict[str, Any] = {}
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
 
-    def _start(self, trial) -> Any:
+    def __getstate__(self):  # Tune pickles callbacks: threads, queues and runs stay behind
+        return {"mode": self.mode, "group": self.group, "project": self.project}
+
+    def __setstate__(self, state):
+        self.__init__(**state)
+
+    # --- the W&B side, on the background thread ---------------------------------------
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            method, args = item
+            try:
+                method(*args)
+            except Exception as error:  # tracking must never take the sweep down
+                print(f"[wandb] {method.__name__} failed: {error!r}", file=sys.stderr)
+
+    def _start(self, trial_id: str, name: str, config: dict, directory: str) -> None:
         import wandb
 
-        if trial.trial_id in self._runs:
-            return self._runs[trial.trial_id]
-        Path(trial.local_path).mkdir(parents=True, exist_ok=True)
-        run = wandb.init(
-            project=self.project, group=self.group, name=str(trial), id=trial.trial_id,
-            config=dict(trial.config), dir=trial.local_path, mode=self.mode, reinit="create_new",
-            resume="allow", settings=wandb.Settings(console="off", x_disable_stats=True,
-                                                    disable_git=True, save_code=False))
-        self._runs[trial.trial_id] = run
-        return run
+        if trial_id in self._runs:  # a retried trial keeps its run
+            return
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self._runs[trial_id] = wandb.init(
+            project=self.project, group=self.group, name=name, id=trial_id, config=config,
+            dir=directory, mode=self.mode, reinit="create_new", resume="allow",
+            settings=wandb.Settings(console="off", x_disable_stats=True, disable_git=True,
+                                    save_code=False))
+
+    def _log(self, trial_id: str, metrics: dict, step: int | None) -> None:
+        self._runs[trial_id].log(metrics, step=step)
+
+    def _finish(self, trial_id: str, status: str, exit_code: int) -> None:
+        run = self._runs.pop(trial_id, None)
+        if run is not None:
+            run.summary["status"] = status
+            run.finish(exit_code=exit_code)
+
+    # --- Tune's side, on the driver's event loop -----------------------------------------
+    def _submit(self, method, *args) -> None:
+        if self._thread is None:
+            self._queue = queue.Queue()
+            self._thread = threading.Thread(target=self._work, name="wandb-logger",
+                                            daemon=True)
+            self._thread.start()
+        self._queue.put((method, args))
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._start(trial)
+        self._submit(self._start, trial.trial_id, str(trial), dict(trial.config),
+                     str(trial.local_path))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         metrics = {k: v for k, v in result.items()
-                   if k not in self.exclude and isinstance(v, (Number, str, bool))}
-        self._start(trial).log(metrics, step=result.get("training_iteration"))
+                   if k not in self.EXCLUDE and isinstance(v, (Number, str, bool))}
+        self._submit(self._log, trial.trial_id, metrics, result.get("training_iteration"))
 
-    def _finish(self, trial, exit_code: int) -> None:
-        run = self._runs.pop(trial.trial_id, None)
-        if run is not None:
-            if trial.last_result:
-                run.summary["status"] = trial.last_result.get("status", "incomplete")
-            if exit_code:
-                run.summary["status"] = "error"
-            run.finish(exit_code=exit_code)
+    def _end_trial(self, trial, failed: bool) -> None:
+        status = "error" if failed else (trial.last_result or {}).get("status", "incomplete")
+        self._submit(self._finish, trial.trial_id, status, int(failed))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._finish(trial, exit_code=0)
+        self._end_trial(trial, failed=False)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._finish(trial, exit_code=1)
+        self._end_trial(trial, failed=True)
 
     def on_experiment_end(self, trials, **info):
-        for trial in trials:
-            self._finish(trial, exit_code=0 if trial.status == "TERMINATED" else 1)
+        if self._thread is None:
+            return
+        for trial in trials:  # trials that never completed (interrupted sweep)
+            if trial.status not in ("TERMINATED", "ERROR"):
+                self._end_trial(trial, failed=True)
+        self._queue.put(None)
+        self._thread.join()
+        self._thread = None
 
 
 def wandb_callback(mode: str, group: str, project: str | None = None):
