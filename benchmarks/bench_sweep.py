@@ -7,7 +7,8 @@ Measures, in one run on this machine:
 2. training throughput (epochs/s) of one representative trial on each path: the plain
    loop, the in-process Tune path and the Ray Train DDP path (2 workers);
 3. per-trial orchestration overhead: the slot-seconds the sweep spends beyond the plain
-   loop's compute, per trial: (slots * sweep_wall - plain_wall) / trials.
+   loop's compute, per trial: (slots * sweep_wall - plain_wall) / trials; and the same sweep
+   with W&B disabled, to show what tracking costs.
 
 Usage:  python benchmarks/bench_sweep.py [--profile local] [--out benchmarks/out]
 """
@@ -125,15 +126,20 @@ def main() -> None:
     plain_wall, plain_trials = run_plain(configs)
     sweep_wall, sweep_dir = run_sweep(out / "sweep", "--profile", args.profile,
                                       "--wandb", "offline")
-    table = pd.read_csv(sweep_dir / "results" / "trials.csv")
+    # The same sweep without W&B: what tracking costs on 2 cores.
+    sweep_wall_no_wandb, _ = run_sweep(out / "sweep_no_wandb", "--profile", args.profile,
+                                       "--wandb", "disabled")
+    statuses = pd.read_csv(sweep_dir / "results" / "trials.csv")["status"]
     slots = min(os.cpu_count() or 1, len(configs))
     results.update(
         trials=len(configs), plain_wall_s=plain_wall, sweep_wall_s=sweep_wall,
         sweep_to_plain=sweep_wall / plain_wall, slots=slots,
+        sweep_no_wandb_wall_s=sweep_wall_no_wandb,
+        sweep_no_wandb_to_plain=sweep_wall_no_wandb / plain_wall,
+        overhead_per_trial_no_wandb_s=(slots * sweep_wall_no_wandb - plain_wall) / len(configs),
         overhead_per_trial_s=(slots * sweep_wall - plain_wall) / len(configs),
-        in_trial_ray_seconds_mean=float((table["time_total_s"] - table["loop_seconds"]).mean())
-        if "time_total_s" in table else None,
-        plain_trial_seconds_sum=sum(plain_trials))
+        plain_trial_seconds_sum=sum(plain_trials),
+        sweep_statuses=statuses.value_counts().to_dict())
     (out / "bench_sweep.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
 
