@@ -54,7 +54,13 @@ def train_classifier(config: dict[str, Any], session: Session) -> None:
         raise ValueError(f"budget must be 'A' or 'B', got {budget!r}")
     max_epochs = config["max_epochs_a"] if budget == "A" else config["epochs_b"]
 
-    state, _ = session.restore()
+    state, final_artifacts = session.restore()
+    finished = state is not None and "final_metrics" in state and (
+        budget == "A" or state["epoch"] + 1 >= max_epochs)
+    if finished:
+        # Restarted after its final checkpoint was written: report the result again.
+        session.report(state["final_metrics"], state=state, final=final_artifacts)
+        return
     if state is None:
         state = {"epoch": -1, "steps": 0, "best_val_acc": -1.0, "best_epoch": -1,
                  "best_model": None, "train_seconds": 0.0}
@@ -103,6 +109,7 @@ def train_classifier(config: dict[str, Any], session: Session) -> None:
         metrics.update(final, train_acc=train["acc"], best_epoch=state["best_epoch"] + 1,
                        epochs=epoch + 1, status="completed",
                        loop_seconds=time.perf_counter() - loop_started)
+        state["final_metrics"] = metrics
         session.report(metrics, state=state, final={"reliability": reliability})
         return
 

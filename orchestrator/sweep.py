@@ -107,6 +107,8 @@ def apply_overrides(space: SearchSpace, profile: Profile, overrides: list[str]) 
             if allowed is not None and value not in allowed:
                 raise UsageError(f"--set {key}={value}: must be one of "
                                  f"{', '.join(map(str, allowed))}")
+            if key in space.positive and not value > 0:
+                raise UsageError(f"--set {key}={value}: must be positive")
         config.pop(key, None)
         grid.pop(key, None)
         if len(values) == 1:

@@ -130,9 +130,20 @@ class WandbTrialLogger(Callback):
             self._thread.start()
         self._queue.put((method, args))
 
+    @staticmethod
+    def _run_directory(trial) -> str:
+        """The trial's own directory in local storage; W&B writes there directly. (Tune's
+        `local_path` is a staging copy that Tune syncs when the trial ends, which can be
+        before W&B has flushed.) With remote storage, the staging directory."""
+        import pyarrow.fs
+
+        if isinstance(trial.storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
+            return str(trial.path)
+        return str(trial.local_path)
+
     def on_trial_start(self, iteration, trials, trial, **info):
         self._submit(self._start, trial.trial_id, str(trial), dict(trial.config),
-                     str(trial.local_path))
+                     self._run_directory(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         metrics = {k: v for k, v in result.items()

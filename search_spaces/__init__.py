@@ -47,6 +47,7 @@ class SearchSpace:
     plot_panels: tuple[str, ...] = ()    # config keys that make separate panels
     plot_metrics: tuple[str, ...] = ()   # one figure per metric
     choices: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # allowed values
+    positive: tuple[str, ...] = ()       # numeric keys that must be > 0
 
     def profile(self, name: str) -> Profile:
         if name not in self.profiles:

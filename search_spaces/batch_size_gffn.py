@@ -84,4 +84,6 @@ SPACE = SearchSpace(
         "lr_scaling": LR_SCALING_RULES,
         "budget": ("A", "B"),
     },
+    positive=("lr", "batch_size", "reference_batch_size", "patience", "max_epochs_a",
+              "epochs_b", "num_bins", "checkpoint_every"),
 )

@@ -25,6 +25,7 @@ def test_unknown_sweep_exits_2_and_lists_valid_names(sweep_env):
     ("lr=fast", ["lr", "float"]),
     ("batch_size=8,x", ["batch_size", "int"]),
     ("model=resnet", ["model", "ffn", "gffn"]),
+    ("batch_size=0", ["batch_size", "positive"]),
     ("lr", ["KEY=VALUE"]),
 ])
 def test_bad_set_exits_2_and_names_the_key(sweep_env, setting, words):

@@ -94,3 +94,13 @@ def test_non_finite_loss_ends_the_trial_as_diverged():
     assert len(session.reports) == 1
     assert session.reports[0]["status"] == "diverged"
     assert session.reports[0]["diverged_epoch"] == 1
+
+
+def test_a_finished_run_restarted_from_its_last_checkpoint_reports_again():
+    done = LocalSession(num_threads=1)
+    train_classifier(_config(epochs_b=2), done)
+    restarted = LocalSession(num_threads=1)
+    restarted._state, restarted.final = done._state, done.final
+    train_classifier(_config(epochs_b=2), restarted)
+    assert restarted.reports == [done.reports[-1]]
+    assert restarted.final == done.final
