@@ -207,6 +207,15 @@ def run(args: argparse.Namespace) -> int:
     capacity = ray.cluster_resources()
     need = scaling.total_resources()
     fits = [capacity.get(k, 0) // v for k, v in need.items() if v > 0]
+    if fits and min(fits) < 1:
+        wanted = ", ".join(f"{v:g} {k}" for k, v in need.items() if v > 0)
+        have = ", ".join(f"{capacity.get(k, 0):g} {k}" for k, v in need.items() if v > 0)
+        if not address:  # a local Ray cannot grow: the trials would wait forever
+            ray.shutdown()
+            raise UsageError(f"one trial needs {wanted} but this machine has {have}; "
+                             f"lower --num-workers / --gpus-per-worker / --cpus-per-worker")
+        print(f"[sweep] warning: one trial needs {wanted}, the cluster has {have} now; "
+              f"trials wait until the autoscaler adds nodes", file=sys.stderr)
     max_concurrent = max(1, int(min(fits))) if fits else None
     path = "in-process (Tune trial)" if scaling.in_process else (
         f"TorchTrainer, {scaling.num_workers} workers x "

@@ -87,3 +87,11 @@ def test_local_profile_spans_the_study():
     assert set(paper.grid["dataset"]) == {"mnist", "fashionmnist", "svhn", "cifar10"}
     assert min(paper.grid["batch_size"]) == 4 and max(paper.grid["batch_size"]) == 2048
     assert paper.gpus_per_worker > 0
+
+
+def test_trials_that_cannot_fit_on_a_local_ray_exit_2(sweep_env):
+    proc = sweep("batch_size_gffn", "--profile", "smoke", "--gpus-per-worker", "1",
+                 "--num-workers", "64", "--set", "batch_size=128", "--wandb", "disabled",
+                 env=sweep_env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "64 GPU" in proc.stderr and "Traceback" not in proc.stderr
