@@ -1,41 +1,67 @@
-"""OOD scores: small units with one signature, found through a registry (NOTES.md E).
+"""OOD scores: small units with one interface, found through a registry (NOTES.md D, E).
 
-Every score is `score(model, x, **params) -> Tensor` of shape (N,), and a higher score
-means "more in-distribution". Register new ones with `@register_score("name")`.
+A score is built by name with its parameters, fitted once on in-distribution training data
+(a no-op for most), then called on inputs:
+
+    score = build_score("mahalanobis").fit(model, x_train, y_train)
+    values = score(model, x)          # shape (N,); higher means "more in-distribution"
+
+Register new scores with `@register_score("name")` on an `OODScore` subclass.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from workloads.losses import log_partition
 
-OODScore = Callable[..., torch.Tensor]
-OOD_SCORES: dict[str, OODScore] = {}
+
+class OODScore:
+    """Base class: `fit` (optional) on ID training data, then `__call__(model, x)`."""
+
+    name = ""
+
+    def fit(self, model: nn.Module, x_train: torch.Tensor,
+            y_train: torch.Tensor) -> OODScore:
+        return self
+
+    def __call__(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
 
-def register_score(name: str) -> Callable[[OODScore], OODScore]:
-    def decorate(fn: OODScore) -> OODScore:
+OOD_SCORES: dict[str, type[OODScore]] = {}
+
+
+def register_score(name: str) -> Callable[[type[OODScore]], type[OODScore]]:
+    def decorate(cls: type[OODScore]) -> type[OODScore]:
         if name in OOD_SCORES:
             raise ValueError(f"OOD score '{name}' is registered twice")
-        OOD_SCORES[name] = fn
-        return fn
+        cls.name = name
+        OOD_SCORES[name] = cls
+        return cls
     return decorate
 
 
-def get_score(name: str) -> OODScore:
+def build_score(name: str, **params) -> OODScore:
+    """An unfitted score by registry name, with its parameters."""
     if name not in OOD_SCORES:
         raise KeyError(f"unknown OOD score '{name}'; known: {', '.join(sorted(OOD_SCORES))}")
-    return OOD_SCORES[name]
+    return OOD_SCORES[name](**params)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 @torch.no_grad()
 def batched_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Logits of `model` on `x`, in eval mode, computed in chunks on the model's device."""
-    device = next(model.parameters()).device
+    device = _device(model)
     was_training = model.training
     model.eval()
     out = torch.cat([model(x[i:i + batch_size].to(device)).float().cpu()
@@ -44,14 +70,204 @@ def batched_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) ->
     return out
 
 
+def penultimate_features(model: nn.Module, x: torch.Tensor,
+                         batch_size: int = 1024) -> torch.Tensor:
+    """The input of the model's final layer: `model.features(x)` (see workloads.models)."""
+    if not hasattr(model, "features"):
+        raise ValueError(f"{type(model).__name__} exposes no `features` (penultimate layer)")
+    device = _device(model)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = torch.cat([model.features(x[i:i + batch_size].to(device)).float().cpu()
+                         for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return out
+
+
 @register_score("msp")
-def max_softmax_probability(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+class MaxSoftmaxProbability(OODScore):
     """Max softmax probability (MSP / MCP; Hendrycks & Gimpel 2017)."""
-    return batched_logits(model, x).softmax(dim=1).max(dim=1).values
+
+    def __call__(self, model, x):
+        return batched_logits(model, x).softmax(dim=1).max(dim=1).values
+
+
+@register_score("max_logit")
+class MaxLogit(OODScore):
+    """The largest logit (Hendrycks et al. 2022; NOTES.md D baseline)."""
+
+    def __call__(self, model, x):
+        return batched_logits(model, x).max(dim=1).values
+
+
+@register_score("energy")
+class NegativeEnergy(OODScore):
+    """-E(x) = T * logsumexp(f(x) / T) (Liu et al. 2020; NOTES.md E)."""
+
+    def __init__(self, temperature: float = 1.0):
+        self.temperature = temperature
+
+    def __call__(self, model, x):
+        t = self.temperature
+        return t * torch.logsumexp(batched_logits(model, x) / t, dim=1)
 
 
 @register_score("lnz")
-def log_partition_score(model: nn.Module, x: torch.Tensor,
-                        kind: str = "logsumexp") -> torch.Tensor:
+class LogPartition(OODScore):
     """ln Z(x), the GFFN's unnormalized log p(x) (NOTES.md A)."""
-    return log_partition(batched_logits(model, x), kind)
+
+    def __init__(self, kind: str = "logsumexp"):
+        self.kind = kind
+
+    def __call__(self, model, x):
+        return log_partition(batched_logits(model, x), self.kind)
+
+
+@register_score("odin")
+class ODIN(OODScore):
+    """ODIN (Liang et al. 2018): temperature-scaled MSP after a small input step that
+    raises it, x' = x - eps * sign(-grad_x log max_k softmax(f(x)/T)_k)."""
+
+    def __init__(self, temperature: float = 1000.0, epsilon: float = 0.0014,
+                 batch_size: int = 256):
+        self.temperature, self.epsilon, self.batch_size = temperature, epsilon, batch_size
+
+    def __call__(self, model, x):
+        device, t = _device(model), self.temperature
+        was_training = model.training
+        model.eval()
+        scores = []
+        for i in range(0, len(x), self.batch_size):
+            xb = x[i:i + self.batch_size].to(device).requires_grad_(True)
+            log_msp = F.log_softmax(model(xb) / t, dim=1).max(dim=1).values
+            (grad,) = torch.autograd.grad(log_msp.sum(), xb)
+            with torch.no_grad():
+                shifted = xb + self.epsilon * grad.sign()
+                scores.append(F.softmax(model(shifted) / t, dim=1).max(dim=1).values.cpu())
+        model.train(was_training)
+        return torch.cat(scores)
+
+
+@register_score("mahalanobis")
+class Mahalanobis(OODScore):
+    """Max over classes of the negative Mahalanobis distance of penultimate features to the
+    class means under a shared covariance (Lee et al. 2018; NOTES.md D, E). With
+    `epsilon > 0`, inputs first take a step that raises the score (input preprocessing)."""
+
+    def __init__(self, epsilon: float = 0.0, batch_size: int = 256):
+        self.epsilon, self.batch_size = epsilon, batch_size
+        self.means: torch.Tensor | None = None
+        self.precision: torch.Tensor | None = None
+
+    def fit(self, model, x_train, y_train):
+        features = penultimate_features(model, x_train).double()
+        classes = torch.unique(y_train)
+        self.means = torch.stack([features[y_train == c].mean(0) for c in classes])
+        centred = features - self.means[torch.searchsorted(classes, y_train)]
+        covariance = centred.T @ centred / len(features)
+        self.precision = torch.linalg.pinv(covariance, hermitian=True)
+        return self
+
+    def _score(self, features: torch.Tensor) -> torch.Tensor:
+        means = self.means.to(features)
+        precision = self.precision.to(features)
+        diff = features[:, None, :] - means[None, :, :]  # (N, K, D)
+        distances = torch.einsum("nkd,de,nke->nk", diff, precision, diff)
+        return (-distances).max(dim=1).values
+
+    def __call__(self, model, x):
+        if self.means is None:
+            raise RuntimeError("Mahalanobis score used before fit()")
+        if self.epsilon == 0:
+            return self._score(penultimate_features(model, x).double()).float()
+        device = _device(model)
+        was_training = model.training
+        model.eval()
+        scores = []
+        for i in range(0, len(x), self.batch_size):
+            xb = x[i:i + self.batch_size].to(device).requires_grad_(True)
+            (grad,) = torch.autograd.grad(self._score(model.features(xb).double()).sum(), xb)
+            with torch.no_grad():
+                shifted = xb + self.epsilon * grad.sign()
+                scores.append(self._score(model.features(shifted).double()).float().cpu())
+        model.train(was_training)
+        return torch.cat(scores)
+
+
+@register_score("mc_dropout")
+class MCDropout(OODScore):
+    """Monte-Carlo dropout (Gal & Ghahramani 2016; NOTES.md E): `passes` stochastic forward
+    passes with dropout on; the score is the negated uncertainty `kind`:
+    `variation_ratio` (1 - share of the modal prediction), `predictive_entropy` (entropy of
+    the mean softmax) or `mutual_information` (predictive entropy - mean entropy)."""
+
+    KINDS = ("variation_ratio", "predictive_entropy", "mutual_information")
+
+    def __init__(self, kind: str = "predictive_entropy", passes: int = 20, seed: int = 0):
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown MC-dropout kind '{kind}'; known: {', '.join(self.KINDS)}")
+        self.kind, self.passes, self.seed = kind, passes, seed
+
+    def __call__(self, model, x):
+        dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+        if not dropouts:
+            raise ValueError(f"{type(model).__name__} has no dropout layers for MC dropout")
+        device = _device(model)
+        was_training = model.training
+        model.eval()
+        for layer in dropouts:
+            layer.train()
+        torch.manual_seed(self.seed)
+        with torch.no_grad():
+            probs = torch.stack([model(x.to(device)).softmax(dim=1).cpu()
+                                 for _ in range(self.passes)])  # (T, N, K)
+        model.train(was_training)
+        mean = probs.mean(0)
+        if self.kind == "variation_ratio":
+            votes = F.one_hot(probs.argmax(2), probs.shape[2]).sum(0)
+            uncertainty = 1.0 - votes.max(1).values.float() / self.passes
+        else:
+            entropy_of_mean = -(mean * mean.clamp_min(1e-12).log()).sum(1)
+            uncertainty = entropy_of_mean
+            if self.kind == "mutual_information":
+                mean_entropy = -(probs * probs.clamp_min(1e-12).log()).sum(2).mean(0)
+                uncertainty = entropy_of_mean - mean_entropy
+        return -uncertainty
+
+
+@register_score("gmm")
+class FeatureGMM(OODScore):
+    """Log density of penultimate features under a diagonal-covariance Gaussian mixture
+    fitted by EM on ID training features, labels unused (NOTES.md D; K=100 for mistakes,
+    1000 for OOD in the paper; small K suits small data)."""
+
+    def __init__(self, components: int = 10, seed: int = 0):
+        self.components, self.seed = components, seed
+        self.mixture = None
+
+    def fit(self, model, x_train, y_train):
+        from sklearn.mixture import GaussianMixture
+
+        features = penultimate_features(model, x_train).numpy().astype(np.float64)
+        self.mixture = GaussianMixture(self.components, covariance_type="diag",
+                                       reg_covar=1e-4, random_state=self.seed).fit(features)
+        return self
+
+    def __call__(self, model, x):
+        if self.mixture is None:
+            raise RuntimeError("GMM score used before fit()")
+        features = penultimate_features(model, x).numpy().astype(np.float64)
+        return torch.from_numpy(self.mixture.score_samples(features)).float()
+
+
+def mann_whitney(scores_correct: np.ndarray, scores_wrong: np.ndarray) -> dict[str, float]:
+    """One-sided Mann-Whitney U test that correct predictions score higher than wrong ones
+    (NOTES.md D): the U statistic, its p-value, and U / (n1 n2) (= AUROC of the separation)."""
+    from scipy.stats import mannwhitneyu
+
+    scores_correct = np.asarray(scores_correct, dtype=np.float64).ravel()
+    scores_wrong = np.asarray(scores_wrong, dtype=np.float64).ravel()
+    result = mannwhitneyu(scores_correct, scores_wrong, alternative="greater")
+    return {"u": float(result.statistic), "p_value": float(result.pvalue),
+            "auroc": float(result.statistic) / (len(scores_correct) * len(scores_wrong))}

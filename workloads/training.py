@@ -14,7 +14,7 @@ from torch import nn
 
 from workloads.datasets import Dataset, iterate_minibatches
 from workloads.metrics import accuracy, classifier_calibration, nll, ood_metrics
-from workloads.scores import batched_logits, get_score
+from workloads.scores import batched_logits, build_score
 
 
 @dataclass
@@ -65,7 +65,8 @@ def final_evaluation(model: nn.Module, data: Dataset,
                      num_bins: int = 15) -> tuple[dict[str, float], dict]:
     """Test accuracy, NLL, ECE, MCE and OOD metrics per (score, OOD set).
 
-    `scores` maps registered OOD score names to their parameters (default: MSP and ln Z).
+    `scores` maps registered OOD score names to their parameters (default: MSP and ln Z);
+    scores that need it are fitted on the training split first.
 
     Returns flat scalar metrics (`test_acc`, `ood_<score>_<set>_auroc`, the mean AUROC per
     score `auroc_<score>`, ...) and the reliability-diagram bins.
@@ -75,12 +76,12 @@ def final_evaluation(model: nn.Module, data: Dataset,
     metrics = {"test_acc": accuracy(logits, data.y_test), "test_nll": nll(logits, data.y_test),
                "test_ece": calib.ece, "test_mce": calib.mce}
     for score_name, params in (scores or {"msp": {}, "lnz": {}}).items():
-        score = get_score(score_name)
-        score_id = score(model, data.x_test, **params).numpy()
+        score = build_score(score_name, **params).fit(model, data.x_train, data.y_train)
+        score_id = score(model, data.x_test).numpy()
         aurocs = []
         for ood_name, x_ood in data.ood.items():
             n = min(len(score_id), len(x_ood))  # balanced ID/OOD counts
-            result = ood_metrics(score_id[:n], score(model, x_ood[:n], **params).numpy())
+            result = ood_metrics(score_id[:n], score(model, x_ood[:n]).numpy())
             for key, value in result.items():
                 metrics[f"ood_{score_name}_{ood_name}_{key}"] = value
             aurocs.append(result["auroc"])
