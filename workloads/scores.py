@@ -85,6 +85,25 @@ def penultimate_features(model: nn.Module, x: torch.Tensor,
     return out
 
 
+def scores_after_input_step(model: nn.Module, x: torch.Tensor,
+                            objective: Callable[[torch.Tensor], torch.Tensor],
+                            epsilon: float, batch_size: int = 256) -> torch.Tensor:
+    """Input preprocessing of ODIN / Mahalanobis: move each input by `epsilon` along the sign
+    of the gradient of `objective(x)` (per example, to be raised), then return the
+    objective at the moved input."""
+    device = _device(model)
+    was_training = model.training
+    model.eval()
+    scores = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size].to(device).requires_grad_(True)
+        (grad,) = torch.autograd.grad(objective(xb).sum(), xb)
+        with torch.no_grad():
+            scores.append(objective(xb + epsilon * grad.sign()).float().cpu())
+    model.train(was_training)
+    return torch.cat(scores)
+
+
 @register_score("msp")
 class MaxSoftmaxProbability(OODScore):
     """Max softmax probability (MSP / MCP; Hendrycks & Gimpel 2017)."""
@@ -134,19 +153,11 @@ class ODIN(OODScore):
         self.temperature, self.epsilon, self.batch_size = temperature, epsilon, batch_size
 
     def __call__(self, model, x):
-        device, t = _device(model), self.temperature
-        was_training = model.training
-        model.eval()
-        scores = []
-        for i in range(0, len(x), self.batch_size):
-            xb = x[i:i + self.batch_size].to(device).requires_grad_(True)
-            log_msp = F.log_softmax(model(xb) / t, dim=1).max(dim=1).values
-            (grad,) = torch.autograd.grad(log_msp.sum(), xb)
-            with torch.no_grad():
-                shifted = xb + self.epsilon * grad.sign()
-                scores.append(F.softmax(model(shifted) / t, dim=1).max(dim=1).values.cpu())
-        model.train(was_training)
-        return torch.cat(scores)
+        # log MSP at temperature T is what the step raises; its exp is the score
+        def log_msp(inputs):
+            return F.log_softmax(model(inputs) / self.temperature, dim=1).max(dim=1).values
+
+        return scores_after_input_step(model, x, log_msp, self.epsilon, self.batch_size).exp()
 
 
 @register_score("mahalanobis")
@@ -181,18 +192,8 @@ class Mahalanobis(OODScore):
             raise RuntimeError("Mahalanobis score used before fit()")
         if self.epsilon == 0:
             return self._score(penultimate_features(model, x).double()).float()
-        device = _device(model)
-        was_training = model.training
-        model.eval()
-        scores = []
-        for i in range(0, len(x), self.batch_size):
-            xb = x[i:i + self.batch_size].to(device).requires_grad_(True)
-            (grad,) = torch.autograd.grad(self._score(model.features(xb).double()).sum(), xb)
-            with torch.no_grad():
-                shifted = xb + self.epsilon * grad.sign()
-                scores.append(self._score(model.features(shifted).double()).float().cpu())
-        model.train(was_training)
-        return torch.cat(scores)
+        return scores_after_input_step(model, x, lambda inputs: self._score(
+            model.features(inputs).double()), self.epsilon, self.batch_size)
 
 
 @register_score("mc_dropout")
