@@ -161,3 +161,20 @@ def test_resume_continues_the_latest_run_of_a_sweep(tmp_path, sweep_env):
     assert resumed_dir == sweep_dir  # no new run directory
     table = trials(sweep_dir)
     assert len(table) == 2 and (table.status == "completed").all()
+
+
+def test_lr_scaling_smoke_sweep_applies_the_rules(tmp_path, sweep_env):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.sweep", "lr_scaling", "--profile", "smoke",
+         "--storage", str(tmp_path / "runs"), "--wandb", "disabled"],
+        capture_output=True, text=True, env=sweep_env, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (sweep_dir,) = (tmp_path / "runs").glob("lr_scaling-smoke-*")
+    table = trials(sweep_dir).set_index(["lr_scaling", "batch_size"])
+    assert len(table) == 4 and (table.status == "completed").all()
+    base, reference = 1e-3, 64  # BASE lr and reference_batch_size
+    for (rule, batch), row in table.iterrows():
+        expected = base if rule == "none" else base * batch / reference
+        assert row.lr == pytest.approx(expected)
+    assert (sweep_dir / "results" / "plots" / "test_acc_vs_batch_size.png").exists()
