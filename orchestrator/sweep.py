@@ -201,9 +201,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"[sweep] {space.name} / {args.profile}: {profile.num_trials()} trials; "
           f"{'connecting to ' + address if address else 'starting Ray locally'}", flush=True)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Per-trial result.json and progress.csv only (callbacks below); no TensorBoard files:
+    # they cost the driver time on every epoch's report, and W&B is the dashboard. Set
+    # before either Tuner is built, so a resumed sweep gets the same loggers.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     ray.init(address=address, logging_level="WARNING",
-             runtime_env={"env_vars": {**RAY_ENV, **{k: os.environ[k] for k in RAY_ENV
-                                                    if k in os.environ}}})
+             runtime_env={"env_vars": {k: os.environ.get(k, v) for k, v in RAY_ENV.items()}})
     capacity = ray.cluster_resources()
     need = scaling.total_resources()
     fits = [capacity.get(k, 0) // v for k, v in need.items() if v > 0]
@@ -232,9 +235,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-        # result.json and progress.csv per trial; no TensorBoard files (they cost the driver
-        # time on every epoch's report, and W&B is the dashboard).
-        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
         callbacks = [JsonLoggerCallback(), CSVLoggerCallback()]
         callbacks += [cb for cb in [tracking.wandb_callback(mode, group=run_name)] if cb]
         tuner = tune.Tuner(

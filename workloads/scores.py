@@ -59,15 +59,21 @@ def _device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def batched_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Logits of `model` on `x`, in eval mode, computed in chunks on the model's device."""
+def _in_chunks(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
+               x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """`forward` over `x` in chunks on the model's device, in eval mode, back on the CPU."""
     device = _device(model)
     was_training = model.training
     model.eval()
-    out = torch.cat([model(x[i:i + batch_size].to(device)).float().cpu()
+    out = torch.cat([forward(x[i:i + batch_size].to(device)).float().cpu()
                      for i in range(0, len(x), batch_size)])
     model.train(was_training)
     return out
+
+
+def batched_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Logits of `model` on `x`, in eval mode, computed in chunks on the model's device."""
+    return _in_chunks(model, model, x, batch_size)
 
 
 def penultimate_features(model: nn.Module, x: torch.Tensor,
@@ -75,14 +81,7 @@ def penultimate_features(model: nn.Module, x: torch.Tensor,
     """The input of the model's final layer: `model.features(x)` (see workloads.models)."""
     if not hasattr(model, "features"):
         raise ValueError(f"{type(model).__name__} exposes no `features` (penultimate layer)")
-    device = _device(model)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        out = torch.cat([model.features(x[i:i + batch_size].to(device)).float().cpu()
-                         for i in range(0, len(x), batch_size)])
-    model.train(was_training)
-    return out
+    return _in_chunks(model, model.features, x, batch_size)
 
 
 def scores_after_input_step(model: nn.Module, x: torch.Tensor,
