@@ -12,13 +12,24 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
 
 from orchestrator.session import Session
-from workloads.datasets import load_dataset
+from workloads.datasets import Dataset, load_dataset, one_class_split
+from workloads.diglm import DIGLM, diglm_objective
+from workloads.flows import Flow, build_flow, flow_objective
 from workloads.losses import classifier_loss
 from workloads.lr_scaling import scaled_lr
 from workloads.models import build_classifier
-from workloads.training import evaluate_split, final_evaluation, train_one_epoch
+from workloads.ood_evaluation import evaluate_ood, resolve_scores
+from workloads.scores import build_score
+from workloads.training import (
+    classifier_test_metrics,
+    evaluate_split,
+    final_evaluation,
+    train_epoch,
+    train_one_epoch,
+)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -36,8 +47,7 @@ def train_classifier(config: dict[str, Any], session: Session) -> None:
     """
     loop_started = time.perf_counter()
     torch.manual_seed(config["seed"])
-    data = load_dataset(config["dataset"], config.get("data_dir"), download=False,
-                        seed=config["data_seed"])
+    data = load_trial_data(config)
     model = build_classifier(config["arch"], data.input_shape, data.num_classes)
     model = session.prepare_model(model)
     kind = config["log_partition"]
@@ -114,6 +124,152 @@ def train_classifier(config: dict[str, Any], session: Session) -> None:
         return
 
 
+def load_trial_data(config: dict[str, Any]) -> Dataset:
+    """The trial's dataset; with `normal_class` >= 0, its one-class anomaly version."""
+    data = load_dataset(config["dataset"], config.get("data_dir"), download=False,
+                        seed=config["data_seed"])
+    if config.get("normal_class", -1) >= 0:
+        data = one_class_split(data, config["normal_class"])
+    return data
+
+
+def build_generative_model(config: dict[str, Any], input_shape: tuple[int, ...], levels: int,
+                           num_classes: int) -> nn.Module:
+    """The flow or DIGLM a trial of `config` trains (also used to reload its checkpoint)."""
+    if config["flow"] == "vector":
+        body = {"num_couplings": config["num_couplings"], "hidden": config["hidden"],
+                "depth": config["depth"]}
+    elif config.get("flow_preset"):
+        body = {"preset": config["flow_preset"]}
+    else:
+        body = {"num_scales": config["num_scales"], "num_blocks": config["num_blocks"],
+                "hidden": config["hidden"]}
+    flow = build_flow(config["flow"], input_shape, levels, config["dequantization"],
+                      config["logit_lambda"], **body)
+    return flow if config["model"] == "flow" else DIGLM(flow, num_classes)
+
+
+def _flow_of(model: nn.Module) -> Flow:
+    model = _unwrap(model)
+    return model.flow if isinstance(model, DIGLM) else model
+
+
+def _generator(*seeds: int) -> torch.Generator:
+    return torch.Generator().manual_seed(hash(seeds) % 2**62)
+
+
+def _density_metrics(model: nn.Module, x: torch.Tensor, seed: int, prefix: str,
+                     with_am: bool = True) -> dict[str, float]:
+    """Mean bits/dim of the dequantized inputs (fixed noise), mean log p and AM of the clean
+    inputs."""
+    flow = _flow_of(model)
+    log_px = build_score("log_px")
+    noisy = flow.dequantize(x, _generator(seed, -1))
+    metrics = {f"{prefix}_bpd": flow.bits_per_dim(log_px(model, noisy)).mean().item(),
+               f"{prefix}_log_px": log_px(model, x).mean().item()}
+    if with_am:
+        metrics[f"{prefix}_am"] = (-build_score("neg_am")(model, x)).mean().item()
+    return metrics
+
+
+def _dequantized_objective(flow: Flow, noise: torch.Generator, alpha: float,
+                           beta: float | None):
+    """The batch objective: dequantize, then the flow loss (beta None) or the DIGLM loss."""
+
+    def objective(model, xb, yb):
+        xb = flow.dequantize(xb, noise)
+        if beta is None:
+            return flow_objective(model, xb, alpha)
+        return diglm_objective(model, xb, yb, alpha, beta)
+
+    return objective
+
+
+def train_generative(config: dict[str, Any], session: Session) -> None:
+    """RealNVP flow (`model="flow"`) or DIGLM (`model="diglm"`) with the AM regularizer.
+
+    Flow loss: -log p(x) + alpha * AM(x) (NOTES.md B, eq. 3.35). DIGLM loss: -log p(y|x) +
+    beta * (-log p(x) + alpha * AM(x)) (NOTES.md C, eq. 4.13). Inputs get dequantization
+    noise by the `dequantization` convention ("centred" or "start"), recorded in the config.
+
+    Reports every epoch: `epoch`, `train_loss`, `train_nll`, `train_am` (alpha > 0),
+    `train_acc`/`train_ce` (DIGLM), `val_bpd`, `val_log_px`, `val_am`, `val_acc` (DIGLM),
+    `steps`, `lr`, `status`, `train_seconds`, `loop_seconds`. The last report adds the test
+    metrics and the OOD stage's `ood_<score>_<set>_<metric>`; the final checkpoint keeps the
+    model's weights and `ood` rows (long format) and `samples` (log p(x), AM) for the report.
+    A non-finite loss or validation bits/dim ends the trial with `status="diverged"`.
+    """
+    loop_started = time.perf_counter()
+    torch.manual_seed(config["seed"])
+    data = load_trial_data(config)
+    model = build_generative_model(config, data.input_shape, data.levels, data.num_classes)
+    diglm = isinstance(model, DIGLM)
+    model = session.prepare_model(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"],
+                                 weight_decay=config.get("weight_decay", 0.0))
+    alpha, epochs = config["alpha"], config["epochs"]
+
+    state, final_artifacts = session.restore()
+    if state is not None and "final_metrics" in state:
+        session.report(state["final_metrics"], state=state, final=final_artifacts)
+        return
+    if state is None:
+        state = {"epoch": -1, "steps": 0, "train_seconds": 0.0}
+    else:
+        _unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+
+    for epoch in range(state["epoch"] + 1, epochs):
+        objective = _dequantized_objective(
+            _flow_of(model), _generator(config["seed"], epoch, session.rank), alpha,
+            config["beta"] if diglm else None)
+        started = time.perf_counter()
+        stats = train_epoch(model, optimizer, objective, data.x_train, data.y_train,
+                            config["batch_size"], epoch, seed=config["seed"],
+                            rank=session.rank, world_size=session.world_size,
+                            device=session.device, max_grad_norm=config.get("max_grad_norm"))
+        state["train_seconds"] += time.perf_counter() - started
+        state["steps"] += stats.steps
+        state["epoch"] = epoch
+        metrics = {"epoch": epoch + 1, "train_loss": stats.loss,
+                   **{f"train_{k}": v for k, v in stats.parts.items() if math.isfinite(v)},
+                   "steps": state["steps"], "lr": config["lr"],
+                   "train_seconds": state["train_seconds"]}
+        if diglm:
+            metrics["train_acc"] = stats.accuracy
+        evaluated = _unwrap(model)
+        if math.isfinite(stats.loss):
+            metrics.update(_density_metrics(evaluated, data.x_val, config["seed"], "val"))
+            if diglm:
+                metrics["val_acc"] = evaluate_split(evaluated, data.x_val, data.y_val)["acc"]
+        metrics["loop_seconds"] = time.perf_counter() - loop_started
+        if not (math.isfinite(stats.loss) and math.isfinite(metrics["val_bpd"])):
+            session.report({**metrics, "val_bpd": math.nan, "status": "diverged",
+                            "diverged_epoch": epoch + 1})
+            return
+        state["model"] = evaluated.state_dict()
+        state["optimizer"] = optimizer.state_dict()
+        if epoch + 1 < epochs:
+            save = (epoch + 1) % config.get("checkpoint_every", 1) == 0
+            session.report({**metrics, "status": "running"}, state=state if save else None)
+            continue
+        final: dict[str, Any] = {}
+        metrics.update(_density_metrics(evaluated, data.x_test, config["seed"], "test"))
+        if diglm:
+            test, final["reliability"] = classifier_test_metrics(evaluated, data,
+                                                                 config["num_bins"])
+            metrics.update(test)
+        scores = resolve_scores(evaluated, config["ood_scores"], config.get("score_params"))
+        ood = evaluate_ood(evaluated, data, scores)
+        metrics.update(ood.flat_metrics(), epochs=epoch + 1, status="completed",
+                       loop_seconds=time.perf_counter() - loop_started)
+        final.update(ood=ood.rows, samples=ood.samples)
+        state["final_metrics"] = metrics
+        session.report(metrics, state=state, final=final)
+        return
+
+
 LOOPS: dict[str, Callable[[dict[str, Any], Session], None]] = {
     "classifier": train_classifier,
+    "generative": train_generative,
 }

@@ -17,8 +17,8 @@ from search_spaces import get_search_space
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator.report",
-        description="Redraw the results table (markdown) and plots (PNG) of a finished sweep "
-                    "from SWEEP_DIR/results/trials.csv.")
+        description="Redraw the results tables (markdown) and plots (PNG) of a finished "
+                    "sweep from the files in SWEEP_DIR/results/.")
     parser.add_argument("sweep_dir", help="a sweep directory, e.g. runs/batch_size_gffn-local-...")
     args = parser.parse_args(argv)
     sweep_dir = Path(args.sweep_dir)
@@ -28,11 +28,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{RESULTS_DIR}/trials.csv: not a finished sweep directory", file=sys.stderr)
         return EXIT_USAGE
     space = get_search_space(json.loads(meta_path.read_text())["name"])
-    table, reliability = load_results(sweep_dir)
+    table, artifacts = load_results(sweep_dir)
     out = sweep_dir / RESULTS_DIR
-    render_outputs(table, reliability, space, out)
+    render_outputs(table, artifacts, space, out)
     print(markdown_table(table, space))
-    print(f"\n[report] {out}/trials.md and {out}/plots/ redrawn")
+    drawn = "trials.md, ood.md" if not artifacts.ood.empty else "trials.md"
+    print(f"\n[report] {out}: {drawn} and plots/ redrawn")
     return 0
 
 

@@ -17,7 +17,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from search_spaces import PROFILES, Profile, SearchSpace, get_search_space, sweep_names
+from search_spaces import (
+    PROFILES,
+    SETUP,
+    Profile,
+    SearchSpace,
+    get_search_space,
+    sweep_names,
+)
 from workloads.datasets import DatasetMissingError, ensure_dataset
 
 EXIT_USAGE = 2
@@ -91,16 +98,19 @@ def _parse_scalar(key: str, text: str, example: Any) -> Any:
 def apply_overrides(space: SearchSpace, profile: Profile, overrides: list[str]) -> Profile:
     """Profile with `--set key=value` applied. A comma-separated value becomes a grid."""
     config, grid = dict(profile.config), {k: list(v) for k, v in profile.grid.items()}
-    known = sorted({*config, *grid})
+    setups = [dict(s) for s in grid.get(SETUP, [])]
+    known = sorted({*config, *grid, *(k for s in setups for k in s)} - {SETUP})
     for item in overrides:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise UsageError(f"--set expects KEY=VALUE, got '{item}'")
-        if key not in config and key not in grid:
+        in_setup = any(key in s for s in setups)
+        if key == SETUP or (key not in config and key not in grid and not in_setup):
             raise UsageError(f"--set {key}: unknown key for sweep '{space.name}'; "
                              f"known keys: {', '.join(known)}")
-        example = config[key] if key in config else grid[key][0]
+        example = (config[key] if key in config else grid[key][0] if key in grid
+                   else next(s[key] for s in setups if key in s))
         values = [_parse_scalar(key, part.strip(), example) for part in text.split(",")]
         allowed = space.choices.get(key)
         for value in values:
@@ -111,15 +121,25 @@ def apply_overrides(space: SearchSpace, profile: Profile, overrides: list[str]) 
                 raise UsageError(f"--set {key}={value}: must be positive")
         config.pop(key, None)
         grid.pop(key, None)
+        for setup in setups:  # an override wins over the profile's linked setups
+            setup.pop(key, None)
         if len(values) == 1:
             config[key] = values[0]
         else:
             grid[key] = values
+    if setups:
+        grid[SETUP] = setups
     return replace(profile, config=config, grid=grid)
 
 
 def _values(profile: Profile, key: str) -> list[Any]:
-    return list(profile.grid[key]) if key in profile.grid else [profile.config.get(key)]
+    """Every value `key` takes in the profile's trials."""
+    values = list(profile.grid[key]) if key in profile.grid else [profile.config.get(key)]
+    setups = [s for s in profile.grid.get(SETUP, []) if key in s]
+    if setups:
+        values = [s[key] for s in setups] + ([] if len(setups) == len(profile.grid[SETUP])
+                                             else values)
+    return values
 
 
 def check_datasets(profile: Profile, data_dir: str, download: bool) -> None:
@@ -263,11 +283,12 @@ def run(args: argparse.Namespace) -> int:
         result_grid = tune.Tuner.restore(sweep_dir, trainable).get_results()
     wall = time.perf_counter() - started
 
-    table, reliability = collect_results(result_grid)
-    out = write_results(table, reliability, space, local_dir)
+    table, artifacts = collect_results(result_grid)
+    out = write_results(table, artifacts, space, local_dir)
     print(f"\n[sweep] {space.name} / {args.profile}: {len(table)} trials in {wall:.1f} s\n")
     print(markdown_table(table, space))
-    print(f"\n[sweep] results: {out}/trials.csv, trials.md, plots/")
+    written = "trials.csv, trials.md" + (", ood.csv, ood.md" if not artifacts.ood.empty else "")
+    print(f"\n[sweep] results: {out}/{{{written}}}, plots/")
     note = tracking.sync_instructions(local_dir)
     if note:
         print(note)

@@ -8,6 +8,7 @@ put in a config, a log or a results file: it stays in the environment.
 
 from __future__ import annotations
 
+import json
 import netrc
 import os
 import queue
@@ -19,7 +20,9 @@ from typing import Any
 
 from ray.tune import Callback
 
+from orchestrator.session import FINAL_FILE
 from orchestrator.wandb_offline import find_offline_runs
+from search_spaces import expand_setup
 
 WANDB_MODES = ("offline", "online", "disabled")
 DEFAULT_PROJECT = "robustness-lab"
@@ -67,7 +70,9 @@ class WandbTrialLogger(Callback):
     """A Tune callback that keeps one W&B run per trial, in the sweep's driver process.
 
     Config = the trial's config; every reported result is logged (step = Tune's iteration);
-    the summary ends with the trial's final metrics and its status. Offline runs are written
+    the summary ends with the trial's final metrics and its status. A trial whose final
+    checkpoint holds an OOD stage (`ood` rows in final.json) also gets them as the W&B
+    table `ood` (score x OOD set: AUROC, AUPR-in, AUPR-out, FPR95, TNR95). Offline runs are written
     to `<trial dir>/wandb/offline-run-*`. Unlike Ray's WandbLoggerCallback there are no
     logging actors to start per trial, and none that can be killed before W&B has flushed.
     All W&B calls run on one background thread, so a slow `wandb.init` (or a slow network
@@ -115,9 +120,16 @@ class WandbTrialLogger(Callback):
     def _log(self, trial_id: str, metrics: dict, step: int | None) -> None:
         self._runs[trial_id].log(metrics, step=step)
 
-    def _finish(self, trial_id: str, status: str, exit_code: int) -> None:
+    def _finish(self, trial_id: str, status: str, exit_code: int,
+                ood_rows: list[dict] | None = None) -> None:
+        import wandb
+
         run = self._runs.pop(trial_id, None)
         if run is not None:
+            if ood_rows:
+                columns = list(ood_rows[0])
+                run.log({"ood": wandb.Table(columns=columns,
+                                            data=[[r[c] for c in columns] for r in ood_rows])})
             run.summary["status"] = status
             run.finish(exit_code=exit_code)
 
@@ -142,7 +154,7 @@ class WandbTrialLogger(Callback):
         return str(trial.local_path)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._submit(self._start, trial.trial_id, str(trial), dict(trial.config),
+        self._submit(self._start, trial.trial_id, str(trial), expand_setup(trial.config),
                      self._run_directory(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -150,9 +162,22 @@ class WandbTrialLogger(Callback):
                    if k not in self.EXCLUDE and isinstance(v, (Number, str, bool))}
         self._submit(self._log, trial.trial_id, metrics, result.get("training_iteration"))
 
+    @staticmethod
+    def _ood_rows(trial) -> list[dict]:
+        """The `ood` rows of the trial's final checkpoint (Tune's, or Ray Train's by path),
+        when that checkpoint is on a local disk."""
+        checkpoint = getattr(trial, "checkpoint", None)
+        path = checkpoint.path if checkpoint is not None else (
+            (trial.last_result or {}).get("checkpoint_path"))
+        final = Path(path) / FINAL_FILE if path else None
+        if final is None or not final.exists():
+            return []
+        return json.loads(final.read_text()).get("ood", [])
+
     def _end_trial(self, trial, failed: bool) -> None:
         status = "error" if failed else (trial.last_result or {}).get("status", "incomplete")
-        self._submit(self._finish, trial.trial_id, status, int(failed))
+        rows = [] if failed else self._ood_rows(trial)
+        self._submit(self._finish, trial.trial_id, status, int(failed), rows)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._end_trial(trial, failed=False)

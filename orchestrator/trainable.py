@@ -17,6 +17,7 @@ from typing import Any
 
 from orchestrator.loops import LOOPS
 from orchestrator.session import TrainSession, TuneSession
+from search_spaces import expand_setup
 
 KEEP_CHECKPOINTS = 3
 
@@ -62,11 +63,11 @@ def make_trainable(loop_name: str, scaling: Scaling, train_storage: str | Path) 
     threads = scaling.cpus_per_worker
 
     def train_worker(config: dict[str, Any]) -> None:
-        loop(config, TrainSession(num_threads=threads))
+        loop(expand_setup(config), TrainSession(num_threads=threads))
 
     def trainable(config: dict[str, Any]) -> None:
         if scaling.in_process:
-            loop(config, TuneSession(num_threads=threads))
+            loop(expand_setup(config), TuneSession(num_threads=threads))
             return
         from ray import train, tune
         from ray.train.torch import TorchTrainer

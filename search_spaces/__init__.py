@@ -1,7 +1,9 @@
 """Named sweeps. One module per sweep declares `SPACE`: what is swept, in three profiles.
 
 A profile is declarative: fixed `config` values, a `grid` of swept values (every
-combination is one trial) and the resources of one trial. `smoke` is the smallest real run
+combination is one trial) and the resources of one trial. The grid key `setup` is special:
+its values are dicts of keys that change together (e.g. a dataset and its learning rate),
+merged into the trial's config by `expand_setup`. `smoke` is the smallest real run
 (tests, CI), `local` the default (embedded data, minutes on a laptop) and `paper` the
 documents' full protocol (real datasets, GPUs).
 """
@@ -42,7 +44,8 @@ class SearchSpace:
     profiles: dict[str, Profile]
     table_keys: tuple[str, ...] = ()     # config columns that identify a trial in reports
     table_metrics: tuple[str, ...] = ()  # final metrics shown in the markdown table
-    plot_x: str = ""                     # x axis of the report's plots (log2 scale)
+    plot_x: str = ""                     # x axis of the report's plots
+    plot_log_x: bool = True              # log2 x axis (batch sizes); False for alpha
     plot_lines: tuple[str, ...] = ()     # config keys that make separate lines
     plot_panels: tuple[str, ...] = ()    # config keys that make separate panels
     plot_metrics: tuple[str, ...] = ()   # one figure per metric
@@ -54,6 +57,17 @@ class SearchSpace:
             raise KeyError(f"sweep '{self.name}' has no profile '{name}'; "
                            f"known: {', '.join(self.profiles)}")
         return self.profiles[name]
+
+
+SETUP = "setup"
+
+
+def expand_setup(config: dict[str, Any]) -> dict[str, Any]:
+    """The config with its `setup` dict (if any) merged in; setup values win."""
+    if SETUP not in config:
+        return dict(config)
+    rest = {k: v for k, v in config.items() if k != SETUP}
+    return {**rest, **config[SETUP]}
 
 
 def sweep_names() -> list[str]:

@@ -9,10 +9,13 @@ import torch
 from torch import nn
 
 from workloads.datasets import load_digits, noise_ood_sets
+from workloads.diglm import DIGLM
+from workloads.flows import VectorRealNVP, build_flow, flow_objective
 from workloads.losses import ffn_loss
 from workloads.metrics import ood_metrics
-from workloads.scores import OOD_SCORES, build_score, mann_whitney
-from workloads.training import train_one_epoch
+from workloads.models import MLPClassifier
+from workloads.scores import OOD_SCORES, applicable_scores, build_score, mann_whitney
+from workloads.training import train_epoch, train_one_epoch
 
 
 class FixedLogits(nn.Module):
@@ -106,8 +109,66 @@ SCORE_PARAMS = {"msp": {}, "max_logit": {}, "energy": {}, "lnz": {},
                 "mc_dropout": {"passes": 10}, "gmm": {"components": 10}}
 
 
+DENSITY_SCORE_PARAMS = {"log_px": {}, "neg_am": {}}
+
+
 def test_every_registered_score_is_covered():
-    assert set(SCORE_PARAMS) == set(OOD_SCORES)
+    assert set(SCORE_PARAMS) | set(DENSITY_SCORE_PARAMS) == set(OOD_SCORES)
+
+
+def test_density_scores_match_a_standard_normal():
+    """An untrained vector flow without preprocessing is the identity: p = N(0, I), so
+    log p(x) = -|x|^2/2 - D/2 log 2 pi and AM(x) = |x| in closed form."""
+    from workloads.flows import Flow
+
+    flow = Flow(VectorRealNVP(5), (5,), levels=None)
+    x = torch.randn(7, 5)
+    expected = -0.5 * (x ** 2).sum(1) - 2.5 * math.log(2 * math.pi)
+    assert torch.allclose(build_score("log_px")(flow, x), expected, atol=1e-5)
+    assert torch.allclose(build_score("neg_am")(flow, x), -x.norm(dim=1), atol=1e-5)
+    # the direction: a far-away point scores lower on both
+    far = torch.full((1, 5), 6.0)
+    assert build_score("log_px")(flow, far) < build_score("log_px")(flow, torch.zeros(1, 5))
+    assert build_score("neg_am")(flow, far) < build_score("neg_am")(flow, 0.1 * far)
+
+
+def test_applicable_scores_follow_what_models_provide():
+    flow = build_flow("vector", (1, 8, 8), levels=17)
+    assert applicable_scores(flow) == ["log_px", "neg_am"]
+    diglm = applicable_scores(DIGLM(flow, 10))
+    assert {"msp", "energy", "odin", "mahalanobis", "gmm", "log_px", "neg_am"} <= set(diglm)
+    assert "mc_dropout" not in diglm and "lnz" not in diglm  # no dropout; lnz = energy(T=1)
+    assert "log_px" not in applicable_scores(MLPClassifier((1, 8, 8), 10))
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.1), nn.Linear(8, 3))
+    assert "mc_dropout" in applicable_scores(model)
+
+
+@pytest.fixture(scope="module")
+def trained_flow():
+    """A vector RealNVP trained for a few epochs on digits, and uniform-noise OOD inputs."""
+    torch.manual_seed(0)
+    data = load_digits()
+    flow = build_flow("vector", data.input_shape, levels=data.levels, num_couplings=4,
+                      hidden=64)
+    optimizer = torch.optim.Adam(flow.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+
+    def objective(model, xb, yb):
+        return flow_objective(model, model.dequantize(xb, generator), alpha=0.0)
+
+    for epoch in range(8):
+        train_epoch(flow, optimizer, objective, data.x_train, data.y_train, 64, epoch)
+    ood = noise_ood_sets(len(data.x_test), data.input_shape, seed=3)["uniform_noise"]
+    return flow, data, ood
+
+
+@pytest.mark.parametrize("name", sorted(DENSITY_SCORE_PARAMS))
+def test_density_score_ranks_in_distribution_above_noise(trained_flow, name):
+    flow, data, ood = trained_flow
+    score = build_score(name, **DENSITY_SCORE_PARAMS[name])
+    score_id, score_ood = score(flow, data.x_test), score(flow, ood)
+    assert torch.isfinite(score_id).all() and torch.isfinite(score_ood).all()
+    assert ood_metrics(score_id.numpy(), score_ood.numpy())["auroc"] > 0.8
 
 
 @pytest.mark.parametrize("name", sorted(SCORE_PARAMS))

@@ -72,6 +72,7 @@ class Dataset:
     y_test: torch.Tensor
     num_classes: int
     ood: dict[str, torch.Tensor] = field(default_factory=dict)
+    levels: int = 256  # pixel values are k / (levels - 1): the dequantization grid
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -100,7 +101,8 @@ def load_digits(seed: int = 0) -> Dataset:
     y = bunch.target.astype(np.int64)
     xtr, ytr, xva, yva, xte, yte = _stratified_split(x, y, (0.2, 0.2), seed)
     t = torch.from_numpy
-    return Dataset(DIGITS, t(xtr), t(ytr), t(xva), t(yva), t(xte), t(yte), num_classes=10)
+    return Dataset(DIGITS, t(xtr), t(ytr), t(xva), t(yva), t(xte), t(yte), num_classes=10,
+                   levels=17)
 
 
 def _torchvision_dataset(name: str, data_dir: Path, train: bool, download: bool):
@@ -255,6 +257,23 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
                 continue  # a cross-dataset pair is used only where its files are present
             data.ood[other] = _match_shape(other_data.x_test[:n], shape)
     return data
+
+
+def one_class_split(data: Dataset, normal_class: int) -> Dataset:
+    """Class anomaly detection (NOTES.md B, Tables 3.2/3.3): train, validate and test on
+    `normal_class` alone; the test examples of every other class are the one OOD set,
+    `other_classes`."""
+    if not 0 <= normal_class < data.num_classes:
+        raise ValueError(f"normal_class must be in 0..{data.num_classes - 1}, got {normal_class}")
+
+    def keep(x, y):
+        return x[y == normal_class], y[y == normal_class]
+
+    return Dataset(f"{data.name}-class{normal_class}", *keep(data.x_train, data.y_train),
+                   *keep(data.x_val, data.y_val), *keep(data.x_test, data.y_test),
+                   num_classes=data.num_classes,
+                   ood={"other_classes": data.x_test[data.y_test != normal_class]},
+                   levels=data.levels)
 
 
 def iterate_minibatches(num_examples: int, batch_size: int, epoch: int, seed: int = 0,

@@ -15,6 +15,8 @@ from torch import nn
 class MLPClassifier(nn.Module):
     """Flatten, then `depth` hidden ReLU layers of `width` units, then K logits."""
 
+    provides = ("logits", "features")  # what OOD scores can use (workloads.scores)
+
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int = 256,
                  depth: int = 2):
         super().__init__()
@@ -35,6 +37,8 @@ class SmallCNN(nn.Module):
 
     Works for 28x28 and 32x32 inputs with any channel count; no batch norm, no dropout.
     """
+
+    provides = ("logits", "features")
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, width: int = 128):
         super().__init__()

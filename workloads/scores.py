@@ -6,7 +6,9 @@ A score is built by name with its parameters, fitted once on in-distribution tra
     score = build_score("mahalanobis").fit(model, x_train, y_train)
     values = score(model, x)          # shape (N,); higher means "more in-distribution"
 
-Register new scores with `@register_score("name")` on an `OODScore` subclass.
+Register new scores with `@register_score("name")` on an `OODScore` subclass. A score
+declares what it `requires` of a model (`logits`, `features`, `dropout`, `log_prob`);
+models declare what they `provides`, and `applicable_scores(model)` matches the two.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workloads.flows import approximate_mass
 from workloads.losses import log_partition
 
 
@@ -25,6 +28,8 @@ class OODScore:
     """Base class: `fit` (optional) on ID training data, then `__call__(model, x)`."""
 
     name = ""
+    requires: tuple[str, ...] = ("logits",)
+    in_default_set = True  # part of "every applicable score"
 
     def fit(self, model: nn.Module, x_train: torch.Tensor,
             y_train: torch.Tensor) -> OODScore:
@@ -52,6 +57,22 @@ def build_score(name: str, **params) -> OODScore:
     if name not in OOD_SCORES:
         raise KeyError(f"unknown OOD score '{name}'; known: {', '.join(sorted(OOD_SCORES))}")
     return OOD_SCORES[name](**params)
+
+
+def capabilities(model: nn.Module) -> set[str]:
+    """What `model` offers to scores: its declared `provides`, plus `dropout` when it has
+    dropout layers. Undeclared models are taken as classifiers (`logits`)."""
+    offered = set(getattr(model, "provides", ("logits",)))
+    if any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules()):
+        offered.add("dropout")
+    return offered
+
+
+def applicable_scores(model: nn.Module) -> list[str]:
+    """Names of the default-set scores whose requirements `model` meets, in registry order."""
+    offered = capabilities(model)
+    return [name for name, cls in OOD_SCORES.items()
+            if cls.in_default_set and set(cls.requires) <= offered]
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -133,7 +154,10 @@ class NegativeEnergy(OODScore):
 
 @register_score("lnz")
 class LogPartition(OODScore):
-    """ln Z(x), the GFFN's unnormalized log p(x) (NOTES.md A)."""
+    """ln Z(x), the GFFN's unnormalized log p(x) (NOTES.md A). For other models it equals
+    the energy score at T = 1, so it is asked for by name rather than in the default set."""
+
+    in_default_set = False
 
     def __init__(self, kind: str = "logsumexp"):
         self.kind = kind
@@ -164,6 +188,8 @@ class Mahalanobis(OODScore):
     """Max over classes of the negative Mahalanobis distance of penultimate features to the
     class means under a shared covariance (Lee et al. 2018; NOTES.md D, E). With
     `epsilon > 0`, inputs first take a step that raises the score (input preprocessing)."""
+
+    requires = ("features",)
 
     def __init__(self, epsilon: float = 0.0, batch_size: int = 256):
         self.epsilon, self.batch_size = epsilon, batch_size
@@ -203,6 +229,7 @@ class MCDropout(OODScore):
     the mean softmax) or `mutual_information` (predictive entropy - mean entropy)."""
 
     KINDS = ("variation_ratio", "predictive_entropy", "mutual_information")
+    requires = ("logits", "dropout")
 
     def __init__(self, kind: str = "predictive_entropy", passes: int = 20, seed: int = 0):
         if kind not in self.KINDS:
@@ -242,6 +269,8 @@ class FeatureGMM(OODScore):
     fitted by EM on ID training features, labels unused (NOTES.md D; K=100 for mistakes,
     1000 for OOD in the paper; small K suits small data)."""
 
+    requires = ("features",)
+
     def __init__(self, components: int = 10, seed: int = 0):
         self.components, self.seed = components, seed
         self.mixture = None
@@ -259,6 +288,40 @@ class FeatureGMM(OODScore):
             raise RuntimeError("GMM score used before fit()")
         features = penultimate_features(model, x).numpy().astype(np.float64)
         return torch.from_numpy(self.mixture.score_samples(features)).float()
+
+
+@register_score("log_px")
+class LogLikelihood(OODScore):
+    """log p(x) of a density model (flow, DIGLM), in nats; bits/dim = -log p(x) / (D ln 2)
+    (+ a constant) ranks inputs identically, so it is not a separate score (NOTES.md B, E)."""
+
+    requires = ("log_prob",)
+
+    def __init__(self, batch_size: int = 512):
+        self.batch_size = batch_size
+
+    def __call__(self, model, x):
+        return _in_chunks(model, model.log_prob, x, self.batch_size)
+
+
+@register_score("neg_am")
+class NegativeApproximateMass(OODScore):
+    """-AM(x) = -||grad_x log p(x)||_2 (NOTES.md B, eq. 3.32): AM is high off the data
+    manifold, so its negation is higher in distribution."""
+
+    requires = ("log_prob",)
+
+    def __init__(self, batch_size: int = 256):
+        self.batch_size = batch_size
+
+    def __call__(self, model, x):
+        device = _device(model)
+        was_training = model.training
+        model.eval()
+        values = [approximate_mass(model.log_prob, x[i:i + self.batch_size].to(device)).cpu()
+                  for i in range(0, len(x), self.batch_size)]
+        model.train(was_training)
+        return -torch.cat(values).float()
 
 
 def mann_whitney(scores_correct: np.ndarray, scores_wrong: np.ndarray) -> dict[str, float]:

@@ -1,0 +1,99 @@
+"""RealNVP with the approximate-mass regularizer: alpha in {0, 0.5, 1, 2, 4} (NOTES.md B;
+thesis ch. 3, eq. 3.35, Table 3.1).
+
+Every trial ends with the OOD stage: log p(x) and -AM(x) against every OOD set of its
+dataset. `--set normal_class=K` turns a sweep into class anomaly detection (train on class K,
+the other classes are OOD; Tables 3.2/3.3); `--set normal_class=0,1,...,9` sweeps classes.
+"""
+
+from search_spaces import Profile, SearchSpace
+from workloads.datasets import DATASET_NAMES
+from workloads.flows import DEQUANTIZATIONS, IMAGE_FLOW_PRESETS
+
+ALPHAS = [0.0, 0.5, 1.0, 2.0, 4.0]
+
+# Shared by every profile; a profile overrides what differs.
+BASE = {
+    "dataset": "digits",
+    "model": "flow",
+    "flow": "vector",            # vector: MLP couplings; image: multi-scale RealNVP
+    "flow_preset": "",           # image flows: a key of IMAGE_FLOW_PRESETS, or "" for below
+    "num_couplings": 8,          # vector flow
+    "depth": 2,                  # vector flow: hidden layers per coupling
+    "num_scales": 2,             # image flow
+    "num_blocks": 2,             # image flow: residual blocks per s/t network
+    "hidden": 128,               # units (vector) or channels (image)
+    "dequantization": "centred",  # where clean pixels sit in their noise bin (NOTES.md C)
+    "logit_lambda": 0.05,
+    "alpha": 0.0,
+    "beta": 0.1,                 # DIGLM only
+    "lr": 1e-3,
+    "weight_decay": 0.0,
+    "batch_size": 64,
+    "epochs": 60,
+    "max_grad_norm": 100.0,
+    "normal_class": -1,          # >= 0: class anomaly detection on that class
+    "ood_scores": "all",         # every applicable score, or names joined by "+"
+    "score_params": {"gmm": {"components": 10}},
+    "num_bins": 15,
+    "checkpoint_every": 10,
+    "seed": 0,
+    "data_seed": 0,
+}
+
+# The documents' training settings per dataset (NOTES.md B, after Kirichenko et al. 2020).
+PAPER_SETUPS = [
+    {"dataset": "fashionmnist", "flow_preset": "fashionmnist", "lr": 5e-5, "batch_size": 32,
+     "weight_decay": 0.0, "epochs": 80},
+    {"dataset": "cifar10", "flow_preset": "cifar10", "lr": 1e-4, "batch_size": 32,
+     "weight_decay": 5e-5, "epochs": 100},
+]
+
+CHOICES = {
+    "dataset": DATASET_NAMES,
+    "model": ("flow", "diglm"),
+    "flow": ("vector", "image"),
+    "flow_preset": ("", *IMAGE_FLOW_PRESETS),
+    "dequantization": DEQUANTIZATIONS,
+}
+POSITIVE = ("num_couplings", "depth", "num_scales", "num_blocks", "hidden", "logit_lambda",
+            "lr", "batch_size", "epochs", "max_grad_norm", "num_bins", "checkpoint_every")
+
+SPACE = SearchSpace(
+    name="alpha_flow",
+    description="RealNVP with the approximate-mass regularizer, alpha 0..4: bits/dim and "
+                "OOD AUROC of log p(x) and AM (NOTES.md B)",
+    loop="generative",
+    metric="val_bpd",
+    mode="min",
+    profiles={
+        "smoke": Profile(
+            config={**BASE, "num_couplings": 4, "hidden": 32, "epochs": 2},
+            grid={"alpha": [0.0, 2.0]},
+            description="2 trials, 2 epochs of a small vector RealNVP on digits",
+        ),
+        "local": Profile(
+            config=BASE,
+            grid={"alpha": ALPHAS, "dequantization": ["centred", "start"]},
+            description="10 trials on digits: vector RealNVP, alpha x dequantization",
+        ),
+        "paper": Profile(
+            config={**BASE, "flow": "image", "checkpoint_every": 1},
+            grid={"setup": PAPER_SETUPS, "alpha": ALPHAS},
+            num_workers=1,
+            gpus_per_worker=1.0,
+            cpus_per_worker=4,
+            description="FashionMNIST and CIFAR-10 multi-scale RealNVP presets, one GPU each",
+        ),
+    },
+    table_keys=("dataset", "normal_class", "dequantization", "alpha"),
+    table_metrics=("test_bpd", "test_log_px", "test_am", "auroc_log_px", "auroc_neg_am",
+                   "epochs"),
+    plot_x="alpha",
+    plot_log_x=False,
+    plot_lines=("dequantization",),
+    plot_panels=("dataset", "normal_class"),
+    plot_metrics=("test_bpd", "test_am", "auroc_log_px", "auroc_neg_am"),
+    choices=CHOICES,
+    positive=POSITIVE,
+)

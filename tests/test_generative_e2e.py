@@ -1,0 +1,124 @@
+"""The alpha_flow and alpha_diglm sweeps end to end: real Ray Tune, Ray Train (2 gloo DDP
+workers with the double-backprop regularizer), W&B offline, the OOD stage and its report."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from orchestrator.loops import build_generative_model, load_trial_data
+from orchestrator.wandb_offline import find_offline_runs, read_offline_run
+
+pytestmark = pytest.mark.slow
+OOD_METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95", "tnr95")
+
+
+def run_sweep(tmp_path, env, name, *args, timeout=600):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.sweep", name, "--profile", "smoke",
+         "--storage", str(tmp_path / "runs"), *args],
+        capture_output=True, text=True, env=env, timeout=timeout, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (sweep_dir,) = (tmp_path / "runs").glob(f"{name}-smoke-*")
+    results = sweep_dir / "results"
+    return proc, sweep_dir, pd.read_csv(results / "trials.csv"), pd.read_csv(results / "ood.csv")
+
+
+def check_ood_stage(sweep_dir, table, ood, scores, sets_per_trial):
+    """Every (trial, score, OOD set) has finite metrics; the report and W&B have them."""
+    assert (table.status == "completed").all()
+    assert set(ood.score) == set(scores)
+    for trial_id, rows in ood.groupby("trial_id"):
+        assert len(rows) == len(scores) * sets_per_trial[trial_id], trial_id
+    for metric in OOD_METRICS:
+        assert ood[metric].map(math.isfinite).all(), metric
+    assert (ood.n > 0).all()
+    results = sweep_dir / "results"
+    report = (results / "ood.md").read_text()
+    assert report.count("### ") == len(table)  # one Table-3.1-style block per trial
+    assert "digits -> uniform_noise" in report or "other_classes" in report
+    for trial_id in table.trial_id:
+        assert (results / "plots" / f"hist_{trial_id}.png").exists()
+
+    runs = [read_offline_run(p) for p in find_offline_runs(sweep_dir)]
+    assert len(runs) == len(table)
+    by_trial = table.set_index("trial_id")
+    for run in runs:
+        assert run.config["dequantization"] == by_trial.loc[run.run_id, "dequantization"]
+        for score in scores:
+            assert run.summary[f"auroc_{score}"] == pytest.approx(
+                by_trial.loc[run.run_id, f"auroc_{score}"], rel=1e-9)
+        (table_file,) = run.path.glob("files/media/table/ood_*.table.json")
+        logged = json.loads(table_file.read_text())
+        assert len(logged["data"]) == len(ood[ood.trial_id == run.run_id])
+        assert {"score", "ood_set", "auroc", "tnr95"} <= set(logged["columns"])
+
+
+def test_alpha_flow_smoke_with_class_anomaly_option(tmp_path, sweep_env):
+    proc, sweep_dir, table, ood = run_sweep(tmp_path, sweep_env, "alpha_flow",
+                                            "--set", "normal_class=-1,1", "--wandb", "offline")
+    assert len(table) == 4
+    assert set(zip(table.alpha, table.normal_class)) == {(0.0, -1), (2.0, -1), (0.0, 1),
+                                                         (2.0, 1)}
+    assert set(table.dequantization) == {"centred"}  # the convention is in every row
+    for column in ("test_bpd", "test_log_px", "test_am", "val_bpd", "auroc_log_px",
+                   "auroc_neg_am"):
+        assert table[column].map(math.isfinite).all(), column
+    assert table.train_am.isna().tolist() == (table.alpha == 0).tolist()  # only when alpha>0
+    sets = {row.trial_id: (1 if row.normal_class >= 0 else 3) for row in table.itertuples()}
+    check_ood_stage(sweep_dir, table, ood, ["log_px", "neg_am"], sets)
+    anomaly = ood[ood.normal_class == 1]
+    assert set(anomaly.ood_set) == {"other_classes"}
+    assert (anomaly.n == 36).all()  # digits test has 36 ones: balanced against 36 others
+
+    # The report redraws ood.md and the histograms from the saved files alone.
+    results = sweep_dir / "results"
+    (results / "ood.md").unlink()
+    for png in (results / "plots").glob("hist_*.png"):
+        png.unlink()
+    report = subprocess.run([sys.executable, "-m", "orchestrator.report", str(sweep_dir)],
+                            capture_output=True, text=True, env=sweep_env, timeout=120)
+    assert report.returncode == 0, report.stderr
+    assert (results / "ood.md").read_text().count("### ") == 4
+    assert len(list((results / "plots").glob("hist_*.png"))) == 4
+
+
+def test_alpha_diglm_smoke_on_ray_train_ddp_keeps_checkpoints(tmp_path, sweep_env):
+    proc, sweep_dir, table, ood = run_sweep(tmp_path, sweep_env, "alpha_diglm",
+                                            "--num-workers", "2", "--wandb", "offline")
+    assert "TorchTrainer, 2 workers" in proc.stdout
+    assert len(table) == 2 and set(table.alpha) == {0.0, 2.0}
+    for column in ("test_acc", "test_ece", "test_bpd", "test_am", "val_acc", "train_ce"):
+        assert table[column].map(math.isfinite).all(), column
+    assert (table.test_acc > 0.3).all()  # 2 epochs: well above chance (0.1)
+    scores = ["msp", "max_logit", "energy", "odin", "mahalanobis", "gmm", "log_px", "neg_am"]
+    check_ood_stage(sweep_dir, table, ood, scores, dict.fromkeys(table.trial_id, 3))
+
+    # The final checkpoint of every trial reloads into a working DIGLM (for the defense).
+    trial = table.iloc[0]
+    (state_file,) = sorted((sweep_dir / "train").glob(f"train-{trial.trial_id}/checkpoint_*/"
+                                                      "state.pt"))[-1:]
+    state = torch.load(state_file, weights_only=False)
+    config = {k: v for k, v in json.loads(trial.to_json()).items() if v is not None}
+    data = load_trial_data(config)
+    model = build_generative_model(config, data.input_shape, data.levels, data.num_classes)
+    model.load_state_dict(state["model"])
+    accuracy = (model.predict(data.x_test) == data.y_test).float().mean().item()
+    assert accuracy == pytest.approx(trial.test_acc, abs=1e-6)
+
+
+def test_diverging_flow_ends_as_diverged_and_the_sweep_goes_on(tmp_path, sweep_env):
+    _, sweep_dir, table, ood = run_sweep(tmp_path, sweep_env, "alpha_flow",
+                                         "--set", "lr=1e6,1e-3", "--wandb", "disabled")
+    by_lr = table.set_index(["lr", "alpha"])
+    assert (by_lr.loc[1e6, "status"] == "diverged").all()
+    assert (by_lr.loc[1e6, "diverged_epoch"] == 1).all()
+    assert (by_lr.loc[1e-3, "status"] == "completed").all()
+    completed = set(table[table.status == "completed"].trial_id)
+    assert set(ood.trial_id) == completed  # only completed trials have an OOD stage
+    assert "diverged" in (sweep_dir / "results" / "trials.md").read_text()

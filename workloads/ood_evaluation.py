@@ -1,0 +1,87 @@
+"""The OOD evaluation stage: every score against every OOD set of a dataset (NOTES.md B, E).
+
+    result = evaluate_ood(model, data, resolve_scores(model, "all"))
+    result.rows          # long format: one dict per (score, OOD set) with AUROC, AUPR-in,
+                         # AUPR-out, FPR95, TNR95 and the balanced count n
+    result.samples       # raw log p(x) and AM values (ID and each OOD set), for histograms
+    result.flat_metrics()  # ood_<score>_<set>_<metric> and the mean AUROC auroc_<score>
+
+ID and OOD counts are balanced: each pair uses n = min(#ID test, #OOD) of each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from workloads.datasets import Dataset
+from workloads.metrics import ood_metrics
+from workloads.scores import OOD_SCORES, applicable_scores, build_score, capabilities
+
+# Scores whose raw values are kept for the report's histograms: (score, stored as, sign).
+HISTOGRAM_SCORES = {"log_px": ("log_px", 1.0), "neg_am": ("am", -1.0)}
+
+
+@dataclass
+class OODEvaluation:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    samples: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+    def flat_metrics(self) -> dict[str, float]:
+        """`ood_<score>_<set>_<metric>` for every row and `auroc_<score>`, its mean AUROC."""
+        flat: dict[str, float] = {}
+        aurocs: dict[str, list[float]] = {}
+        for row in self.rows:
+            for key in ("auroc", "aupr_in", "aupr_out", "fpr95", "tnr95"):
+                flat[f"ood_{row['score']}_{row['ood_set']}_{key}"] = row[key]
+            aurocs.setdefault(row["score"], []).append(row["auroc"])
+        for score, values in aurocs.items():
+            flat[f"auroc_{score}"] = float(np.mean(values))
+        return flat
+
+
+def resolve_scores(model: nn.Module, requested: str | list[str] = "all",
+                   params: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Score names -> parameters. `requested` is "all" (every applicable default score), or
+    names separated by "+" (or a list). Raises ValueError for an unknown or inapplicable
+    score, naming what the model offers."""
+    params = params or {}
+    if requested == "all":
+        names = applicable_scores(model)
+    else:
+        names = requested.split("+") if isinstance(requested, str) else list(requested)
+        names = [n.strip() for n in names if n.strip()]
+    offered = capabilities(model)
+    for name in names:
+        if name not in OOD_SCORES:
+            raise ValueError(f"unknown OOD score '{name}'; known: {', '.join(OOD_SCORES)}")
+        missing = set(OOD_SCORES[name].requires) - offered
+        if missing:
+            raise ValueError(f"OOD score '{name}' needs {', '.join(sorted(missing))}, which "
+                             f"{type(model).__name__} does not provide")
+    return {name: dict(params.get(name, {})) for name in names}
+
+
+def evaluate_ood(model: nn.Module, data: Dataset, scores: dict[str, dict],
+                 max_samples: int = 2000) -> OODEvaluation:
+    """Fit each score on the training split, then compare ID test inputs with every OOD set
+    of `data` on balanced counts. Keeps up to `max_samples` raw values per set of the
+    histogram scores (log p(x), AM)."""
+    result = OODEvaluation()
+    for name, score_params in scores.items():
+        score = build_score(name, **score_params).fit(model, data.x_train, data.y_train)
+        values = {"id": score(model, data.x_test).double().numpy()}
+        for ood_name, x_ood in data.ood.items():
+            n = min(len(values["id"]), len(x_ood))
+            values[ood_name] = score(model, x_ood[:n]).double().numpy()
+            row = ood_metrics(values["id"][:n], values[ood_name])
+            result.rows.append({"score": name, "ood_set": ood_name, "n": n, **row})
+        if name in HISTOGRAM_SCORES:
+            key, sign = HISTOGRAM_SCORES[name]
+            result.samples[key] = {k: (sign * v[:max_samples]).tolist()
+                                   for k, v in values.items()}
+    return result
+
