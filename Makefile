@@ -29,6 +29,7 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/bench_sweep.py
+	$(PY) benchmarks/bench_am.py
 
 clean:
 	rm -rf runs .pytest_cache

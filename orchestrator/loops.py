@@ -158,23 +158,22 @@ def _generator(*seeds: int) -> torch.Generator:
     return torch.Generator().manual_seed(hash(seeds) % 2**62)
 
 
-def _density_metrics(model: nn.Module, x: torch.Tensor, seed: int, prefix: str,
-                     with_am: bool = True) -> dict[str, float]:
+def _density_metrics(model: nn.Module, x: torch.Tensor, seed: int,
+                     prefix: str) -> dict[str, float]:
     """Mean bits/dim of the dequantized inputs (fixed noise), mean log p and AM of the clean
     inputs."""
     flow = _flow_of(model)
     log_px = build_score("log_px")
     noisy = flow.dequantize(x, _generator(seed, -1))
-    metrics = {f"{prefix}_bpd": flow.bits_per_dim(log_px(model, noisy)).mean().item(),
-               f"{prefix}_log_px": log_px(model, x).mean().item()}
-    if with_am:
-        metrics[f"{prefix}_am"] = (-build_score("neg_am")(model, x)).mean().item()
-    return metrics
+    return {f"{prefix}_bpd": flow.bits_per_dim(log_px(model, noisy)).mean().item(),
+            f"{prefix}_log_px": log_px(model, x).mean().item(),
+            f"{prefix}_am": (-build_score("neg_am")(model, x)).mean().item()}
 
 
-def _dequantized_objective(flow: Flow, noise: torch.Generator, alpha: float,
-                           beta: float | None):
-    """The batch objective: dequantize, then the flow loss (beta None) or the DIGLM loss."""
+def generative_objective(flow: Flow, noise: torch.Generator, alpha: float,
+                         beta: float | None):
+    """The batch objective of `train_epoch`: dequantize with `noise`, then the flow loss
+    (beta None) or the DIGLM loss."""
 
     def objective(model, xb, yb):
         xb = flow.dequantize(xb, noise)
@@ -220,7 +219,7 @@ def train_generative(config: dict[str, Any], session: Session) -> None:
         optimizer.load_state_dict(state["optimizer"])
 
     for epoch in range(state["epoch"] + 1, epochs):
-        objective = _dequantized_objective(
+        objective = generative_objective(
             _flow_of(model), _generator(config["seed"], epoch, session.rank), alpha,
             config["beta"] if diglm else None)
         started = time.perf_counter()

@@ -142,6 +142,20 @@ def _values(profile: Profile, key: str) -> list[Any]:
     return values
 
 
+def check_scores(profile: Profile) -> None:
+    """`ood_scores` is "all" or registered score names joined by "+"."""
+    from workloads.scores import OOD_SCORES
+
+    for value in _values(profile, "ood_scores"):
+        if value is None or value == "all":
+            continue
+        unknown = [n for n in str(value).split("+") if n not in OOD_SCORES]
+        if unknown:
+            raise UsageError(f"--set ood_scores={value}: unknown score {', '.join(unknown)}; "
+                             f"use 'all' or names joined by '+' from: "
+                             f"{', '.join(OOD_SCORES)}")
+
+
 def check_datasets(profile: Profile, data_dir: str, download: bool) -> None:
     """Fail before starting Ray when a dataset of the sweep is missing (or download it)."""
     for name in _values(profile, "dataset"):
@@ -191,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
         if batch_size is not None and batch_size % scaling.num_workers:
             raise UsageError(f"batch_size {batch_size} is not divisible by "
                              f"--num-workers {scaling.num_workers}")
+    check_scores(profile)
     data_dir = str(Path(args.data_dir).expanduser().resolve())
     check_datasets(profile, data_dir, args.download)
     try:

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -26,3 +27,10 @@ def sweep_env(tmp_path):
                PYTHONPATH=str(ROOT), RAY_TMPDIR=ray_tmp)
     yield env
     shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def free_port() -> int:
+    """A free TCP port on localhost, for a gloo process group in tests."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

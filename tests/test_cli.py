@@ -95,3 +95,24 @@ def test_trials_that_cannot_fit_on_a_local_ray_exit_2(sweep_env):
                  env=sweep_env)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "64 GPU" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unknown_ood_score_exits_2(sweep_env):
+    proc = sweep("alpha_flow", "--set", "ood_scores=log_px+typo", env=sweep_env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "typo" in proc.stderr and "neg_am" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_linked_setups_are_overridable_and_their_datasets_checked(sweep_env, tmp_path):
+    space = get_search_space("alpha_flow")
+    paper = space.profile("paper")
+    assert paper.num_trials() == 2 * 5
+    profile = apply_overrides(space, paper, ["epochs=1", "alpha=0,2"])
+    assert profile.config["epochs"] == 1  # the override wins over every setup
+    assert all("epochs" not in setup for setup in profile.grid["setup"])
+    assert [s["lr"] for s in profile.grid["setup"]] == [5e-5, 1e-4]
+    assert profile.num_trials() == 2 * 2
+    proc = sweep("alpha_flow", "--profile", "paper", "--data-dir", str(tmp_path / "none"),
+                 env=sweep_env)
+    assert proc.returncode == 2 and "fashionmnist" in proc.stderr
+    assert "Traceback" not in proc.stderr

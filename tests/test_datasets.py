@@ -90,3 +90,17 @@ def test_two_workers_see_exactly_one_workers_global_batches():
         assert torch.equal(whole, torch.cat([a, b]))
     with pytest.raises(ValueError):
         list(iterate_minibatches(100, 9, epoch=0, world_size=2))
+
+
+def test_one_class_split_keeps_one_class_and_makes_the_rest_ood():
+    from workloads.datasets import load_digits, one_class_split
+
+    data = load_digits()
+    anomaly = one_class_split(data, 3)
+    for y in (anomaly.y_train, anomaly.y_val, anomaly.y_test):
+        assert (y == 3).all() and len(y) > 0
+    assert list(anomaly.ood) == ["other_classes"]
+    assert len(anomaly.ood["other_classes"]) == (data.y_test != 3).sum()
+    assert anomaly.levels == data.levels == 17
+    with pytest.raises(ValueError, match="normal_class"):
+        one_class_split(data, 10)

@@ -3,12 +3,12 @@
 processes; Ray Train's `prepare_model` wraps models in the same DistributedDataParallel)."""
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import free_port
 from torch.nn.parallel import DistributedDataParallel
 
 from workloads.diglm import DIGLM, diglm_objective
@@ -57,16 +57,10 @@ def _worker(rank, world_size, port, out_path, kind):
     dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("kind", ["flow", "diglm"])
 def test_ddp_gradient_of_the_am_regularized_loss_equals_single_process(tmp_path, kind):
     out = tmp_path / "ddp.pt"
-    mp.spawn(_worker, args=(2, _free_port(), str(out), kind), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(out), kind), nprocs=2, join=True)
     ddp_grads = torch.load(out)
 
     model = _model(kind)

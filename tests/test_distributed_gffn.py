@@ -2,12 +2,12 @@
 and gradient as 1 worker of batch 2b (gloo, two real processes)."""
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import free_port
 from torch.nn.parallel import DistributedDataParallel
 
 from workloads.losses import gffn_loss
@@ -46,16 +46,10 @@ def _worker(rank, world_size, port, out_path, kind):
     dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("kind", ["logsumexp", "softplus"])
 def test_two_worker_ddp_gradient_equals_single_worker_on_global_batch(tmp_path, kind):
     out = tmp_path / "ddp.pt"
-    mp.spawn(_worker, args=(2, _free_port(), str(out), kind), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(out), kind), nprocs=2, join=True)
     ddp = torch.load(out)
 
     model = _model()

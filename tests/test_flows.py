@@ -196,3 +196,24 @@ def test_presets_build_the_documented_architectures():
     assert torch.isfinite(flow.log_prob(x)).all()
     samples = flow.sample(2, torch.Generator().manual_seed(0))
     assert samples.shape == (2, 1, 28, 28) and torch.isfinite(flow.log_prob(samples)).all()
+
+
+def test_diglm_objective_is_the_documented_composition():
+    """loss = CE + beta * (NLL + alpha * AM) (NOTES.md C, eq. 4.13), from one flow pass."""
+    import torch.nn.functional as F
+
+    from workloads.diglm import DIGLM, diglm_objective
+
+    torch.manual_seed(0)
+    model = DIGLM(Flow(perturb(VectorRealNVP(4, num_couplings=2, hidden=8)).double(), (4,),
+                       levels=None), 3).double()
+    x = torch.randn(6, 4, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    loss, parts = diglm_objective(model, x, y, alpha=2.0, beta=0.1)
+    ce = F.cross_entropy(model(x), y)
+    nll = -model.log_prob(x).mean()
+    am = model.approximate_mass(x).mean()
+    assert loss.item() == pytest.approx((ce + 0.1 * (nll + 2.0 * am)).item(), rel=1e-12)
+    assert parts["am"].item() == pytest.approx(am.item())
+    assert parts["correct"].item() == (model.predict(x) == y).sum().item()
+    assert torch.equal(model.features(x), model.flow.transform(x)[0])

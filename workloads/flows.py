@@ -247,30 +247,32 @@ class ImageCoupling(Transform):
     def _channel_join(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.cat([a, b] if self.parity == 0 else [b, a], dim=1)
 
-    def _scale_shift(self, net_input: torch.Tensor):
-        raw_s, t = self.net(net_input).chunk(2, dim=1)
+    def _checkerboard_scale_shift(self, x: torch.Tensor):
+        """(mask, s, t): s and t from the masked pixels (and the mask), zero on them."""
+        b = checkerboard(x.shape[2], x.shape[3], self.parity, x.device).to(x.dtype)
+        raw_s, t = self.net(torch.cat([x * b, b.expand(x.shape[0], 1, -1, -1)], 1)).chunk(2, 1)
+        return b, self.scale * torch.tanh(raw_s) * (1 - b), t * (1 - b)
+
+    def _channel_scale_shift(self, a: torch.Tensor):
+        raw_s, t = self.net(a).chunk(2, dim=1)
         return self.scale * torch.tanh(raw_s), t
 
     def forward(self, x):
         self._check(x)
         if self.mask == "checkerboard":
-            b = checkerboard(x.shape[2], x.shape[3], self.parity, x.device).to(x.dtype)
-            s, t = self._scale_shift(torch.cat([x * b, b.expand(x.shape[0], 1, -1, -1)], 1))
-            s, t = s * (1 - b), t * (1 - b)
+            b, s, t = self._checkerboard_scale_shift(x)
             return x * b + (1 - b) * (x * torch.exp(s) + t), s.flatten(1).sum(1)
         a, rest = self._channel_parts(x)
-        s, t = self._scale_shift(a)
+        s, t = self._channel_scale_shift(a)
         return self._channel_join(a, rest * torch.exp(s) + t), s.flatten(1).sum(1)
 
     def inverse(self, y):
         self._check(y)
         if self.mask == "checkerboard":
-            b = checkerboard(y.shape[2], y.shape[3], self.parity, y.device).to(y.dtype)
-            s, t = self._scale_shift(torch.cat([y * b, b.expand(y.shape[0], 1, -1, -1)], 1))
-            s, t = s * (1 - b), t * (1 - b)
+            b, s, t = self._checkerboard_scale_shift(y)
             return y * b + (1 - b) * ((y - t) * torch.exp(-s)), -s.flatten(1).sum(1)
         a, rest = self._channel_parts(y)
-        s, t = self._scale_shift(a)
+        s, t = self._channel_scale_shift(a)
         return self._channel_join(a, (rest - t) * torch.exp(-s)), -s.flatten(1).sum(1)
 
 
