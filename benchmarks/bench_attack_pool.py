@@ -25,9 +25,8 @@ sys.path.insert(0, str(ROOT))
 from orchestrator.pools import run_attack_pool  # noqa: E402
 from workloads.attacks import autoattack  # noqa: E402
 from workloads.datasets import load_digits  # noqa: E402
-from workloads.losses import ffn_loss  # noqa: E402
 from workloads.models import MLPClassifier  # noqa: E402
-from workloads.training import train_one_epoch  # noqa: E402
+from workloads.training import fit_classifier  # noqa: E402
 
 
 def main() -> None:
@@ -40,10 +39,7 @@ def main() -> None:
     torch.manual_seed(0)
     data = load_digits()
     model = MLPClassifier(data.input_shape, 10, width=256)
-    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-    for epoch in range(10):
-        train_one_epoch(model, optimizer, ffn_loss, data.x_train, data.y_train, 32, epoch)
-    model.eval()
+    fit_classifier(model, data.x_train, data.y_train, epochs=10)
     x, y = data.x_test[:args.n], data.y_test[:args.n]
     config = {"attack": "autoattack", "version": "custom", "attacks": ["apgd-ce"],
               "eps": 0.1, "seed": 0, "batch_size": 30}

@@ -44,12 +44,11 @@ def attack_unit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, stage: str, 
         return A.autoattack_stage(model, x, y, stage, eps, norm, config.get("version",
                                   "standard"), config.get("attacks"), seed)
     generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
-    steps = config.get("steps", 10)
     if stage == "fgsm":
         return A.fgsm(model, x, y, eps)
     if stage in ("bim", "pgd"):
-        return A.pgd(model, x, y, eps, steps, norm=norm, random_start=stage == "pgd",
-                     generator=generator)
+        return A.pgd(model, x, y, eps, config.get("steps", 10), norm=norm,
+                     random_start=stage == "pgd", generator=generator)
     loss = A.adaptive_loss(config.get("lam", 1.0)) if stage == "apgd_adaptive" \
         else A.cross_entropy_loss
     return A.apgd(model, x, y, eps, config.get("steps", 100), norm, loss, generator=generator)

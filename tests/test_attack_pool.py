@@ -8,9 +8,8 @@ import torch
 from orchestrator.pools import run_attack_pool
 from workloads.attacks import autoattack
 from workloads.datasets import load_digits
-from workloads.losses import ffn_loss
 from workloads.models import MLPClassifier
-from workloads.training import train_one_epoch
+from workloads.training import fit_classifier
 
 pytestmark = pytest.mark.slow
 AA = {"attack": "autoattack", "version": "custom", "attacks": ["apgd-ce"], "eps": 0.1,
@@ -22,9 +21,7 @@ def setup():
     torch.manual_seed(0)
     data = load_digits()
     model = MLPClassifier(data.input_shape, 10, width=64)
-    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-    for epoch in range(10):
-        train_one_epoch(model, optimizer, ffn_loss, data.x_train, data.y_train, 32, epoch)
+    fit_classifier(model, data.x_train, data.y_train, epochs=10)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield model.eval(), data.x_test[:160], data.y_test[:160]
     ray.shutdown()

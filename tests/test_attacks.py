@@ -18,9 +18,8 @@ from workloads.attacks import (
 from workloads.datasets import load_digits
 from workloads.diglm import DIGLM
 from workloads.flows import build_flow
-from workloads.losses import ffn_loss
 from workloads.models import MLPClassifier
-from workloads.training import train_one_epoch
+from workloads.training import fit_classifier
 
 EPS = 0.1
 
@@ -30,10 +29,7 @@ def trained():
     torch.manual_seed(0)
     data = load_digits()
     model = MLPClassifier(data.input_shape, 10, width=64)
-    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-    for epoch in range(10):
-        train_one_epoch(model, optimizer, ffn_loss, data.x_train, data.y_train, 32, epoch)
-    model.eval()
+    fit_classifier(model, data.x_train, data.y_train, epochs=10)
     return model, data.x_test[:120], data.y_test[:120]
 
 

@@ -11,11 +11,10 @@ from torch import nn
 from workloads.datasets import load_digits, noise_ood_sets
 from workloads.diglm import DIGLM
 from workloads.flows import VectorRealNVP, build_flow, flow_objective
-from workloads.losses import ffn_loss
 from workloads.metrics import ood_metrics
 from workloads.models import MLPClassifier
 from workloads.scores import OOD_SCORES, applicable_scores, build_score, mann_whitney
-from workloads.training import train_epoch, train_one_epoch
+from workloads.training import fit_classifier, train_epoch
 
 
 class FixedLogits(nn.Module):
@@ -96,9 +95,7 @@ def trained():
     model.features = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(),
                                    nn.Dropout(0.2), nn.Linear(128, 64), nn.ReLU())
     model.head = nn.Linear(64, 10)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for epoch in range(15):
-        train_one_epoch(model, optimizer, ffn_loss, data.x_train, data.y_train, 32, epoch)
+    fit_classifier(model, data.x_train, data.y_train, epochs=15, lr=3e-3)
     ood = noise_ood_sets(len(data.x_test), data.input_shape, seed=3)["uniform_noise"]
     return model, data, ood
 

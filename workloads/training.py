@@ -88,6 +88,18 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn:
                        world_size, device)
 
 
+def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int,
+                   batch_size: int = 32, lr: float = 1e-3) -> nn.Module:
+    """Train a classifier with Adam and the standard (FFN) loss for `epochs` epochs and
+    return it in eval mode: the small trained model of tests, benchmarks and notebooks."""
+    from workloads.losses import ffn_loss
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for epoch in range(epochs):
+        train_one_epoch(model, optimizer, ffn_loss, x, y, batch_size, epoch)
+    return model.eval()
+
+
 def evaluate_split(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     """Accuracy and NLL on one labelled split."""
     logits = batched_logits(model, x)
