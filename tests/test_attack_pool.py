@@ -1,11 +1,18 @@
 """The attack pool on real Ray actors: 1 and 4 actors give identical adversarial examples
 and robust flags, equal to one serial pyautoattack call; finished units survive a rerun."""
 
+import os
+import signal
+import threading
+import time
+
+import psutil
 import pytest
 import ray
 import torch
 
-from orchestrator.pools import run_attack_pool
+from orchestrator.attack_pool import AttackPool, run_attack_pool
+from orchestrator.pools import PoolError
 from workloads.attacks import autoattack
 from workloads.datasets import load_digits
 from workloads.models import MLPClassifier
@@ -34,16 +41,17 @@ def test_one_and_four_actors_agree(setup, config, tmp_path):
     one = run_attack_pool(model, x, y, config, tmp_path / "one", num_actors=1)
     four = run_attack_pool(model, x, y, config, tmp_path / "four", num_actors=4,
                            cpus_per_actor=0.5)
-    assert torch.equal(one["x_adv"], four["x_adv"])
-    assert torch.equal(one["robust"], four["robust"])
-    assert one["robust_accuracy"]["clean"] > one["robust_accuracy"][list(
-        one["robust_accuracy"])[-1]]
+    assert torch.equal(one.x_adv, four.x_adv)
+    assert torch.equal(one.robust, four.robust)
+    assert one.robust_accuracy["clean"] > one.robust_accuracy[one.stages[-1]]
+    assert one.fooled_by == four.fooled_by
+    assert {f for f in one.fooled_by} <= {"", "clean", *one.stages}
     if config is AA:
         torch.set_num_threads(1)
         serial = autoattack(model, x, y, 0.1, version="custom", attacks=["apgd-ce"], seed=0,
                             batch_size=40)
-        assert torch.equal(one["robust"], model(serial).argmax(1) == y)
-        assert torch.equal(one["x_adv"], serial)
+        assert torch.equal(one.robust, model(serial).argmax(1) == y)
+        assert torch.equal(one.x_adv, serial)
 
 
 def test_resume_loads_finished_units(setup, tmp_path):
@@ -54,19 +62,25 @@ def test_resume_loads_finished_units(setup, tmp_path):
     stamps = [u.stat().st_mtime_ns for u in units]
     again = run_attack_pool(model, x, y, AA, tmp_path, num_actors=2, resume=True)
     assert [u.stat().st_mtime_ns for u in units] == stamps  # nothing recomputed
-    assert torch.equal(first["x_adv"], again["x_adv"])
+    assert again.units_computed == 0 and again.units_loaded == len(units)
+    assert torch.equal(first.x_adv, again.x_adv)
+    with pytest.raises(PoolError, match="eps"):
+        run_attack_pool(model, x, y, {**AA, "eps": 0.2}, tmp_path, resume=True)
+
+
+def test_one_pool_serves_several_attacks(setup, tmp_path):
+    model, x, y = setup
+    with AttackPool(model, num_actors=2) as pool:
+        fgsm = pool.run(x, y, {"attack": "fgsm", "eps": 0.1, "batch_size": 50}, tmp_path / "a")
+        pgd = pool.run(x, y, {"attack": "pgd", "eps": 0.1, "steps": 5, "batch_size": 50},
+                       tmp_path / "b")
+    assert pgd.robust_accuracy["pgd"] <= fgsm.robust_accuracy["fgsm"]
+    assert (x - fgsm.x_adv).abs().max() <= 0.1 + 1e-6
 
 
 def test_killed_actor_unit_is_retried_and_results_are_unchanged(setup, tmp_path):
     """SIGKILL an actor process in the middle of its unit: Ray restarts the actor, the unit
     runs again, and the results equal those of an undisturbed run."""
-    import os
-    import signal
-    import threading
-    import time
-
-    import psutil
-
     model, x, y = setup
     config = {"attack": "apgd", "eps": 0.1, "steps": 300, "seed": 0, "batch_size": 40}
     killed = []
@@ -75,8 +89,7 @@ def test_killed_actor_unit_is_retried_and_results_are_unchanged(setup, tmp_path)
         deadline = time.time() + 60
         while time.time() < deadline and not killed:
             for proc in psutil.process_iter(["pid", "cmdline"]):
-                if "AttackWorker.run" in " ".join(proc.info["cmdline"] or []) or \
-                        (proc.info["cmdline"] or [""])[0].startswith("ray::AttackWorker.run"):
+                if "AttackWorker.run" in " ".join(proc.info["cmdline"] or []):
                     time.sleep(0.3)  # mid-unit
                     os.kill(proc.info["pid"], signal.SIGKILL)
                     killed.append(proc.info["pid"])
@@ -89,5 +102,25 @@ def test_killed_actor_unit_is_retried_and_results_are_unchanged(setup, tmp_path)
     killer.join()
     assert killed, "no actor process was found to kill"
     clean = run_attack_pool(model, x, y, config, tmp_path / "clean", num_actors=2)
-    assert torch.equal(disturbed["x_adv"], clean["x_adv"])
-    assert torch.equal(disturbed["robust"], clean["robust"])
+    assert torch.equal(disturbed.x_adv, clean.x_adv)
+    assert torch.equal(disturbed.robust, clean.robust)
+
+
+def test_driver_failure_then_resume_recomputes_only_the_missing_units(setup, tmp_path):
+    model, x, y = setup
+    whole = run_attack_pool(model, x, y, AA, tmp_path / "whole", num_actors=2)
+    seen = []
+
+    def die_after_two_units(metrics):
+        seen.append(metrics)
+        if len(seen) == 2:
+            raise KeyboardInterrupt("driver killed")
+
+    with AttackPool(model, num_actors=2) as pool:
+        with pytest.raises(KeyboardInterrupt):
+            pool.run(x, y, AA, tmp_path / "cut", on_progress=die_after_two_units)
+        assert len(list((tmp_path / "cut" / "units").glob("*.pt"))) == 2
+        resumed = pool.run(x, y, AA, tmp_path / "cut", resume=True)
+    assert resumed.units_loaded == 2 and resumed.units_computed == 2
+    assert torch.equal(resumed.x_adv, whole.x_adv)
+    assert torch.equal(resumed.robust, whole.robust)

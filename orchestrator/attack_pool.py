@@ -1,0 +1,223 @@
+"""The attack pool: adversarial attacks spread over Ray actors, unit by unit (NOTES.md C, D).
+
+Each actor receives the model once (through the object store) and attacks units of work. A
+unit is a fixed-size batch of the inputs still robust before an attack stage, named by the
+stage and its index range, and seeded from that range: which actor runs it, and how many
+actors there are, does not change its result. For AutoAttack the units are exactly the
+batches one serial `pyautoattack` call forms, stage after stage (pyautoattack seeds every
+batch alike), so the pool reproduces that call bit for bit.
+
+Every finished unit is written to `<out>/units/`; a rerun with `resume=True` loads them
+instead of recomputing. Ray restarts an actor whose process dies and retries the unit it
+was running (`max_restarts=-1`, `max_task_retries=-1`); the retried unit gives the same
+result, so a failure changes nothing but the time taken.
+
+    with AttackPool(model, num_actors=4, gpus_per_actor=0.25) as pool:
+        result = pool.run(x, y, {"attack": "autoattack", "version": "standard",
+                                 "eps": 8 / 255}, out="runs/attack")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from orchestrator.pools import (
+    Progress,
+    ProgressFn,
+    eta_text,
+    fingerprint,
+    load_unit,
+    open_job,
+    save_unit,
+    start_actors,
+    worker_device,
+)
+from workloads import attacks as A
+
+OWN_ATTACKS = ("fgsm", "bim", "pgd", "apgd", "apgd_adaptive")
+ATTACKS = ("autoattack", *OWN_ATTACKS)
+# The config keys that decide an attack's result (the job's identity on resume).
+RESULT_KEYS = ("attack", "version", "attacks", "eps", "norm", "steps", "lam", "seed",
+               "batch_size")
+
+
+def attack_stages(config: dict[str, Any]) -> list[str]:
+    """The stages of the attack in `config`, in order (AutoAttack: its attacks)."""
+    if config["attack"] == "autoattack":
+        return A.autoattack_stages(config.get("version", "standard"), config.get("attacks"))
+    if config["attack"] not in OWN_ATTACKS:
+        raise A.AttackError(f"unknown attack '{config['attack']}'; known: "
+                            f"{', '.join(ATTACKS)}")
+    return [config["attack"]]
+
+
+def unit_seed(seed: int, start: int) -> int:
+    """The seed of the unit that starts at index `start` (own attacks)."""
+    return seed * 1_000_003 + start
+
+
+def attack_unit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, stage: str, start: int,
+                config: dict[str, Any]) -> torch.Tensor:
+    """One unit: `stage` of the attack in `config` on the batch that starts at `start`."""
+    eps, norm, seed = config["eps"], config.get("norm", "Linf"), config.get("seed", 0)
+    if config["attack"] == "autoattack":
+        return A.autoattack_stage(model, x, y, stage, eps, norm,
+                                  config.get("version", "standard"), config.get("attacks"),
+                                  seed)
+    generator = torch.Generator().manual_seed(unit_seed(seed, start))  # CPU: any device
+    if stage == "fgsm":
+        return A.fgsm(model, x, y, eps)
+    if stage in ("bim", "pgd"):
+        return A.pgd(model, x, y, eps, config.get("steps", 10), norm=norm,
+                     random_start=stage == "pgd", generator=generator)
+    loss = A.adaptive_loss(config.get("lam", 1.0)) if stage == "apgd_adaptive" \
+        else A.cross_entropy_loss
+    return A.apgd(model, x, y, eps, config.get("steps", 100), norm, loss, generator=generator)
+
+
+class AttackWorker:
+    """A Ray actor: holds the model (on its GPU if it has one) and attacks units."""
+
+    def __init__(self, model: nn.Module, threads: int = 1, gpus: float = 0):
+        torch.set_num_threads(threads)
+        self.device = worker_device(gpus)
+        self.model = model.to(self.device).eval()
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+    def run(self, stage: str, start: int, index: torch.Tensor, x: torch.Tensor,
+            y: torch.Tensor, config: dict[str, Any]) -> dict[str, Any]:
+        x, y = x.to(self.device), y.to(self.device)
+        x_adv = attack_unit(self.model, x, y, stage, start, config)
+        with torch.no_grad():
+            fooled = self.model(x_adv).argmax(1) != y
+        return {"stage": stage, "start": start, "index": index, "x_adv": x_adv.cpu(),
+                "fooled": fooled.cpu()}
+
+
+@dataclass
+class AttackResult:
+    x_adv: torch.Tensor                 # adversarial inputs (= x where the attack failed)
+    robust: torch.Tensor                # (N,) bool: still correctly classified
+    robust_accuracy: dict[str, float]   # "clean", then after each stage
+    fooled_by: list[str]                # per sample: "clean" (misclassified), a stage, or ""
+    seconds: float = 0.0
+    units_computed: int = 0
+    units_loaded: int = 0
+    stages: list[str] = field(default_factory=list)
+
+    @property
+    def samples_per_second(self) -> float:
+        return len(self.robust) / self.seconds if self.seconds else float("nan")
+
+
+class AttackPool:
+    """`num_actors` Ray actors holding one model; `run` attacks inputs with them.
+
+    The actors (and the model shipped to them) live until `close()`, so one pool serves any
+    number of attacks on the same model without starting actors again.
+    """
+
+    def __init__(self, model: nn.Module, num_actors: int = 2, cpus_per_actor: float = 1,
+                 gpus_per_actor: float = 0):
+        self.model = model.cpu().eval()
+        self.actors = start_actors(AttackWorker, self.model, num_actors, cpus_per_actor,
+                                   gpus_per_actor)
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+
+    def __enter__(self) -> AttackPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def run(self, x: torch.Tensor, y: torch.Tensor, config: dict[str, Any],
+            out: str | Path, resume: bool = False, label: str = "attack",
+            on_progress: ProgressFn | None = None) -> AttackResult:
+        """Attack (x, y) with `config`; finished units go to `out/units/`."""
+        from ray.util import ActorPool
+
+        stages = attack_stages(config)
+        batch_size = int(config.get("batch_size", 100))
+        if batch_size < 1:
+            raise A.AttackError("batch_size must be >= 1")
+        job_config = {k: config.get(k) for k in RESULT_KEYS}
+        out = open_job(out, "attack", job_config,
+                       fingerprint(job_config, self.model, x, y), resume)
+        with torch.no_grad():
+            robust = self.model(x).argmax(1) == y
+        fooled_by = ["" if r else "clean" for r in robust.tolist()]
+        x_adv = x.clone()
+        result = AttackResult(x_adv, robust, {"clean": robust.float().mean().item()},
+                              fooled_by, stages=stages)
+        # A fresh ActorPool per run: results still in flight from a run that failed must
+        # not be taken for this run's (the actors themselves are reused).
+        pool = ActorPool(self.actors)
+        progress = Progress(label)
+        done = 0
+        for stage in stages:
+            survivors = robust.nonzero().flatten()
+            todo, finished = [], []
+            for start in range(0, len(survivors), batch_size):
+                end = min(start + batch_size, len(survivors))
+                path = out / "units" / f"{stage}_{start:07d}_{end:07d}.pt"
+                if resume and path.exists():
+                    finished.append(load_unit(path))
+                    result.units_loaded += 1
+                else:
+                    todo.append((stage, start, survivors[start:end], path))
+            paths = {start: path for _, start, _, path in todo}
+            total, stage_left = len(finished) + len(todo), sum(len(u[2]) for u in todo)
+            runs = pool.map_unordered(
+                lambda actor, u: actor.run.remote(*u[:3], x[u[2]], y[u[2]], config),
+                todo)
+            for unit in runs:
+                save_unit(unit, paths[unit["start"]])
+                finished.append(unit)
+                result.units_computed += 1
+                done += len(unit["index"])
+                stage_left -= len(unit["index"])
+                rate = done / progress.elapsed()
+                progress.update(f"{stage}: {len(finished)}/{total} units, {done} samples "
+                                f"attacked, {rate:.1f} samples/s{eta_text(stage_left / rate)}",
+                                fraction=len(finished) / total)
+                if on_progress is not None:
+                    on_progress({"stage": stage, "units_done": len(finished),
+                                 "units_total": total, "samples_attacked": done,
+                                 "samples_per_s": rate})
+            for unit in finished:
+                fooled = unit["index"][unit["fooled"]]
+                x_adv[fooled] = unit["x_adv"][unit["fooled"]]
+                robust[fooled] = False
+                for i in fooled.tolist():
+                    fooled_by[i] = stage
+            result.robust_accuracy[stage] = robust.float().mean().item()
+            progress.update(f"{stage}: done, robust accuracy "
+                            f"{result.robust_accuracy[stage]:.3f}", fraction=1.0, force=True)
+        progress.close()
+        result.seconds = progress.elapsed()
+        return result
+
+
+def run_attack_pool(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                    config: dict[str, Any], out: str | Path, num_actors: int = 2,
+                    cpus_per_actor: float = 1, gpus_per_actor: float = 0,
+                    resume: bool = False, on_progress: ProgressFn | None = None,
+                    ) -> AttackResult:
+    """One attack on a pool started for it and closed after it."""
+    with AttackPool(model, num_actors, cpus_per_actor, gpus_per_actor) as pool:
+        return pool.run(x, y, config, out, resume=resume, on_progress=on_progress)

@@ -1,0 +1,85 @@
+"""Actor resources and devices, checked on the CPU: fractional GPUs, how many actors fit,
+the device an actor picks, unit files read safely, and job fingerprints. What only a GPU
+can confirm (CUDA placement, NCCL) is noted in the README."""
+
+import pytest
+import torch
+from torch import nn
+
+from orchestrator.pools import (
+    PoolError,
+    actor_options,
+    check_capacity,
+    fingerprint,
+    load_unit,
+    open_job,
+    save_unit,
+    worker_device,
+)
+
+
+def test_actor_options_allow_fractional_gpus_and_restart_actors():
+    options = actor_options(1, 0.25)
+    assert options["num_gpus"] == 0.25 and options["num_cpus"] == 1
+    assert options["max_restarts"] == -1 and options["max_task_retries"] == -1
+    assert actor_options(0, 2)["num_gpus"] == 2
+    for cpus, gpus in [(0, 0), (-1, 0), (1, 1.5)]:
+        with pytest.raises(PoolError):
+            actor_options(cpus, gpus)
+
+
+def test_capacity_counts_actors_that_fit_and_refuses_impossible_ones_locally():
+    cpu_box = {"CPU": 2.0}
+    gpu_box = {"CPU": 8.0, "GPU": 2.0}
+    assert check_capacity(4, 0.5, 0, cpu_box, can_grow=False) == 4
+    assert check_capacity(4, 1, 0, cpu_box, can_grow=False) == 2
+    assert check_capacity(8, 1, 0.25, gpu_box, can_grow=False) == 8  # 4 per GPU
+    assert check_capacity(8, 1, 0.5, gpu_box, can_grow=False) == 4
+    with pytest.raises(PoolError, match="GPU"):
+        check_capacity(2, 1, 1, cpu_box, can_grow=False)
+    assert check_capacity(2, 1, 1, cpu_box, can_grow=True) == 1  # an autoscaler may add GPUs
+
+
+def test_worker_device_is_the_cpu_without_a_gpu():
+    assert worker_device(0) == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert worker_device(0.5) == torch.device("cpu")
+
+
+def test_unit_files_are_atomic_safe_and_named_when_corrupt(tmp_path, capsys):
+    path = tmp_path / "units" / "u.pt"
+    save_unit({"x": torch.ones(3), "stage": "apgd-ce", "start": 0}, path)
+    assert load_unit(path)["stage"] == "apgd-ce"
+    assert not list(path.parent.glob("*.tmp"))
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("code from a unit file ran",))
+
+    torch.save({"evil": Payload()}, path)
+    with pytest.raises(PoolError, match="u.pt"):
+        load_unit(path)  # weights_only: the pickle's code is refused, not run
+    assert "code from a unit file ran" not in capsys.readouterr().out
+    path.write_bytes(b"not a torch file")
+    with pytest.raises(PoolError, match="corrupt"):
+        load_unit(path)
+
+
+def test_fingerprints_and_job_directories(tmp_path):
+    model = nn.Linear(3, 2)
+    x = torch.zeros(4, 3)
+    a = fingerprint({"eps": 0.1}, model, x)
+    assert a == fingerprint({"eps": 0.1}, model, x)
+    assert a != fingerprint({"eps": 0.2}, model, x)
+    assert a != fingerprint({"eps": 0.1}, model, x + 1)
+    with torch.no_grad():
+        model.weight.add_(1)
+    assert a != fingerprint({"eps": 0.1}, model, x)
+    out = open_job(tmp_path / "job", "attack", {"eps": 0.1}, "f1", resume=False)
+    save_unit({"x": 1}, out / "units" / "a.pt")
+    assert open_job(out, "attack", {"eps": 0.1}, "f1", resume=True) == out
+    assert (out / "units" / "a.pt").exists()
+    with pytest.raises(PoolError, match="eps"):
+        open_job(out, "attack", {"eps": 0.2}, "f2", resume=True)
+    open_job(out, "attack", {"eps": 0.2}, "f2", resume=False)  # a fresh job: stale units go
+    assert not (out / "units" / "a.pt").exists()
