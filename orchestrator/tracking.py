@@ -211,3 +211,64 @@ def sync_instructions(sweep_dir: str | Path) -> str:
     pattern = Path(sweep_dir) / "*" / "wandb" / "offline-run-*"
     return (f"W&B: {len(runs)} offline runs under {sweep_dir}\n"
             f"     upload them with:  wandb sync {pattern}")
+
+
+class JobRun:
+    """One W&B run for a job on a sweep's trials (an attack, Langevin chains, the defense),
+    in the sweep's group, written into the job's directory. With tracking disabled every
+    method does nothing, so job code never tests for it.
+
+    `log` takes progress metrics (plotted against `x_axis`, which need not increase across
+    calls from different units), `table` and `image` log results, `finish` writes the
+    summary. A resumed job passes the same `run_id` and continues its run.
+    """
+
+    def __init__(self, mode: str, kind: str, name: str, group: str, config: dict[str, Any],
+                 directory: str | Path, run_id: str | None = None,
+                 project: str | None = None):
+        self.run = None
+        if mode == "disabled":
+            return
+        import wandb
+
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(
+            project=project or os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT), group=group,
+            job_type=kind, name=name, id=run_id, config=config, dir=str(directory), mode=mode,
+            reinit="create_new", resume="allow",
+            settings=wandb.Settings(console="off", x_disable_stats=True, disable_git=True,
+                                    save_code=False))
+        self._defined: set[str] = set()
+
+    def log(self, metrics: dict[str, Any], x_axis: str | None = None) -> None:
+        if self.run is None:
+            return
+        if x_axis is not None:
+            for key in metrics:
+                if key != x_axis and key not in self._defined:
+                    self.run.define_metric(key, step_metric=x_axis)
+                    self._defined.add(key)
+        self.run.log({k: v for k, v in metrics.items() if isinstance(v, (Number, str, bool))})
+
+    def table(self, key: str, frame) -> None:
+        if self.run is None:
+            return
+        import wandb
+
+        self.run.log({key: wandb.Table(dataframe=frame.reset_index(drop=True))})
+
+    def image(self, key: str, path: str | Path) -> None:
+        if self.run is None or not Path(path).exists():
+            return
+        import wandb
+
+        self.run.log({key: wandb.Image(str(path))})
+
+    def finish(self, summary: dict[str, Any] | None = None, failed: bool = False) -> None:
+        if self.run is None:
+            return
+        for key, value in (summary or {}).items():
+            self.run.summary[key] = value
+        self.run.finish(exit_code=int(failed))
+        self.run = None
+

@@ -116,20 +116,3 @@ def test_linked_setups_are_overridable_and_their_datasets_checked(sweep_env, tmp
                  env=sweep_env)
     assert proc.returncode == 2 and "fashionmnist" in proc.stderr
     assert "Traceback" not in proc.stderr
-
-
-def test_attack_cli_bad_input_exits_2(sweep_env, tmp_path):
-    def attack(*args):
-        return subprocess.run([sys.executable, "-m", "orchestrator.attack", *args],
-                              capture_output=True, text=True, env=sweep_env, timeout=120)
-
-    proc = attack(str(tmp_path), "--trial", "x")
-    assert proc.returncode == 2 and "not a finished sweep" in proc.stderr
-    (tmp_path / "results").mkdir()
-    (tmp_path / "results" / "trials.csv").write_text("trial_id\nabc\n")
-    proc = attack(str(tmp_path), "--trial", "abc", "--version", "custom",
-                  "--attacks", "apgd-ce,bogus")
-    assert proc.returncode == 2 and "bogus" in proc.stderr and "Traceback" not in proc.stderr
-    proc = attack(str(tmp_path), "--trial", "zzz")
-    assert proc.returncode == 2 and "no trial 'zzz'" in proc.stderr
-    assert attack("--help").returncode == 0

@@ -1,0 +1,203 @@
+"""The job commands end to end on a real smoke `alpha_diglm` sweep: `orchestrator.attack`,
+`orchestrator.langevin` (its driver killed mid-run, then --resume) and `orchestrator.defend`,
+through real Ray actor pools and W&B offline runs."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pandas as pd
+import pytest
+import torch
+from conftest import ROOT
+
+from orchestrator.wandb_offline import find_offline_runs, read_offline_run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "RAY_"))}
+    env.update(WANDB_MODE="offline", HOME=str(home), PYTHONPATH=str(ROOT), RAY_TMPDIR=ray_tmp)
+    yield env
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def command(module, *args, env, timeout=600, check=True):
+    proc = subprocess.run([sys.executable, "-m", f"orchestrator.{module}", *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, env):
+    """A finished smoke alpha_diglm sweep (alpha 0 and 2, 2 epochs), W&B disabled."""
+    storage = tmp_path_factory.mktemp("runs")
+    command("sweep", "alpha_diglm", "--profile", "smoke", "--storage", storage,
+            "--wandb", "disabled", env=env)
+    (sweep_dir,) = storage.glob("alpha_diglm-smoke-*")
+    table = pd.read_csv(sweep_dir / "results" / "trials.csv")
+    return sweep_dir, table.sort_values("alpha").trial_id.tolist()
+
+
+@pytest.fixture(scope="module")
+def attack_dir(sweep, env):
+    sweep_dir, (trial, _) = sweep
+    proc = command("attack", sweep_dir, "--trial", trial, "--version", "custom", "--attacks",
+                   "apgd-ce", "--eps", "1/16", "--n", 40, "--batch-size", 20, env=env)
+    (out,) = (sweep_dir / "attacks").glob(f"{trial}-autoattack-*")
+    assert "samples/s" in proc.stderr
+    return out
+
+
+def test_attack_writes_results_and_a_wandb_run_and_resumes(sweep, attack_dir, env):
+    sweep_dir, (trial, _) = sweep
+    summary = json.loads((attack_dir / "summary.json").read_text())
+    assert summary["n"] == 40 and summary["eps"] == 1 / 16
+    accuracy = summary["robust_accuracy"]
+    assert set(accuracy) == {"clean", "apgd-ce"} and accuracy["apgd-ce"] < accuracy["clean"]
+    samples = pd.read_csv(attack_dir / "samples.csv")
+    assert len(samples) == 40 and (samples.linf <= 1 / 16 + 1e-6).all()
+    assert samples.robust.mean() == pytest.approx(accuracy["apgd-ce"])
+    x_adv = torch.load(attack_dir / "x_adv.pt", weights_only=True)
+    assert x_adv.shape == (40, 1, 8, 8) and (attack_dir / "attack.png").exists()
+    (run_dir,) = find_offline_runs(attack_dir)
+    run = read_offline_run(run_dir)
+    assert run.group == sweep_dir.name and run.config["trial"] == trial
+    assert run.summary["robust_accuracy/apgd-ce"] == pytest.approx(accuracy["apgd-ce"])
+    assert any("samples_per_s" in row for row in run.history)
+
+    again = command("attack", sweep_dir, "--trial", trial, "--version", "custom", "--attacks",
+                    "apgd-ce", "--eps", "1/16", "--n", 40, "--batch-size", 20, "--resume",
+                    env=env)
+    assert str(attack_dir) in again.stdout  # the same run directory, continued
+    resumed = json.loads((attack_dir / "summary.json").read_text())
+    assert resumed["units_computed"] == 0 and resumed["units_loaded"] == 2
+    assert resumed["robust_accuracy"] == accuracy
+
+
+def test_langevin_driver_killed_then_resumed_ends_like_an_uninterrupted_run(
+        sweep, attack_dir, env):
+    sweep_dir, (trial, _) = sweep
+    args = ["--trial", trial, "--from", attack_dir, "--only-fooled", "--steps", 3000,
+            "--checkpoint-every", 100, "--record-every", 100, "--chains-per-unit", 8,
+            "--wandb", "disabled"]
+    whole = command("langevin", sweep_dir, *args, env=env)
+    (first,) = (sweep_dir / "langevin").glob(f"{trial}-autoattack-*")
+    expected = torch.load(first / "restored.pt", weights_only=True)
+    shutil.rmtree(first)
+
+    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.langevin", str(sweep_dir),
+                               *map(str, args)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, start_new_session=True)
+    deadline, steps = time.time() + 120, []
+    while time.time() < deadline and driver.poll() is None:
+        steps = [torch.load(p, weights_only=True)["state"]["step"]
+                 for p in (sweep_dir / "langevin").glob("*/chains/*.pt")]
+        if steps and min(steps) >= 200:
+            break
+        time.sleep(0.1)
+    assert driver.poll() is None, "the chains finished before the driver could be killed"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and its local Ray, for real
+    driver.wait()
+    assert 0 < min(steps) < 3000
+
+    resumed = command("langevin", sweep_dir, *args, "--resume", env=env)
+    assert "resumed" in resumed.stdout
+    (out,) = (sweep_dir / "langevin").glob(f"{trial}-autoattack-*")
+    assert torch.equal(torch.load(out / "restored.pt", weights_only=True), expected)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["units_resumed"] > 0
+    assert summary["chain_steps_computed"] < summary["chains"] * 3000  # no start-over
+    chains = pd.read_csv(out / "chains.csv")
+    assert len(chains) == summary["chains"] and (out / "am.png").exists()
+    assert "accuracy_restored" in json.loads(whole.stdout.splitlines()[-2])
+
+
+def test_defend_smoke_writes_tables_4_1_to_4_4_and_resumes(sweep, env):
+    sweep_dir, trials = sweep
+    proc = command("defend", sweep_dir, "--profile", "smoke", "--eps", "1/16", env=env)
+    (out,) = (sweep_dir / "defense").glob("smoke-*")
+    tables = (out / "tables.md").read_text()
+    for name in ("Table 4.1", "Table 4.2", "Table 4.3", "Table 4.4"):
+        assert name in tables
+    assert "1.000 / 1.000 / 1.000 / 0.922" in tables and "0.608" in tables  # thesis, alpha 2
+    frame = pd.read_csv(out / "defense.csv")
+    assert sorted(frame.trial_id) == sorted(trials)
+    done = frame[frame.status == "completed"]
+    assert len(done) >= 1
+    for column in ("det_auroc", "restored_accuracy", "defense_accuracy",
+                   "adaptive_defense_accuracy"):
+        assert done[column].between(0, 1).all(), column
+    assert (out / "defense.png").exists()
+    for trial in done.trial_id:
+        assert (out / trial / "defense.png").exists()
+        result = json.loads((out / trial / "result.json").read_text())
+        assert result["pairs"] > 0 and result["det_tau"] > 0
+    runs = [read_offline_run(p) for p in find_offline_runs(out)]
+    assert len(runs) == len(frame) and all(r.group == sweep_dir.name for r in runs)
+    assert "Table 4.1" in proc.stdout
+
+    again = command("defend", sweep_dir, "--profile", "smoke", "--eps", "1/16", "--resume",
+                    env=env)
+    assert again.stdout.count("done earlier") == len(frame)
+    assert (out / "tables.md").read_text() == tables
+
+
+def fake_sweep(tmp_path, model="flow"):
+    (tmp_path / "results").mkdir(parents=True)
+    (tmp_path / "sweep.json").write_text(json.dumps({"name": "alpha_flow"}))
+    (tmp_path / "results" / "trials.csv").write_text(
+        f"trial_id,model,alpha,status\nabc,{model},0.0,completed\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("module, args, words", [
+    ("attack", ["--trial", "x"], ["not a finished sweep"]),
+    ("attack", ["FAKE", "--trial", "zzz"], ["no trial 'zzz'", "abc"]),
+    ("attack", ["FAKE", "--trial", "abc", "--version", "custom", "--attacks", "apgd-ce,bogus"],
+     ["bogus"]),
+    ("attack", ["FAKE", "--trial", "abc", "--eps", "8/0"], ["--eps"]),
+    ("attack", ["FAKE", "--trial", "abc", "--num-actors", "0"], ["--num-actors"]),
+    ("langevin", ["FAKE", "--trial", "abc", "--from", "nowhere"], ["not a finished attack"]),
+    ("langevin", ["FAKE", "--trial", "abc", "--from", "test", "--resume"], ["checkpoint"]),
+    ("defend", ["FAKE"], ["no DIGLM trials"]),
+    ("defend", ["FAKE", "--profile", "huge"], ["--profile"]),
+])
+def test_job_commands_exit_2_on_bad_input(tmp_path, env, module, args, words):
+    sweep_dir = fake_sweep(tmp_path / "sweep")
+    args = [str(sweep_dir) if a == "FAKE" else a for a in args]
+    if args[0].startswith("--"):
+        args = [str(tmp_path / "nothing"), *args]
+    proc = command(module, *args, env=env, timeout=120, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    for word in words:
+        assert word in proc.stderr
+
+
+def test_job_commands_help(env):
+    for module in ("attack", "langevin", "defend"):
+        proc = command(module, "--help", env=env, timeout=60)
+        for flag in ("--resume", "--num-actors", "--gpus-per-actor", "--wandb"):
+            assert flag in proc.stdout, (module, flag)
+
+
+def test_resume_without_an_earlier_run_and_gpus_on_a_cpu_machine_exit_2(sweep, env):
+    sweep_dir, (trial, _) = sweep
+    proc = command("langevin", sweep_dir, "--trial", trial, "--from", "test", "--n", 4,
+                   "--resume", env=env, check=False)
+    assert proc.returncode == 2 and "no earlier run" in proc.stderr
+    proc = command("attack", sweep_dir, "--trial", trial, "--n", 4, "--gpus-per-actor", 1,
+                   "--wandb", "disabled", env=env, check=False)
+    assert proc.returncode == 2 and "GPU" in proc.stderr and "Traceback" not in proc.stderr
