@@ -29,7 +29,6 @@ from torch import nn
 from orchestrator.pools import (
     Progress,
     ProgressFn,
-    eta_text,
     fingerprint,
     load_unit,
     open_job,
@@ -129,15 +128,15 @@ class AttackPool:
     def __init__(self, model: nn.Module, num_actors: int = 2, cpus_per_actor: float = 1,
                  gpus_per_actor: float = 0):
         self.model = model.cpu().eval()
-        self.actors = start_actors(AttackWorker, self.model, num_actors, cpus_per_actor,
-                                   gpus_per_actor)
+        self.actors, self.model_ref = start_actors(AttackWorker, self.model, num_actors,
+                                                   cpus_per_actor, gpus_per_actor)
 
     def close(self) -> None:
         import ray
 
         for actor in self.actors:
             ray.kill(actor)
-        self.actors = []
+        self.actors, self.model_ref = [], None
 
     def __enter__(self) -> AttackPool:
         return self
@@ -160,57 +159,131 @@ class AttackPool:
                        fingerprint(job_config, self.model, x, y), resume)
         with torch.no_grad():
             robust = self.model(x).argmax(1) == y
-        fooled_by = ["" if r else "clean" for r in robust.tolist()]
-        x_adv = x.clone()
-        result = AttackResult(x_adv, robust, {"clean": robust.float().mean().item()},
-                              fooled_by, stages=stages)
+        result = AttackResult(x.clone(), robust, {"clean": robust.float().mean().item()},
+                              ["" if r else "clean" for r in robust.tolist()], stages=stages)
+        plan = StagePlan(len(stages), robust.nonzero().flatten().tolist(), batch_size)
         # A fresh ActorPool per run: results still in flight from a run that failed must
         # not be taken for this run's (the actors themselves are reused).
         pool = ActorPool(self.actors)
         progress = Progress(label)
-        done = 0
-        for stage in stages:
-            survivors = robust.nonzero().flatten()
-            todo, finished = [], []
-            for start in range(0, len(survivors), batch_size):
-                end = min(start + batch_size, len(survivors))
-                path = out / "units" / f"{stage}_{start:07d}_{end:07d}.pt"
-                if resume and path.exists():
-                    finished.append(load_unit(path))
-                    result.units_loaded += 1
-                else:
-                    todo.append((stage, start, survivors[start:end], path))
-            paths = {start: path for _, start, _, path in todo}
-            total, stage_left = len(finished) + len(todo), sum(len(u[2]) for u in todo)
-            runs = pool.map_unordered(
-                lambda actor, u: actor.run.remote(*u[:3], x[u[2]], y[u[2]], config),
-                todo)
-            for unit in runs:
-                save_unit(unit, paths[unit["start"]])
-                finished.append(unit)
-                result.units_computed += 1
-                done += len(unit["index"])
-                stage_left -= len(unit["index"])
-                rate = done / progress.elapsed()
-                progress.update(f"{stage}: {len(finished)}/{total} units, {done} samples "
-                                f"attacked, {rate:.1f} samples/s{eta_text(stage_left / rate)}",
-                                fraction=len(finished) / total)
-                if on_progress is not None:
-                    on_progress({"stage": stage, "units_done": len(finished),
-                                 "units_total": total, "samples_attacked": done,
-                                 "samples_per_s": rate})
-            for unit in finished:
-                fooled = unit["index"][unit["fooled"]]
-                x_adv[fooled] = unit["x_adv"][unit["fooled"]]
-                robust[fooled] = False
-                for i in fooled.tolist():
-                    fooled_by[i] = stage
-            result.robust_accuracy[stage] = robust.float().mean().item()
-            progress.update(f"{stage}: done, robust accuracy "
-                            f"{result.robust_accuracy[stage]:.3f}", fraction=1.0, force=True)
+        fooled_at = [0] * len(stages)
+
+        def finish(unit: dict[str, Any]) -> None:
+            s = stages.index(unit["stage"])
+            fooled = unit["index"][unit["fooled"]]
+            result.x_adv[fooled] = unit["x_adv"][unit["fooled"]]
+            result.robust[fooled] = False
+            for i in fooled.tolist():
+                result.fooled_by[i] = unit["stage"]
+            fooled_at[s] += len(fooled)
+            plan.complete(s, unit["start"] // batch_size, unit["fooled"].tolist())
+
+        def launch() -> None:
+            """Submit every unit that can run now (a loaded unit may unlock more)."""
+            while new := plan.new_units():
+                for s, start, index in new:
+                    path = unit_path(out, stages[s], start, len(index))
+                    if resume and path.exists():
+                        finish(load_unit(path))
+                        result.units_loaded += 1
+                    else:
+                        pool.submit(lambda actor, u: actor.run.remote(*u),
+                                    (stages[s], start, torch.tensor(index), x[index],
+                                     y[index], config))
+
+        launch()
+        while not plan.finished():
+            unit = pool.get_next_unordered()
+            save_unit(unit, unit_path(out, unit["stage"], unit["start"], len(unit["index"])))
+            finish(unit)
+            result.units_computed += 1
+            launch()
+            attacked = sum(len(u) for s in range(len(stages)) for u in plan.units[s][
+                :plan.prefix[s]])
+            rate = attacked / progress.elapsed()
+            progress.update(f"{unit['stage']}: {plan.units_done()} units, {attacked} samples "
+                            f"attacked, {rate:.1f} samples/s", fraction=plan.fraction())
+            if on_progress is not None:
+                on_progress({"stage": unit["stage"], "units_done": plan.units_done(),
+                             "samples_attacked": attacked, "samples_per_s": rate})
+        robust_count = int(len(plan.inputs[0]))
+        for s, stage in enumerate(stages):
+            robust_count -= fooled_at[s]
+            result.robust_accuracy[stage] = robust_count / len(x)
+        progress.update("done, robust accuracy " + ", ".join(
+            f"{k} {v:.3f}" for k, v in result.robust_accuracy.items()), fraction=1.0,
+            force=True)
         progress.close()
         result.seconds = progress.elapsed()
         return result
+
+
+def unit_path(out: Path, stage: str, start: int, size: int) -> Path:
+    return out / "units" / f"{stage}_{start:07d}_{start + size:07d}.pt"
+
+
+class StagePlan:
+    """Which units of which stage can run now, in a multi-stage attack (AutoAttack).
+
+    Stage s attacks the inputs that survived stages 0..s-1, in batches of `batch_size` in
+    index order: exactly the batches of one serial pyautoattack call. The inputs of stage
+    s+1 are known up to the last index covered by the *leading completed* units of stage s,
+    so its first batches can run while stage s finishes: the stages overlap as a wavefront
+    and the actors stay busy, yet every unit is the one the serial call forms.
+    """
+
+    def __init__(self, num_stages: int, first_inputs: list[int], batch_size: int):
+        self.batch_size = batch_size
+        self.inputs = [list(first_inputs)] + [[] for _ in range(num_stages - 1)]  # known
+        self.inputs_final = [True] + [False] * (num_stages - 1)
+        self.units: list[list[list[int]]] = [[] for _ in range(num_stages)]  # formed
+        self.done: list[dict[int, list[bool]]] = [{} for _ in range(num_stages)]
+        self.prefix = [0] * num_stages  # leading units of each stage that are complete
+
+    def stage_finished(self, s: int) -> bool:
+        formed = len(self.units[s]) * self.batch_size >= len(self.inputs[s])
+        return self.inputs_final[s] and formed and self.prefix[s] == len(self.units[s])
+
+    def finished(self) -> bool:
+        return self.stage_finished(len(self.units) - 1)
+
+    def new_units(self) -> list[tuple[int, int, list[int]]]:
+        """(stage, start, indices) of the units that have become formable."""
+        new = []
+        for s in range(len(self.units)):
+            while True:
+                start = len(self.units[s]) * self.batch_size
+                known = len(self.inputs[s])
+                if not (known >= start + self.batch_size or
+                        (self.inputs_final[s] and start < known)):
+                    break
+                index = self.inputs[s][start:start + self.batch_size]
+                self.units[s].append(index)
+                new.append((s, start, index))
+            if s + 1 < len(self.units) and self.stage_finished(s):
+                self.inputs_final[s + 1] = True
+        return new
+
+    def complete(self, s: int, unit: int, fooled: list[bool]) -> None:
+        self.done[s][unit] = fooled
+        while self.prefix[s] in self.done[s]:
+            k = self.prefix[s]
+            if s + 1 < len(self.units):
+                self.inputs[s + 1] += [i for i, f in zip(self.units[s][k], self.done[s][k])
+                                       if not f]
+            self.prefix[s] += 1
+
+    def units_done(self) -> int:
+        return sum(len(d) for d in self.done)
+
+    def fraction(self) -> float:
+        """Finished stages plus the share of units done in the first unfinished one."""
+        for s in range(len(self.units)):
+            if not self.stage_finished(s):
+                expected = -(-len(self.inputs[s]) // self.batch_size) if self.inputs_final[s] \
+                    else max(len(self.units[s]), 1)
+                return (s + len(self.done[s]) / max(expected, 1)) / len(self.units)
+        return 1.0
 
 
 def run_attack_pool(model: nn.Module, x: torch.Tensor, y: torch.Tensor,

@@ -141,15 +141,15 @@ class LangevinPool:
             raise PoolError("Langevin chains need a density model with log_prob "
                             "(a flow or a DIGLM)")
         self.model = model.cpu().eval()
-        self.actors = start_actors(LangevinWorker, self.model, num_actors, cpus_per_actor,
-                                   gpus_per_actor)
+        self.actors, self.model_ref = start_actors(LangevinWorker, self.model, num_actors,
+                                                   cpus_per_actor, gpus_per_actor)
 
     def close(self) -> None:
         import ray
 
         for actor in self.actors:
             ray.kill(actor)
-        self.actors = []
+        self.actors, self.model_ref = [], None
 
     def __enter__(self) -> LangevinPool:
         return self

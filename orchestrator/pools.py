@@ -69,10 +69,12 @@ def check_capacity(num_actors: int, cpus_per_actor: float, gpus_per_actor: float
 
 
 def start_actors(worker_class: type, model: nn.Module, num_actors: int,
-                 cpus_per_actor: float, gpus_per_actor: float) -> list:
+                 cpus_per_actor: float, gpus_per_actor: float) -> tuple[list, Any]:
     """Start `num_actors` actors of `worker_class(model, threads, gpus)`, the model shipped
-    once through the object store. On a local Ray, only as many as fit at once are started
-    (the others would wait forever); a cluster (RAY_ADDRESS) may grow to fit them all."""
+    once through the object store; returns the actors and the model's object reference,
+    which the caller keeps for as long as the actors live (Ray rebuilds a restarted actor
+    from it). On a local Ray, only as many actors as fit at once are started (the others
+    would wait forever); a cluster (RAY_ADDRESS) may grow to fit them all."""
     import ray
 
     options = actor_options(cpus_per_actor, gpus_per_actor)
@@ -86,7 +88,7 @@ def start_actors(worker_class: type, model: nn.Module, num_actors: int,
     remote = ray.remote(**options)(worker_class)
     model_ref = ray.put(model)
     threads = actor_threads(cpus_per_actor)
-    return [remote.remote(model_ref, threads, gpus_per_actor) for _ in range(count)]
+    return [remote.remote(model_ref, threads, gpus_per_actor) for _ in range(count)], model_ref
 
 
 def worker_device(gpus_per_actor: float) -> torch.device:

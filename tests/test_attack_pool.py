@@ -54,6 +54,23 @@ def test_one_and_four_actors_agree(setup, config, tmp_path):
         assert torch.equal(one.x_adv, serial)
 
 
+def test_multi_stage_autoattack_overlaps_stages_and_equals_one_serial_call(setup, tmp_path):
+    """Four stages in small batches: later stages start while earlier ones finish, and the
+    result is still that of one serial pyautoattack call."""
+    model, x, y = setup
+    x, y = x[:96], y[:96]
+    config = {"attack": "autoattack", "version": "custom", "eps": 0.08, "seed": 1,
+              "batch_size": 12, "attacks": ["apgd-ce", "apgd-dlr", "apgd-t", "square"]}
+    pooled = run_attack_pool(model, x, y, config, tmp_path, num_actors=3, cpus_per_actor=0.5)
+    torch.set_num_threads(1)
+    serial = autoattack(model, x, y, 0.08, version="custom", attacks=config["attacks"],
+                        seed=1, batch_size=12)
+    assert torch.equal(pooled.x_adv, serial)
+    assert torch.equal(pooled.robust, model(serial).argmax(1) == y)
+    accuracy = list(pooled.robust_accuracy.values())
+    assert accuracy == sorted(accuracy, reverse=True) and len(accuracy) == 5
+
+
 def test_resume_loads_finished_units(setup, tmp_path):
     model, x, y = setup
     first = run_attack_pool(model, x, y, AA, tmp_path, num_actors=2)

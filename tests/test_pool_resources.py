@@ -83,3 +83,40 @@ def test_fingerprints_and_job_directories(tmp_path):
         open_job(out, "attack", {"eps": 0.2}, "f2", resume=True)
     open_job(out, "attack", {"eps": 0.2}, "f2", resume=False)  # a fresh job: stale units go
     assert not (out / "units" / "a.pt").exists()
+
+
+def serial_batches(first, fooled, batch_size, num_stages):
+    """The batches one serial pyautoattack call forms, stage after stage."""
+    batches, survivors = [], list(first)
+    for s in range(num_stages):
+        stage = [survivors[i:i + batch_size] for i in range(0, len(survivors), batch_size)]
+        batches.append(stage)
+        survivors = [i for i in survivors if not fooled(s, i)]
+    return batches
+
+
+def test_stage_plan_overlaps_stages_yet_forms_the_serial_batches():
+    import random
+
+    from orchestrator.attack_pool import StagePlan
+
+    overlapped = False
+    for trial in range(30):
+        rng = random.Random(trial)
+        first = sorted(rng.sample(range(200), rng.randint(0, 120)))
+        outcome = {(s, i): rng.random() < 0.3 for s in range(4) for i in range(200)}
+
+        def fooled(s, i, outcome=outcome):
+            return outcome[(s, i)]
+
+        plan, running = StagePlan(4, first, 7), []
+        running += plan.new_units()
+        while running:
+            s, start, index = running.pop(rng.randrange(len(running)))  # any order
+            overlapped |= any(t < s for t, _, _ in running)
+            plan.complete(s, start // 7, [fooled(s, i) for i in index])
+            running += plan.new_units()
+        assert plan.finished()
+        assert plan.units == serial_batches(first, fooled, 7, 4)
+        assert plan.fraction() == 1.0
+    assert overlapped  # a later stage ran while an earlier one was still running
