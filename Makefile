@@ -30,6 +30,8 @@ lint: setup
 bench: setup
 	$(PY) benchmarks/bench_sweep.py
 	$(PY) benchmarks/bench_am.py
+	$(PY) benchmarks/bench_attack_pool.py
+	$(PY) benchmarks/bench_langevin.py
 
 clean:
 	rm -rf runs .pytest_cache

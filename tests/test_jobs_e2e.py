@@ -201,3 +201,24 @@ def test_resume_without_an_earlier_run_and_gpus_on_a_cpu_machine_exit_2(sweep, e
     proc = command("attack", sweep_dir, "--trial", trial, "--n", 4, "--gpus-per-actor", 1,
                    "--wandb", "disabled", env=env, check=False)
     assert proc.returncode == 2 and "GPU" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_defend_paper_profile_runs_on_mnist_files(tmp_path, env):
+    """The paper profile's path on MNIST-format files (IDX, written here): a 28x28 DIGLM,
+    pyautoattack on (N, 1, 28, 28) images, chains on 784 dimensions."""
+    from test_datasets import write_idx
+
+    write_idx(tmp_path / "data", "MNIST", 200, seed=0)
+    command("sweep", "alpha_diglm", "--profile", "smoke", "--set", "dataset=mnist",
+            "--set", "alpha=2", "--data-dir", tmp_path / "data", "--storage", tmp_path / "runs",
+            "--wandb", "disabled", env=env)
+    (sweep_dir,) = (tmp_path / "runs").glob("alpha_diglm-smoke-*")
+    proc = command("defend", sweep_dir, "--profile", "paper", "--steps", 4, "--n-test", 20,
+                   "--eps", "0.1", "--wandb", "disabled", env=env)
+    assert "MNIST" in proc.stdout and "chains of up to 1e6 steps" in proc.stdout
+    (out,) = (sweep_dir / "defense").glob("paper-*")
+    settings = json.loads((out / "defense.json").read_text())
+    assert settings["steps"] == 4 and settings["val_fraction"] == 0.2
+    frame = pd.read_csv(out / "defense.csv")
+    assert len(frame) == 1 and frame.n_val[0] == 10 and frame.n_test[0] == 20
+    assert "mnist" in (out / "tables.md").read_text()
