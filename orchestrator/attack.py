@@ -25,7 +25,7 @@ from torch import nn
 
 from orchestrator.jobs import (
     JobError,
-    add_pool_arguments,
+    add_job_arguments,
     check_pool_arguments,
     job_directory,
     load_trial_model,
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=100,
                         help="samples per unit of work (default 100)")
     parser.add_argument("--seed", type=int, default=0)
-    add_pool_arguments(parser)
+    add_job_arguments(parser)
     return parser
 
 
@@ -165,7 +165,7 @@ def main(args: argparse.Namespace) -> int:
 
     config = attack_config(args)
     check_pool_arguments(args)
-    model, data, trial = load_trial_model(args.sweep_dir, args.trial)
+    model, data, trial = load_trial_model(args.sweep_dir, args.trial, args.data_dir)
     x, y = data.x_test[:args.n], data.y_test[:args.n]
     name = f"{args.trial}-{args.attack}"
     out = job_directory(args.sweep_dir, "attacks", name, args.resume)

@@ -27,13 +27,13 @@ import torch
 from torch import nn
 
 from orchestrator.pools import (
+    ModelActors,
     Progress,
     ProgressFn,
     fingerprint,
     load_unit,
     open_job,
     save_unit,
-    start_actors,
     worker_device,
 )
 from workloads import attacks as A
@@ -118,31 +118,14 @@ class AttackResult:
         return len(self.robust) / self.seconds if self.seconds else float("nan")
 
 
-class AttackPool:
+class AttackPool(ModelActors):
     """`num_actors` Ray actors holding one model; `run` attacks inputs with them.
 
     The actors (and the model shipped to them) live until `close()`, so one pool serves any
     number of attacks on the same model without starting actors again.
     """
 
-    def __init__(self, model: nn.Module, num_actors: int = 2, cpus_per_actor: float = 1,
-                 gpus_per_actor: float = 0):
-        self.model = model.cpu().eval()
-        self.actors, self.model_ref = start_actors(AttackWorker, self.model, num_actors,
-                                                   cpus_per_actor, gpus_per_actor)
-
-    def close(self) -> None:
-        import ray
-
-        for actor in self.actors:
-            ray.kill(actor)
-        self.actors, self.model_ref = [], None
-
-    def __enter__(self) -> AttackPool:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    worker_class = AttackWorker
 
     def run(self, x: torch.Tensor, y: torch.Tensor, config: dict[str, Any],
             out: str | Path, resume: bool = False, label: str = "attack",

@@ -35,7 +35,7 @@ from torch import nn
 from orchestrator.attack import parse_eps
 from orchestrator.jobs import (
     JobError,
-    add_pool_arguments,
+    add_job_arguments,
     check_pool_arguments,
     job_directory,
     load_trial_model,
@@ -44,6 +44,7 @@ from orchestrator.jobs import (
     run_command,
     start_ray,
 )
+from orchestrator.langevin import draw_am_trace
 from orchestrator.pools import save_json
 from workloads import defense as D
 from workloads.flows import approximate_mass
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-test", type=int, help="cut the test part to N inputs")
     parser.add_argument("--lam", help="adaptive attack weights, comma-separated "
                         "(default 1)")
-    add_pool_arguments(parser)
+    add_job_arguments(parser)
     return parser
 
 
@@ -415,15 +416,7 @@ def plot_trial(row: dict[str, Any], details: dict[str, Any], chains, path: Path)
     axes[1].set_xlabel("early-stop AM")
     axes[1].set_ylabel("validation accuracy after restoration")
     axes[1].set_title("tuning the early stop", fontsize=9)
-    steps = chains.trace_steps.numpy()
-    if len(steps):
-        q = torch.nanquantile(chains.trace_am.double(), torch.tensor(
-            [0.1, 0.5, 0.9], dtype=torch.double), dim=1).numpy()
-        axes[2].fill_between(steps, q[0], q[2], alpha=0.25)
-        axes[2].plot(steps, q[1])
-        axes[2].set_yscale("log")
-    axes[2].set_xlabel("Langevin step")
-    axes[2].set_ylabel("AM along the test chains")
+    draw_am_trace(axes[2], chains.trace_steps, chains.trace_am)
     axes[2].set_title(f"restored accuracy {row['restored_accuracy']:.3f}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -498,7 +491,7 @@ def main(args: argparse.Namespace) -> int:
         def say(text: str, label=label, number=number) -> None:
             print(f"[defend] {number}/{len(trials)} {label}: {text}", flush=True)
 
-        model, data, _ = load_trial_model(args.sweep_dir, trial_id)
+        model, data, _ = load_trial_model(args.sweep_dir, trial_id, args.data_dir)
         run = open_job_run(args.wandb, "defense", f"{trial_id}-defense-{args.profile}",
                            args.sweep_dir, {**keys, **asdict(profile),
                                             "profile": args.profile}, trial_out)

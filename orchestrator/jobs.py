@@ -69,13 +69,23 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
                        f"({error.__class__.__name__})") from None
 
 
-def load_trial_model(sweep_dir: Path, trial_id: str) -> tuple[nn.Module, Dataset, dict]:
-    """(model in eval mode, dataset, config) of a finished trial, from its newest checkpoint."""
+def recorded_data_dir(sweep_dir: Path, trial_id: str) -> str | None:
+    """The data directory the trial trained from (its Tune `params.json`), if recorded."""
+    for params in Path(sweep_dir).glob(f"*_{trial_id}_*/params.json"):
+        return json.loads(params.read_text()).get("data_dir")
+    return None
+
+
+def load_trial_model(sweep_dir: Path, trial_id: str, data_dir: str | None = None,
+                     ) -> tuple[nn.Module, Dataset, dict]:
+    """(model in eval mode, dataset, config) of a finished trial, from its newest checkpoint.
+    Torchvision datasets are read from `data_dir`, else from where the trial read them."""
     from orchestrator.loops import build_generative_model, load_trial_data
     from search_spaces import get_search_space
     from workloads.models import build_classifier
 
     config = trial_config(read_trials(sweep_dir), trial_id, sweep_dir)
+    config["data_dir"] = data_dir or recorded_data_dir(sweep_dir, trial_id)
     state = load_checkpoint(trial_checkpoint(sweep_dir, trial_id))
     try:
         data = load_trial_data(config)
@@ -107,7 +117,11 @@ def job_directory(sweep_dir: Path, kind: str, name: str, resume: bool) -> Path:
     return base / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def add_pool_arguments(parser: argparse.ArgumentParser) -> None:
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """--data-dir, the actor pool's resources, --resume and --wandb."""
+    parser.add_argument("--data-dir", default=os.environ.get("ROBUSTNESS_DATA_DIR"),
+                        help="where torchvision datasets live (default: $ROBUSTNESS_DATA_DIR, "
+                             "else where the trial read them)")
     group = parser.add_argument_group("actor pool")
     group.add_argument("--num-actors", type=int, default=2,
                        help="Ray actors in the pool (default 2)")

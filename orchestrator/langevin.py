@@ -26,7 +26,7 @@ import torch
 from orchestrator.attack import parse_eps
 from orchestrator.jobs import (
     JobError,
-    add_pool_arguments,
+    add_job_arguments,
     check_pool_arguments,
     job_directory,
     load_trial_model,
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="K: steps between chain checkpoints (default 1000)")
     chains.add_argument("--record-every", type=int, default=100,
                         help="steps between AM records along the chains (default 100)")
-    add_pool_arguments(parser)
+    add_job_arguments(parser)
     return parser
 
 
@@ -120,15 +120,9 @@ def chain_config(args: argparse.Namespace, eps: float) -> dict[str, Any]:
             "checkpoint_every": args.checkpoint_every, "record_every": args.record_every}
 
 
-def plot_am_trace(steps: torch.Tensor, am: torch.Tensor, path: Path, title: str,
-                  am_stop: float | None = None, lines: int = 8) -> Path:
-    """AM along the chains: median and 10-90% band over chains, and a few single chains."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+def draw_am_trace(ax, steps: torch.Tensor, am: torch.Tensor, lines: int = 0) -> None:
+    """AM along the chains on `ax`: median and 10-90% band over chains, `lines` single
+    chains, log scale."""
     if len(steps):
         t = steps.numpy()
         q = torch.nanquantile(am.double(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.double),
@@ -137,11 +131,22 @@ def plot_am_trace(steps: torch.Tensor, am: torch.Tensor, path: Path, title: str,
         ax.plot(t, q[1], lw=2, label="median")
         for j in range(min(lines, am.shape[1])):
             ax.plot(t, am[:, j].numpy(), lw=0.6, alpha=0.6)
-    if am_stop is not None:
-        ax.axhline(am_stop, color="k", ls="--", lw=1, label=f"am_stop {am_stop:.3g}")
     ax.set_yscale("log")
     ax.set_xlabel("Langevin step t")
     ax.set_ylabel("AM(x_t) = ||grad log p||")
+
+
+def plot_am_trace(steps: torch.Tensor, am: torch.Tensor, path: Path, title: str,
+                  am_stop: float | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    draw_am_trace(ax, steps, am, lines=8)
+    if am_stop is not None:
+        ax.axhline(am_stop, color="k", ls="--", lw=1, label=f"am_stop {am_stop:.3g}")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -157,7 +162,7 @@ def main(args: argparse.Namespace) -> int:
     if args.n is not None and args.n < 1:
         raise JobError("--n must be >= 1")
     attack = attack_summary(args)
-    model, data, _ = load_trial_model(args.sweep_dir, args.trial)
+    model, data, _ = load_trial_model(args.sweep_dir, args.trial, args.data_dir)
     if not hasattr(model, "log_prob"):
         raise JobError(f"trial {args.trial} is a classifier: Langevin chains need a flow or "
                        f"a DIGLM (log p(x))")

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from orchestrator.pools import (
+    ModelActors,
     PoolError,
     Progress,
     ProgressFn,
@@ -36,7 +37,6 @@ from orchestrator.pools import (
     load_unit,
     open_job,
     save_unit,
-    start_actors,
     worker_device,
 )
 from workloads.langevin import ChainState, restore, run_chains, start_chains
@@ -131,31 +131,18 @@ class LangevinResult:
 
 
 
-class LangevinPool:
+class LangevinPool(ModelActors):
     """`num_actors` Ray actors holding one density model (with `log_prob`; a DIGLM also
     classifies for probes); `run` advances chains with them. Close with `close()`."""
+
+    worker_class = LangevinWorker
 
     def __init__(self, model: nn.Module, num_actors: int = 2, cpus_per_actor: float = 1,
                  gpus_per_actor: float = 0):
         if not hasattr(model, "log_prob"):
             raise PoolError("Langevin chains need a density model with log_prob "
                             "(a flow or a DIGLM)")
-        self.model = model.cpu().eval()
-        self.actors, self.model_ref = start_actors(LangevinWorker, self.model, num_actors,
-                                                   cpus_per_actor, gpus_per_actor)
-
-    def close(self) -> None:
-        import ray
-
-        for actor in self.actors:
-            ray.kill(actor)
-        self.actors, self.model_ref = [], None
-
-    def __enter__(self) -> LangevinPool:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        super().__init__(model, num_actors, cpus_per_actor, gpus_per_actor)
 
     def run(self, x: torch.Tensor, config: dict[str, Any], out: str | Path,
             resume: bool = False, label: str = "langevin",

@@ -91,6 +91,32 @@ def start_actors(worker_class: type, model: nn.Module, num_actors: int,
     return [remote.remote(model_ref, threads, gpus_per_actor) for _ in range(count)], model_ref
 
 
+class ModelActors:
+    """Ray actors of `worker_class`, each holding one model, alive until `close()` (or the
+    end of a `with` block). Subclasses set `worker_class` and add what the actors do."""
+
+    worker_class: type
+
+    def __init__(self, model: nn.Module, num_actors: int = 2, cpus_per_actor: float = 1,
+                 gpus_per_actor: float = 0):
+        self.model = model.cpu().eval()
+        self.actors, self.model_ref = start_actors(self.worker_class, self.model, num_actors,
+                                                   cpus_per_actor, gpus_per_actor)
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors, self.model_ref = [], None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def worker_device(gpus_per_actor: float) -> torch.device:
     """The device of an actor: the GPU Ray assigned to it, else the CPU."""
     from orchestrator.session import select_device

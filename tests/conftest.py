@@ -34,3 +34,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def kill_when_running(pattern: str, delay: float = 0.3, timeout: float = 60.0):
+    """Start a thread that SIGKILLs, for real, the first process whose command line holds
+    `pattern` (e.g. a Ray actor's `ray::AttackWorker.run`), `delay` s after it appears, so
+    mid-work. Returns the thread and the list that receives the killed pid."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import psutil
+
+    killed: list[int] = []
+
+    def kill() -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            for proc in psutil.process_iter(["pid", "cmdline"]):
+                if pattern in " ".join(proc.info["cmdline"] or []):
+                    time.sleep(delay)
+                    os.kill(proc.info["pid"], signal.SIGKILL)
+                    killed.append(proc.info["pid"])
+                    return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=kill, daemon=True)
+    thread.start()
+    return thread, killed

@@ -1,15 +1,10 @@
 """The attack pool on real Ray actors: 1 and 4 actors give identical adversarial examples
 and robust flags, equal to one serial pyautoattack call; finished units survive a rerun."""
 
-import os
-import signal
-import threading
-import time
-
-import psutil
 import pytest
 import ray
 import torch
+from conftest import kill_when_running
 
 from orchestrator.attack_pool import AttackPool, run_attack_pool
 from orchestrator.pools import PoolError
@@ -100,21 +95,7 @@ def test_killed_actor_unit_is_retried_and_results_are_unchanged(setup, tmp_path)
     runs again, and the results equal those of an undisturbed run."""
     model, x, y = setup
     config = {"attack": "apgd", "eps": 0.1, "steps": 300, "seed": 0, "batch_size": 40}
-    killed = []
-
-    def kill_one_worker():
-        deadline = time.time() + 60
-        while time.time() < deadline and not killed:
-            for proc in psutil.process_iter(["pid", "cmdline"]):
-                if "AttackWorker.run" in " ".join(proc.info["cmdline"] or []):
-                    time.sleep(0.3)  # mid-unit
-                    os.kill(proc.info["pid"], signal.SIGKILL)
-                    killed.append(proc.info["pid"])
-                    return
-            time.sleep(0.05)
-
-    killer = threading.Thread(target=kill_one_worker)
-    killer.start()
+    killer, killed = kill_when_running("AttackWorker.run")
     disturbed = run_attack_pool(model, x, y, config, tmp_path / "killed", num_actors=2)
     killer.join()
     assert killed, "no actor process was found to kill"

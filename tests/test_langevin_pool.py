@@ -3,15 +3,10 @@ checkpoints every K steps survive a driver failure (resume continues, nothing re
 twice) and an actor killed mid-segment (the segment is retried); a different job cannot
 resume another's directory; a corrupt checkpoint names its file."""
 
-import os
-import signal
-import threading
-import time
-
-import psutil
 import pytest
 import ray
 import torch
+from conftest import kill_when_running
 
 from orchestrator.langevin_pool import LangevinPool, run_langevin_pool, unit_seed
 from orchestrator.pools import PoolError
@@ -108,21 +103,7 @@ def test_killed_actor_segment_is_retried_and_chains_are_unchanged(setup, tmp_pat
     segment is retried from its last checkpoint, and the chains end where they would have."""
     model, x = setup
     config = {**CONFIG, "steps": 1200, "checkpoint_every": 400}
-    killed = []
-
-    def kill_one_worker():
-        deadline = time.time() + 60
-        while time.time() < deadline and not killed:
-            for proc in psutil.process_iter(["pid", "cmdline"]):
-                if "LangevinWorker.advance" in " ".join(proc.info["cmdline"] or []):
-                    time.sleep(0.3)  # mid-segment
-                    os.kill(proc.info["pid"], signal.SIGKILL)
-                    killed.append(proc.info["pid"])
-                    return
-            time.sleep(0.05)
-
-    killer = threading.Thread(target=kill_one_worker)
-    killer.start()
+    killer, killed = kill_when_running("LangevinWorker.advance")
     disturbed = run_langevin_pool(model, x, config, tmp_path / "killed", num_actors=2)
     killer.join()
     assert killed, "no actor process was found to kill"
