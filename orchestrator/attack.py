@@ -190,6 +190,7 @@ def main(args: argparse.Namespace) -> int:
                "robust_accuracy": result.robust_accuracy, "seconds": result.seconds,
                "samples_per_s": result.samples_per_second,
                "units_computed": result.units_computed, "units_loaded": result.units_loaded,
+               "units_by_node": result.units_by_node,
                "dataset": trial.get("dataset")}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     figure = plot_attack(summary, x, samples, result.x_adv, out / "attack.png")

@@ -32,6 +32,7 @@ from orchestrator.pools import (
     ProgressFn,
     fingerprint,
     load_unit,
+    node_id,
     open_job,
     save_unit,
     worker_device,
@@ -99,7 +100,7 @@ class AttackWorker:
         with torch.no_grad():
             fooled = self.model(x_adv).argmax(1) != y
         return {"stage": stage, "start": start, "index": index, "x_adv": x_adv.cpu(),
-                "fooled": fooled.cpu()}
+                "fooled": fooled.cpu(), "node_id": node_id()}
 
 
 @dataclass
@@ -112,6 +113,7 @@ class AttackResult:
     units_computed: int = 0
     units_loaded: int = 0
     stages: list[str] = field(default_factory=list)
+    units_by_node: dict[str, int] = field(default_factory=dict)  # computed units per node
 
     @property
     def samples_per_second(self) -> float:
@@ -180,6 +182,8 @@ class AttackPool(ModelActors):
             save_unit(unit, unit_path(out, unit["stage"], unit["start"], len(unit["index"])))
             finish(unit)
             result.units_computed += 1
+            node = unit.get("node_id", "?")
+            result.units_by_node[node] = result.units_by_node.get(node, 0) + 1
             launch()
             attacked = sum(len(u) for s in range(len(stages)) for u in plan.units[s][
                 :plan.prefix[s]])

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 from torch import nn
 
 from orchestrator.pools import PoolError, fingerprint
@@ -62,11 +61,12 @@ def trial_checkpoint(sweep_dir: Path, trial_id: str) -> Path:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """A trial's `state.pt`, read with `weights_only=True` (tensors and plain values only:
     a checkpoint cannot run code). A corrupt or truncated file raises JobError naming it."""
+    from orchestrator.session import CheckpointError, load_checkpoint_dir
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise JobError(f"checkpoint {path} is corrupt or unreadable "
-                       f"({error.__class__.__name__})") from None
+        return load_checkpoint_dir(path.parent)[0]
+    except CheckpointError as error:
+        raise JobError(str(error)) from None
 
 
 def recorded_data_dir(sweep_dir: Path, trial_id: str) -> str | None:

@@ -201,7 +201,8 @@ def main(args: argparse.Namespace) -> int:
                "mean_steps_run": float(result.steps_run.float().mean()),
                "seconds": result.seconds, "chain_steps_computed": result.chain_steps_computed,
                "chain_steps_per_s": result.chain_steps_computed / max(result.seconds, 1e-9),
-               "units_resumed": result.units_resumed}
+               "units_resumed": result.units_resumed,
+               "segments_by_node": result.segments_by_node}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     for t, row in zip(result.trace_steps.tolist(), result.trace_am):
         finite = row[torch.isfinite(row)]

@@ -20,7 +20,7 @@ steps (`trace_am`), and progress (chains done, chain-steps/s, AM) goes to `on_pr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from orchestrator.pools import (
     eta_text,
     fingerprint,
     load_unit,
+    node_id,
     open_job,
     save_unit,
     worker_device,
@@ -104,7 +105,7 @@ class LangevinWorker:
             if (chains.step - 1) % every == 0:
                 trace_steps.append(chains.step - 1)
                 trace_am.append(chains.am.cpu())
-        return {"start": start, "state": chains.to("cpu").to_dict(),
+        return {"start": start, "state": chains.to("cpu").to_dict(), "node_id": node_id(),
                 "trace_steps": torch.tensor(trace_steps, dtype=torch.long),
                 "trace_am": (torch.stack(trace_am) if trace_am
                              else torch.empty(0, chains.num_chains))}
@@ -128,6 +129,7 @@ class LangevinResult:
     seconds: float = 0.0
     chain_steps_computed: int = 0
     units_resumed: int = 0
+    segments_by_node: dict[str, int] = field(default_factory=dict)  # per Ray node
 
 
 
@@ -178,7 +180,7 @@ class LangevinPool(ModelActors):
         pool = ActorPool(self.actors)
         progress = Progress(label)
         steps_at_start = sum(self._chain_steps(u) for u in units.values())  # resumed work
-        computed = 0
+        computed, by_node = 0, {}
 
         def submit(start: int) -> None:
             state = units[start]["state"]
@@ -202,6 +204,8 @@ class LangevinPool(ModelActors):
 
         while pool.has_next():
             segment = pool.get_next_unordered()
+            node = segment.pop("node_id", "?")
+            by_node[node] = by_node.get(node, 0) + 1
             unit = units[segment["start"]]
             before = self._chain_steps(unit)
             unit["state"] = segment["state"]
@@ -216,7 +220,7 @@ class LangevinPool(ModelActors):
         progress.close()
         result = self._collect(units, x, config, probe_am is not None)
         result.seconds, result.chain_steps_computed = progress.elapsed(), computed
-        result.units_resumed = resumed
+        result.units_resumed, result.segments_by_node = resumed, by_node
         if steps_at_start and resumed:
             print(f"[{label}] resumed {resumed} units from their checkpoints "
                   f"({steps_at_start:,} chain-steps already done)", flush=True)

@@ -117,6 +117,13 @@ class ModelActors:
         self.close()
 
 
+def node_id() -> str:
+    """The Ray node this process runs on."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
 def worker_device(gpus_per_actor: float) -> torch.device:
     """The device of an actor: the GPU Ray assigned to it, else the CPU."""
     from orchestrator.session import select_device

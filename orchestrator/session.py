@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,11 +55,30 @@ def _checkpoint_dir(state: dict | None, final: dict | None):
         yield directory
 
 
-def load_checkpoint_dir(directory: str | Path) -> tuple[dict | None, dict | None]:
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read: corrupt, truncated, or holding more than tensors
+    and plain values. The message names the file."""
+
+
+def load_checkpoint_dir(directory: str | Path, name: str | None = None,
+                        ) -> tuple[dict | None, dict | None]:
+    """`state.pt` (read with `weights_only=True`: a checkpoint cannot run code) and
+    `final.json` of a checkpoint directory. `name` is how errors call the checkpoint (its
+    storage path, when `directory` is a local copy)."""
     directory = Path(directory)
-    state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
+    path = directory / STATE_FILE
+    where = f"{name}/{STATE_FILE}" if name else str(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        detail = (str(error).strip().splitlines() or [""])[0][:160]
+        raise CheckpointError(f"checkpoint {where} is corrupt, truncated or unsafe "
+                              f"({error.__class__.__name__}: {detail})") from None
     final_path = directory / FINAL_FILE
-    final = json.loads(final_path.read_text()) if final_path.exists() else None
+    try:
+        final = json.loads(final_path.read_text()) if final_path.exists() else None
+    except ValueError:
+        raise CheckpointError(f"checkpoint file {final_path} is not valid JSON") from None
     return state, final
 
 
@@ -66,7 +86,7 @@ def _restore(checkpoint) -> tuple[dict | None, dict | None]:
     if checkpoint is None:
         return None, None
     with checkpoint.as_directory() as directory:
-        return load_checkpoint_dir(directory)
+        return load_checkpoint_dir(directory, name=checkpoint.path)
 
 
 def _quiet_ray_train_logs() -> None:
@@ -83,6 +103,14 @@ def _quiet_ray_train_worker_logs() -> None:
     except ImportError:
         return
     getattr(context, "logger", logging.getLogger()).setLevel(logging.WARNING)
+
+
+def _where() -> dict[str, Any]:
+    """Which node and process ran a report: shows where trials ran on a cluster, and when
+    a worker was replaced."""
+    import ray
+
+    return {"node_id": ray.get_runtime_context().get_node_id(), "worker_pid": os.getpid()}
 
 
 def select_device(use_gpu: bool) -> torch.device:
@@ -105,7 +133,7 @@ class TuneSession(Session):
 
         with _checkpoint_dir(state, final) as directory:
             checkpoint = tune.Checkpoint.from_directory(directory) if directory else None
-            tune.report(metrics, checkpoint=checkpoint)
+            tune.report({**metrics, **_where()}, checkpoint=checkpoint)
 
     def restore(self):
         from ray import tune
@@ -139,7 +167,7 @@ class TrainSession(Session):
             state = final = None
         with _checkpoint_dir(state, final) as directory:
             checkpoint = ray.train.Checkpoint.from_directory(directory) if directory else None
-            ray.train.report(metrics, checkpoint=checkpoint)
+            ray.train.report({**metrics, **_where()}, checkpoint=checkpoint)
 
     def restore(self):
         import ray.train

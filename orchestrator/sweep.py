@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     """Run (or resume) the sweep; return the process exit code."""
     from orchestrator import tracking
     from orchestrator.results import collect_results, markdown_table, write_results
-    from orchestrator.trainable import Scaling, make_trainable
+    from orchestrator.trainable import KEEP_CHECKPOINTS, Scaling, make_trainable
 
     try:
         space = get_search_space(args.name)
@@ -236,6 +236,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"[sweep] {space.name} / {args.profile}: {profile.num_trials()} trials; "
           f"{'connecting to ' + address if address else 'starting Ray locally'}", flush=True)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # The experiment snapshot that --resume reads: every 2 s (Tune's default, "auto", is at
+    # least 10 s), so a killed driver costs a trial at most ~2 s of epochs.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     # Per-trial result.json and progress.csv only (callbacks below); no TensorBoard files:
     # they cost the driver time on every epoch's report, and W&B is the dashboard. Set
     # before either Tuner is built, so a resumed sweep gets the same loggers.
@@ -270,7 +273,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-        callbacks = [JsonLoggerCallback(), CSVLoggerCallback()]
+        from orchestrator.checkpoint_retention import CheckpointRetention
+
+        callbacks = [JsonLoggerCallback(), CSVLoggerCallback(),
+                     CheckpointRetention(keep=KEEP_CHECKPOINTS)]
         callbacks += [cb for cb in [tracking.wandb_callback(mode, group=run_name)] if cb]
         tuner = tune.Tuner(
             trainable,
@@ -281,7 +287,8 @@ def run(args: argparse.Namespace) -> int:
             run_config=tune.RunConfig(
                 name=run_name, storage_path=storage, callbacks=callbacks,
                 failure_config=tune.FailureConfig(max_failures=scaling.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
+                # Old checkpoints are deleted by CheckpointRetention, not by Tune.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                 verbose=1),
         )
     local_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,241 @@
+"""The project as a Ray cluster application, proven on this machine: a real multi-node Ray
+cluster (`ray.cluster_utils.Cluster`: a head and worker nodes, each its own raylet), sweeps
+and attack pools submitted to it through RAY_ADDRESS, and failures caused for real: a Ray
+Train worker process killed, a worker node removed, the sweep driver killed, a checkpoint
+corrupted. In every case the final table must list exactly the failure-free set of trials."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from conftest import kill_when_running
+
+pytestmark = pytest.mark.slow
+SMOKE_TRIALS = {(16, "ffn"), (16, "gffn"), (128, "ffn"), (128, "gffn")}  # the smoke grid
+
+
+def sweep_command(storage, *args):
+    return [sys.executable, "-m", "orchestrator.sweep", "batch_size_gffn", "--profile",
+            "smoke", "--storage", str(storage), "--wandb", "disabled", *map(str, args)]
+
+
+def reports(sweep_dir):
+    """Every trial's reports (Tune's result.json), by trial id."""
+    out = {}
+    for path in sweep_dir.glob("*/result.json"):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if rows:
+            out[rows[0]["trial_id"]] = rows
+    return out
+
+
+def final_table(sweep_dir):
+    table = pd.read_csv(sweep_dir / "results" / "trials.csv")
+    assert table.trial_id.is_unique
+    return table
+
+
+def assert_failure_free_set(table, epochs):
+    assert set(zip(table.batch_size, table.model)) == SMOKE_TRIALS and len(table) == 4
+    assert (table.status == "completed").all() and (table.epochs == epochs).all()
+
+
+def resumed_from_checkpoint(rows, lost_at):
+    """The reports after a worker change continue near `lost_at`, never from epoch 1."""
+    changes = [i for i in range(1, len(rows)) if rows[i]["worker_pid"] != rows[i - 1]["worker_pid"]]
+    assert changes, "no report came from a replacement worker"
+    first = rows[changes[0]]
+    assert first["epoch"] > 1 and first["epoch"] >= lost_at - 3, (first["epoch"], lost_at)
+    return first
+
+
+@pytest.fixture
+def cluster_env(sweep_env):
+    """A 1-CPU head and a 1-CPU worker node, and the environment that submits to them."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, connect=False,
+                      head_node_args={"num_cpus": 1, "include_dashboard": False})
+    worker = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    env = {**sweep_env, "RAY_ADDRESS": cluster.address}
+    env.pop("RAY_TMPDIR", None)  # the job joins the cluster's session
+    yield cluster, worker, env
+    cluster.shutdown()
+
+
+def test_sweep_and_attack_pool_run_on_several_nodes(cluster_env, tmp_path):
+    cluster, worker, env = cluster_env
+    proc = subprocess.run(sweep_command(tmp_path / "runs"), env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"connecting to {cluster.address}" in proc.stdout
+    (sweep_dir,) = (tmp_path / "runs").glob("batch_size_gffn-smoke-*")
+    table = final_table(sweep_dir)
+    assert_failure_free_set(table, epochs=1)
+    assert table.node_id.nunique() == 2  # trials ran on the head and on the worker node
+
+    trial = table.trial_id[0]
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.attack", str(sweep_dir), "--trial", trial,
+         "--attack", "pgd", "--steps", "20", "--eps", "0.1", "--n", "160", "--batch-size",
+         "20", "--num-actors", "2", "--wandb", "disabled"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (attack_dir,) = (sweep_dir / "attacks").glob(f"{trial}-pgd-*")
+    summary = json.loads((attack_dir / "summary.json").read_text())
+    assert len(summary["units_by_node"]) == 2  # one actor per node, both did units
+    assert worker.node_id in summary["units_by_node"]
+    assert sum(summary["units_by_node"].values()) == summary["units_computed"]
+
+
+def test_worker_node_removed_mid_sweep_its_trials_are_rescheduled(cluster_env, tmp_path):
+    cluster, worker, env = cluster_env
+    driver = subprocess.Popen(sweep_command(tmp_path / "runs", "--set", "epochs_b=60"),
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    lost_trial, lost_at, deadline = None, None, time.time() + 180
+    while lost_trial is None and time.time() < deadline and driver.poll() is None:
+        time.sleep(0.2)
+        for sweep_dir in (tmp_path / "runs").glob("batch_size_gffn-smoke-*"):
+            for trial_id, rows in reports(sweep_dir).items():
+                last = rows[-1]
+                if last["node_id"] == worker.node_id and 3 <= last["epoch"] < 50:
+                    lost_trial, lost_at = trial_id, last["epoch"]
+    assert lost_trial is not None, "no trial was seen running on the worker node"
+    cluster.remove_node(worker)  # the node's raylet and every process on it die
+    cluster.add_node(num_cpus=1)  # a replacement, as an autoscaler would add
+    output, _ = driver.communicate(timeout=400)
+    assert driver.returncode == 0, output[-3000:]
+    (sweep_dir,) = (tmp_path / "runs").glob("batch_size_gffn-smoke-*")
+    table = final_table(sweep_dir)
+    assert_failure_free_set(table, epochs=60)
+    rows = reports(sweep_dir)[lost_trial]
+    first = resumed_from_checkpoint(rows, lost_at)
+    assert first["node_id"] != worker.node_id  # rescheduled on another node
+    assert rows[-1]["epoch"] == 60
+
+
+def test_ray_train_worker_killed_mid_trial_resumes_from_its_checkpoint(sweep_env, tmp_path):
+    """A DDP trial (2 Ray Train workers): SIGKILL one worker process; Ray Train restarts the
+    worker group from the latest checkpoint and the trial completes."""
+    driver = subprocess.Popen(
+        sweep_command(tmp_path / "runs", "--num-workers", 2, "--set", "batch_size=128",
+                      "--set", "model=gffn", "--set", "epochs_b=60"),
+        env=sweep_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline, lost_at = time.time() + 180, None
+    while lost_at is None and time.time() < deadline and driver.poll() is None:
+        time.sleep(0.2)
+        for sweep_dir in (tmp_path / "runs").glob("batch_size_gffn-smoke-*"):
+            for rows in reports(sweep_dir).values():
+                if rows[-1]["epoch"] >= 5:
+                    lost_at = rows[-1]["epoch"]
+    assert lost_at is not None, "the trial did not get going"
+    killer, killed = kill_when_running("RayTrainWorker", delay=0.0, timeout=30)
+    killer.join()
+    assert killed, "no Ray Train worker process was found"
+    output, _ = driver.communicate(timeout=400)
+    assert driver.returncode == 0, output[-3000:]
+    (sweep_dir,) = (tmp_path / "runs").glob("batch_size_gffn-smoke-*")
+    table = final_table(sweep_dir)
+    assert len(table) == 1 and table.status[0] == "completed" and table.epochs[0] == 60
+    (rows,) = reports(sweep_dir).values()
+    resumed_from_checkpoint(rows, lost_at)
+    assert rows[-1]["epoch"] == 60
+
+
+def start_and_kill_driver(storage, env, *args, wait_for):
+    """Start a sweep in its own process group and SIGKILL the group (the driver and the
+    local Ray it started) once `wait_for(reports)` holds. Returns the sweep directory."""
+    driver = subprocess.Popen(sweep_command(storage, *args), env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and driver.poll() is None:
+        time.sleep(0.2)
+        dirs = list(storage.glob("batch_size_gffn-smoke-*"))
+        if dirs and wait_for(reports(dirs[0])):
+            break
+    assert driver.poll() is None, "the sweep ended before the driver could be killed"
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    (sweep_dir,) = storage.glob("batch_size_gffn-smoke-*")
+    return sweep_dir
+
+
+def test_driver_killed_mid_sweep_resume_finishes_without_rerunning(sweep_env, tmp_path):
+    def one_done_one_running(trials):
+        done = [t for t, rows in trials.items() if rows[-1].get("status") == "completed"]
+        running = [t for t, rows in trials.items() if rows[-1].get("status") == "running"
+                   and rows[-1]["epoch"] >= 2]
+        return done and running
+
+    storage = tmp_path / "runs"
+    sweep_dir = start_and_kill_driver(storage, sweep_env, "--set", "epochs_b=40",
+                                      wait_for=one_done_one_running)
+    before = reports(sweep_dir)
+    finished = {t: rows for t, rows in before.items() if rows[-1]["status"] == "completed"}
+    assert not (sweep_dir / "results" / "trials.csv").exists()
+
+    proc = subprocess.run(sweep_command(storage, "--set", "epochs_b=40", "--resume"),
+                          env=sweep_env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = final_table(sweep_dir)
+    assert_failure_free_set(table, epochs=40)  # every trial exactly once
+    after = reports(sweep_dir)
+    for trial_id, rows in finished.items():
+        assert after[trial_id] == rows  # a finished trial was not run again
+    interrupted = [t for t in before if t not in finished]
+    for trial_id in interrupted:
+        lost_at = before[trial_id][-1]["epoch"]
+        resumed_from_checkpoint(after[trial_id], lost_at)
+
+
+def test_corrupt_checkpoints_are_named_refused_and_the_sweep_goes_on(sweep_env, tmp_path):
+    """After a driver crash, one trial's checkpoints are truncated and another's hold a
+    pickle that would run code: on --resume both trials end as errors naming the file, no
+    code runs, and the other trials complete."""
+    def two_running(trials):
+        return sum(rows[-1].get("status") == "running" and rows[-1]["epoch"] >= 3
+                   for rows in trials.values()) >= 2
+
+    storage = tmp_path / "runs"
+    sweep_dir = start_and_kill_driver(storage, sweep_env, "--set", "epochs_b=100",
+                                      wait_for=two_running)
+    running = [t for t, rows in reports(sweep_dir).items() if rows[-1]["status"] == "running"]
+    truncated, poisoned = running[:2]
+    marker = tmp_path / "code-from-a-checkpoint-ran"
+    for trial_id, damage in ((truncated, "truncate"), (poisoned, "poison")):
+        for state in sweep_dir.glob(f"*_{trial_id}_*/checkpoint_*/state.pt"):
+            if damage == "truncate":
+                state.write_bytes(state.read_bytes()[:200])
+            else:
+                subprocess.run([sys.executable, "-c", POISON, str(state), str(marker)],
+                               check=True, env=sweep_env)
+    proc = subprocess.run(sweep_command(storage, "--set", "epochs_b=100", "--resume"),
+                          env=sweep_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]  # not a crash
+    assert "some trials did not finish" in proc.stderr
+    assert not marker.exists()
+    table = final_table(sweep_dir).set_index("trial_id")
+    assert len(table) == 4
+    for trial_id in (truncated, poisoned):
+        assert table.loc[trial_id, "status"] == "error"
+        assert "state.pt" in table.loc[trial_id, "error"]
+        assert "corrupt" in table.loc[trial_id, "error"]
+    others = table.drop(index=[truncated, poisoned])
+    assert (others.status == "completed").all()
+
+
+POISON = """
+import sys, torch
+class Payload:
+    def __reduce__(self):
+        return (open, (sys.argv[2], "w"))
+torch.save({"model": Payload()}, sys.argv[1])
+"""
+
