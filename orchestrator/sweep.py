@@ -162,9 +162,22 @@ def check_datasets(profile: Profile, data_dir: str, download: bool) -> None:
         ensure_dataset(name, data_dir, download=download)
 
 
-def _latest_run(storage: Path, prefix: str) -> Path | None:
-    runs = sorted(p for p in storage.glob(f"{prefix}-*") if (p / "tuner.pkl").exists())
-    return runs[-1] if runs else None
+def _latest_run(storage: str, prefix: str) -> str | None:
+    """The newest run `<prefix>-<time>` in `storage` (a directory or a URI such as s3://)
+    that Tune can restore (it holds tuner.pkl)."""
+    import pyarrow.fs
+
+    if _is_uri(storage):
+        filesystem, root = pyarrow.fs.FileSystem.from_uri(storage)
+    else:
+        filesystem, root = pyarrow.fs.LocalFileSystem(), storage
+    found = filesystem.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    runs = sorted(info.base_name for info in found
+                  if info.type == pyarrow.fs.FileType.Directory
+                  and info.base_name.startswith(f"{prefix}-")
+                  and filesystem.get_file_info(f"{info.path}/tuner.pkl").type
+                  == pyarrow.fs.FileType.File)
+    return f"{storage.rstrip('/')}/{runs[-1]}" if runs else None
 
 
 def _is_uri(path: str) -> bool:
@@ -218,12 +231,13 @@ def run(args: argparse.Namespace) -> int:
     prefix = f"{space.name}-{args.profile}"
     restore_path = None
     if args.resume:
-        if _is_uri(storage):
-            raise UsageError("--resume needs a local --storage directory")
-        restore_path = _latest_run(Path(storage), prefix)
+        try:
+            restore_path = _latest_run(storage, prefix)
+        except OSError as error:
+            raise UsageError(f"--resume: cannot list {storage}: {error}") from None
         if restore_path is None:
             raise UsageError(f"--resume: no earlier run '{prefix}-*' in {storage}")
-        run_name = restore_path.name
+        run_name = restore_path.rsplit("/", 1)[-1]
     else:
         run_name = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
     sweep_dir = f"{storage}/{run_name}"
@@ -236,9 +250,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"[sweep] {space.name} / {args.profile}: {profile.num_trials()} trials; "
           f"{'connecting to ' + address if address else 'starting Ray locally'}", flush=True)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # The experiment snapshot that --resume reads: every 2 s (Tune's default, "auto", is at
-    # least 10 s), so a killed driver costs a trial at most ~2 s of epochs.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    # The experiment snapshot that --resume reads: every second (Tune's default, "auto", is
+    # at least 10 s), so a killed driver costs a trial about a second of epochs.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     # Per-trial result.json and progress.csv only (callbacks below); no TensorBoard files:
     # they cost the driver time on every epoch's report, and W&B is the dashboard. Set
     # before either Tuner is built, so a resumed sweep gets the same loggers.
@@ -268,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
     param_space = {**profile.config, "data_dir": data_dir,
                    **{k: tune.grid_search(v) for k, v in profile.grid.items()}}
     if restore_path is not None:
-        tuner = tune.Tuner.restore(str(restore_path), trainable, resume_errored=True,
+        tuner = tune.Tuner.restore(restore_path, trainable, resume_errored=True,
                                    param_space=param_space)
     else:
         from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
