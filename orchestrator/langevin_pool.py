@@ -175,22 +175,22 @@ class LangevinPool(ModelActors):
                                                       probe_am).to_dict()}
             units[start]["path"] = str(path)
 
+        if resumed:
+            done = sum(self._chain_steps(u) for u in units.values())
+            print(f"[{label}] resumed {resumed} of {len(units)} units from their checkpoints "
+                  f"({done:,} chain-steps already done)", flush=True)
         # A fresh ActorPool per run: segments still in flight from a run that failed must
         # not be taken for this run's (the actors themselves are reused).
         pool = ActorPool(self.actors)
         progress = Progress(label)
-        steps_at_start = sum(self._chain_steps(u) for u in units.values())  # resumed work
         computed, by_node = 0, {}
 
         def submit(start: int) -> None:
+            """The unit's next segment: up to K steps from its last checkpoint."""
             state = units[start]["state"]
             steps = min(config["checkpoint_every"], total_steps - state["step"])
-            pool.submit(lambda actor, v: actor.advance.remote(*v),
-                             (start, state, steps, config))
+            pool.submit(lambda actor, v: actor.advance.remote(*v), (start, state, steps, config))
 
-        for start, unit in units.items():
-            if not unit_done(ChainState.from_dict(unit["state"]), config):
-                submit(start)
         def report(force: bool = False) -> None:
             metrics = self._progress(units, config, computed, progress.elapsed())
             progress.update(
@@ -202,6 +202,9 @@ class LangevinPool(ModelActors):
             if on_progress is not None:
                 on_progress(metrics)
 
+        for start, unit in units.items():
+            if not unit_done(ChainState.from_dict(unit["state"]), config):
+                submit(start)
         while pool.has_next():
             segment = pool.get_next_unordered()
             node = segment.pop("node_id", "?")
@@ -213,17 +216,13 @@ class LangevinPool(ModelActors):
             unit["trace_am"] = torch.cat([unit["trace_am"], segment["trace_am"]])
             save_unit({k: v for k, v in unit.items() if k != "path"}, Path(unit["path"]))
             computed += self._chain_steps(unit) - before
-            state = ChainState.from_dict(unit["state"])
-            if not unit_done(state, config):
+            if not unit_done(ChainState.from_dict(unit["state"]), config):
                 submit(segment["start"])
             report(force=not pool.has_next())
         progress.close()
         result = self._collect(units, x, config, probe_am is not None)
         result.seconds, result.chain_steps_computed = progress.elapsed(), computed
         result.units_resumed, result.segments_by_node = resumed, by_node
-        if steps_at_start and resumed:
-            print(f"[{label}] resumed {resumed} units from their checkpoints "
-                  f"({steps_at_start:,} chain-steps already done)", flush=True)
         return result
 
     @staticmethod

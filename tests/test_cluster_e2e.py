@@ -64,15 +64,20 @@ def snapshotted(row):
 
 
 @pytest.fixture
-def cluster_env(sweep_env):
-    """A 1-CPU head and a 1-CPU worker node, and the environment that submits to them."""
+def cluster_env(sweep_env, monkeypatch):
+    """A 1-CPU head and a 1-CPU worker node, and the environment of a job submitted to them.
+
+    Ray's token authentication is off for this test cluster: an earlier in-process
+    `ray.init` of the test session may have switched this process to token mode, and the
+    nodes and jobs must agree on one mode (a real cluster's nodes share a token)."""
     from ray.cluster_utils import Cluster
 
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # inherited by the nodes started below
     cluster = Cluster(initialize_head=True, connect=False,
                       head_node_args={"num_cpus": 1, "include_dashboard": False})
     worker = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
-    env = {**sweep_env, "RAY_ADDRESS": cluster.address}
+    env = {**sweep_env, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": cluster.address}
     env.pop("RAY_TMPDIR", None)  # the job joins the cluster's session
     yield cluster, worker, env
     cluster.shutdown()
