@@ -9,8 +9,8 @@ batch alike), so the pool reproduces that call bit for bit.
 
 Every finished unit is written to `<out>/units/`; a rerun with `resume=True` loads them
 instead of recomputing. Ray restarts an actor whose process dies and retries the unit it
-was running (`max_restarts=-1`, `max_task_retries=-1`); the retried unit gives the same
-result, so a failure changes nothing but the time taken.
+was running (a bounded number of times, `pools.ACTOR_RESTARTS`); the retried unit gives
+the same result, so a failure changes nothing but the time taken.
 
     with AttackPool(model, num_actors=4, gpus_per_actor=0.25) as pool:
         result = pool.run(x, y, {"attack": "autoattack", "version": "standard",

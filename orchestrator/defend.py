@@ -467,8 +467,15 @@ def main(args: argparse.Namespace) -> int:
     table = read_trials(args.sweep_dir)
     trials = select_trials(table, args)
     out = job_directory(args.sweep_dir, "defense", args.profile, args.resume)
+    settings = json.loads(json.dumps(asdict(profile)))  # tuples as lists, as stored
+    if args.resume and (out / "defense.json").exists():
+        earlier = json.loads((out / "defense.json").read_text())
+        changed = sorted(k for k in settings if earlier.get(k) != settings[k])
+        if changed:
+            raise JobError(f"cannot resume {out}: its settings differ in "
+                           f"{', '.join(changed)}; run without --resume")
     out.mkdir(parents=True, exist_ok=True)
-    save_json({"profile": args.profile, **asdict(profile), "trials": list(trials.trial_id),
+    save_json({"profile": args.profile, **settings, "trials": list(trials.trial_id),
                "started": time.strftime("%Y-%m-%dT%H:%M:%S")}, out / "defense.json")
     start_ray()
     pool_args = {"num_actors": args.num_actors, "cpus_per_actor": args.cpus_per_actor,

@@ -172,10 +172,19 @@ def start_ray() -> None:
 
 
 def run_command(parser: argparse.ArgumentParser, main, argv: list[str] | None) -> int:
-    """Parse, run `main(args)`, and turn bad input into one line and exit code 2."""
+    """Parse, run `main(args)`, and turn bad input into one line and exit code 2. A pool
+    whose actors kept dying ends with exit code 1 and a hint: its finished work is kept."""
+    from ray.exceptions import RayActorError
+
     args = parser.parse_args(argv)
     try:
         return main(args)
     except (JobError, PoolError, AttackError, DatasetMissingError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except RayActorError as error:
+        first = (str(error).strip().splitlines() or [""])[0]
+        print(f"{parser.prog}: error: an actor died more often than it is restarted "
+              f"({first}); the finished units and chain checkpoints are kept, rerun with "
+              f"--resume to continue", file=sys.stderr)
+        return 1

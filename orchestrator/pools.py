@@ -33,6 +33,11 @@ class PoolError(ValueError):
     unit file. The message names what to change (or the file)."""
 
 
+# A dead actor process is restarted and its unit retried, a bounded number of times: a unit
+# that kills its process every time (out of memory, say) ends the job instead of looping.
+ACTOR_RESTARTS, UNIT_RETRIES = 5, 3
+
+
 def actor_options(cpus_per_actor: float, gpus_per_actor: float) -> dict[str, Any]:
     """Ray actor options: resources, and restarts that retry the unit an actor was running
     when its process died. A fractional `gpus_per_actor` packs several actors on one GPU."""
@@ -42,8 +47,8 @@ def actor_options(cpus_per_actor: float, gpus_per_actor: float) -> dict[str, Any
     if gpus_per_actor > 1 and gpus_per_actor != int(gpus_per_actor):
         raise PoolError(f"--gpus-per-actor {gpus_per_actor}: above 1 it must be a whole "
                         f"number of GPUs")
-    return {"num_cpus": cpus_per_actor, "num_gpus": gpus_per_actor, "max_restarts": -1,
-            "max_task_retries": -1}
+    return {"num_cpus": cpus_per_actor, "num_gpus": gpus_per_actor,
+            "max_restarts": ACTOR_RESTARTS, "max_task_retries": UNIT_RETRIES}
 
 
 def actor_threads(cpus_per_actor: float) -> int:

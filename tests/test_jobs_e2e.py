@@ -152,6 +152,9 @@ def test_defend_smoke_writes_tables_4_1_to_4_4_and_resumes(sweep, env):
                     env=env)
     assert again.stdout.count("done earlier") == len(frame)
     assert (out / "tables.md").read_text() == tables
+    other = command("defend", sweep_dir, "--profile", "smoke", "--eps", "0.1", "--resume",
+                    env=env, check=False)
+    assert other.returncode == 2 and "settings differ in eps" in other.stderr
 
 
 def fake_sweep(tmp_path, model="flow"):
