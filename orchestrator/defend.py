@@ -510,13 +510,15 @@ def main(args: argparse.Namespace) -> int:
             run.finish(failed=True)
             raise
         result["seconds"] = time.perf_counter() - started
-        save_json({k: v for k, v in result.items()}, result_path)
+        save_json(result, result_path)
         summary = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
         run.table("defense", pd.DataFrame([summary]))
         run.image("defense", trial_out / "defense.png")
         run.finish(summary)
-        say(f"done in {result['seconds']:.0f} s: restored {result.get('restored_accuracy', 0):.3f}"
-            f", full defense {result.get('defense_accuracy', 0):.3f}")
+        say(f"done in {result['seconds']:.0f} s: " + (
+            f"restored {result['restored_accuracy']:.3f}, full defense "
+            f"{result['defense_accuracy']:.3f}" if result["status"] == "completed"
+            else result["status"]))
         rows.append({**keys, **result})
     frame = pd.DataFrame([{k: v for k, v in r.items() if k != "details"} for r in rows])
     frame.to_csv(out / "defense.csv", index=False)
