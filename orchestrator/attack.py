@@ -30,26 +30,11 @@ from orchestrator.jobs import (
     job_directory,
     load_trial_model,
     open_job_run,
+    parse_eps,
     run_command,
     start_ray,
 )
 from workloads.attacks import AUTOATTACK_ATTACKS
-
-
-def parse_eps(text: str) -> float:
-    """`0.031` or a fraction such as `8/255`."""
-    try:
-        if "/" in text:
-            num, den = text.split("/", 1)
-            value = float(num) / float(den)
-        else:
-            value = float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"expected a number or a fraction like 8/255, "
-                                         f"got '{text}'") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -152,6 +152,7 @@ class AttackPool(ModelActors):
         pool = ActorPool(self.actors)
         progress = Progress(label)
         fooled_at = [0] * len(stages)
+        attacked = 0  # samples in the units computed by this run
 
         def finish(unit: dict[str, Any]) -> None:
             s = stages.index(unit["stage"])
@@ -185,8 +186,7 @@ class AttackPool(ModelActors):
             node = unit.get("node_id", "?")
             result.units_by_node[node] = result.units_by_node.get(node, 0) + 1
             launch()
-            attacked = sum(len(u) for s in range(len(stages)) for u in plan.units[s][
-                :plan.prefix[s]])
+            attacked += len(unit["index"])
             rate = attacked / progress.elapsed()
             progress.update(f"{unit['stage']}: {plan.units_done()} units, {attacked} samples "
                             f"attacked, {rate:.1f} samples/s", fraction=plan.fraction())

@@ -32,7 +32,6 @@ import pandas as pd
 import torch
 from torch import nn
 
-from orchestrator.attack import parse_eps
 from orchestrator.jobs import (
     JobError,
     add_job_arguments,
@@ -40,6 +39,7 @@ from orchestrator.jobs import (
     job_directory,
     load_trial_model,
     open_job_run,
+    parse_eps,
     read_trials,
     run_command,
     start_ray,
@@ -47,8 +47,8 @@ from orchestrator.jobs import (
 from orchestrator.langevin import draw_am_trace
 from orchestrator.pools import save_json
 from workloads import defense as D
-from workloads.flows import approximate_mass
 from workloads.langevin import probe_accuracy
+from workloads.scores import batched_logits, build_score
 
 
 @dataclass(frozen=True)
@@ -160,15 +160,13 @@ def select_trials(table: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame
 
 # --- one trial ------------------------------------------------------------------------------
 
-def _am(model: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    return torch.cat([approximate_mass(model.log_prob, x[i:i + batch]).detach()
-                      for i in range(0, len(x), batch)]) if len(x) else torch.empty(0)
+def _am(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """AM(x) in chunks (the `neg_am` score, negated); empty for no inputs."""
+    return -build_score("neg_am")(model, x) if len(x) else torch.empty(0)
 
 
-def _predict(model: nn.Module, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([model(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)]) \
-            if len(x) else torch.empty(0, dtype=torch.long)
+def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return batched_logits(model, x).argmax(1) if len(x) else torch.empty(0, dtype=torch.long)
 
 
 class StageLogger:
@@ -215,8 +213,9 @@ def defend_trial(model: nn.Module, data, profile: DefenseProfile, out: Path, res
 
     # Pairs, AM, and the detection threshold (Table 4.1).
     clean_v, clean_t = _predict(model, xv), _predict(model, xt)
+    adv_pred_t = _predict(model, adv_test)
     pairs_v = D.successful_pairs(clean_v, _predict(model, adv_val), yv)
-    pairs_t = D.successful_pairs(clean_t, _predict(model, adv_test), yt)
+    pairs_t = D.successful_pairs(clean_t, adv_pred_t, yt)
     am_clean_v, am_adv_v = _am(model, xv[pairs_v]), _am(model, adv_val[pairs_v])
     am_clean_t, am_adv_t = _am(model, xt), _am(model, adv_test[pairs_t])
     row: dict[str, Any] = {"n_val": len(xv), "n_test": len(xt),
@@ -257,9 +256,10 @@ def defend_trial(model: nn.Module, data, profile: DefenseProfile, out: Path, res
         # flagged clean input (4.3, 4.4), every flagged adaptive input (4.4).
         flagged_clean = am_clean_t > tau
         starts = {"adv": adv_test[pairs_t], "clean": xt[flagged_clean]}
-        adaptive_pairs, adaptive_flags = {}, {}
+        adaptive_pairs, adaptive_flags, adaptive_pred = {}, {}, {}
         for lam, x_adv in adaptive.items():
-            adaptive_pairs[lam] = D.successful_pairs(clean_t, _predict(model, x_adv), yt)
+            adaptive_pred[lam] = _predict(model, x_adv)
+            adaptive_pairs[lam] = D.successful_pairs(clean_t, adaptive_pred[lam], yt)
             am = _am(model, x_adv[adaptive_pairs[lam]])
             adaptive_flags[lam] = am > tau
             row[f"adaptive{lam:g}_success"] = float(adaptive_pairs[lam].float().mean())
@@ -286,17 +286,16 @@ def defend_trial(model: nn.Module, data, profile: DefenseProfile, out: Path, res
     clean_labels = clean_t.clone()
     clean_labels[flagged_clean] = restored_pred["clean"]
     flagged_adv = am_adv_t > tau
-    adv_labels = torch.where(flagged_adv, restored_pred["adv"], _predict(model,
-                                                                         adv_test[pairs_t]))
+    adv_labels = D.defended_predictions(adv_pred_t[pairs_t], flagged_adv, restored_pred["adv"])
     row["defense_accuracy"] = D.accuracy(torch.cat([clean_labels[pairs_t], adv_labels]),
                                          torch.cat([y_pairs, y_pairs]))
     row["clean_accuracy_defended"] = D.accuracy(clean_labels, yt)
     # Table 4.4: the same against the adaptive attack, for each lambda.
-    for lam, x_adv in adaptive.items():
+    for lam in adaptive:
         pairs = adaptive_pairs[lam]
         if pairs.sum() == 0:
             continue
-        labels = _predict(model, x_adv[pairs])
+        labels = adaptive_pred[lam][pairs].clone()
         labels[adaptive_flags[lam]] = restored_pred[f"adaptive{lam:g}"]
         row[f"adaptive{lam:g}_defense_accuracy"] = D.accuracy(
             torch.cat([clean_labels[pairs], labels]), torch.cat([yt[pairs], yt[pairs]]))

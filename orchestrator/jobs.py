@@ -117,6 +117,22 @@ def job_directory(sweep_dir: Path, kind: str, name: str, resume: bool) -> Path:
     return base / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def parse_eps(text: str) -> float:
+    """`0.031` or a fraction such as `8/255`."""
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            value = float(num) / float(den)
+        else:
+            value = float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number or a fraction like 8/255, "
+                                         f"got '{text}'") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     """--data-dir, the actor pool's resources, --resume and --wandb."""
     parser.add_argument("--data-dir", default=os.environ.get("ROBUSTNESS_DATA_DIR"),

@@ -23,7 +23,6 @@ from typing import Any
 import pandas as pd
 import torch
 
-from orchestrator.attack import parse_eps
 from orchestrator.jobs import (
     JobError,
     add_job_arguments,
@@ -31,6 +30,7 @@ from orchestrator.jobs import (
     job_directory,
     load_trial_model,
     open_job_run,
+    parse_eps,
     run_command,
     start_ray,
 )
