@@ -36,12 +36,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def kill_when_running(pattern: str, delay: float = 0.3, timeout: float = 60.0):
+def kill_when_running(pattern: str, timeout: float = 60.0):
     """Start a thread that SIGKILLs, for real, the first process whose command line holds
-    `pattern` (e.g. a Ray actor's `ray::AttackWorker.run`), `delay` s after it appears, so
-    mid-work. Returns the thread and the list that receives the killed pid."""
-    import os
-    import signal
+    `pattern` (e.g. `RayTrainWorker`) once one exists. A process that has left by the time
+    of the kill is tolerated: the thread looks again. Returns the thread and the list that
+    receives the killed pid."""
     import threading
     import time
 
@@ -54,8 +53,10 @@ def kill_when_running(pattern: str, delay: float = 0.3, timeout: float = 60.0):
         while time.time() < deadline:
             for proc in psutil.process_iter(["pid", "cmdline"]):
                 if pattern in " ".join(proc.info["cmdline"] or []):
-                    time.sleep(delay)
-                    os.kill(proc.info["pid"], signal.SIGKILL)
+                    try:
+                        proc.kill()
+                    except psutil.NoSuchProcess:
+                        continue
                     killed.append(proc.info["pid"])
                     return
             time.sleep(0.05)
@@ -63,3 +64,53 @@ def kill_when_running(pattern: str, delay: float = 0.3, timeout: float = 60.0):
     thread = threading.Thread(target=kill, daemon=True)
     thread.start()
     return thread, killed
+
+
+class ActorKiller:
+    """SIGKILL one of `actors` while it executes `method` (`"AttackWorker.run"`).
+
+    Ray titles an actor's process `ray::Class.method` while it runs that method, and
+    `ray::Class` between calls. A thread watches the actors' own titles (/proc/PID/cmdline)
+    and kills an actor the moment its title says it is mid-call: a condition, not a delay,
+    so a unit of any length is hit whatever the machine's speed. A process that has moved
+    on or gone is skipped and watched again. `stop()` ends the watch; `killed` holds the pid
+    killed (empty if the work ended first: run it again).
+    """
+
+    def __init__(self, actors, method: str, poll: float = 0.001):
+        import threading
+
+        import ray
+
+        self.pids = ray.get([actor.pid.remote() for actor in actors])
+        self.method = method.encode()
+        self.poll = poll
+        self.killed: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _mid_call(self, pid: int) -> bool:
+        try:
+            return self.method in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:  # gone
+            return False
+
+    def _watch(self) -> None:
+        import signal
+
+        while not self._stop.is_set():
+            for pid in self.pids:
+                if self._mid_call(pid):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        continue
+                    self.killed.append(pid)
+                    return
+            self._stop.wait(self.poll)
+
+    def stop(self) -> list[int]:
+        self._stop.set()
+        self._thread.join()
+        return self.killed

@@ -4,7 +4,7 @@ and robust flags, equal to one serial pyautoattack call; finished units survive 
 import pytest
 import ray
 import torch
-from conftest import kill_when_running
+from conftest import ActorKiller
 
 from orchestrator.attack_pool import AttackPool, run_attack_pool
 from orchestrator.pools import PoolError
@@ -95,10 +95,15 @@ def test_killed_actor_unit_is_retried_and_results_are_unchanged(setup, tmp_path)
     runs again, and the results equal those of an undisturbed run."""
     model, x, y = setup
     config = {"attack": "apgd", "eps": 0.1, "steps": 300, "seed": 0, "batch_size": 40}
-    killer, killed = kill_when_running("AttackWorker.run")
-    disturbed = run_attack_pool(model, x, y, config, tmp_path / "killed", num_actors=2)
-    killer.join()
-    assert killed, "no actor process was found to kill"
+    with AttackPool(model, num_actors=2) as pool:
+        for attempt in range(5):  # until a kill lands mid-unit (the first, in practice)
+            killer = ActorKiller(pool.actors, "AttackWorker.run")
+            disturbed = pool.run(x, y, config, tmp_path / f"killed{attempt}")
+            if killer.stop():
+                break
+        assert killer.killed, "no actor was caught mid-unit in 5 runs"
+        restarted = ray.get([actor.pid.remote() for actor in pool.actors])
+    assert killer.killed[0] not in restarted  # the killed actor was replaced
     clean = run_attack_pool(model, x, y, config, tmp_path / "clean", num_actors=2)
     assert torch.equal(disturbed.x_adv, clean.x_adv)
     assert torch.equal(disturbed.robust, clean.robust)

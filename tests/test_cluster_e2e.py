@@ -150,7 +150,7 @@ def test_ray_train_worker_killed_mid_trial_resumes_from_its_checkpoint(sweep_env
                 if rows[-1]["epoch"] >= 5:
                     lost_at = rows[-1]["epoch"]
     assert lost_at is not None, "the trial did not get going"
-    killer, killed = kill_when_running("RayTrainWorker", delay=0.0, timeout=30)
+    killer, killed = kill_when_running("RayTrainWorker", timeout=30)
     killer.join()
     assert killed, "no Ray Train worker process was found"
     output, _ = driver.communicate(timeout=400)

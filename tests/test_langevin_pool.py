@@ -6,7 +6,7 @@ resume another's directory; a corrupt checkpoint names its file."""
 import pytest
 import ray
 import torch
-from conftest import kill_when_running
+from conftest import ActorKiller
 
 from orchestrator.langevin_pool import LangevinPool, run_langevin_pool, unit_seed
 from orchestrator.pools import PoolError
@@ -103,10 +103,15 @@ def test_killed_actor_segment_is_retried_and_chains_are_unchanged(setup, tmp_pat
     segment is retried from its last checkpoint, and the chains end where they would have."""
     model, x = setup
     config = {**CONFIG, "steps": 1200, "checkpoint_every": 400}
-    killer, killed = kill_when_running("LangevinWorker.advance")
-    disturbed = run_langevin_pool(model, x, config, tmp_path / "killed", num_actors=2)
-    killer.join()
-    assert killed, "no actor process was found to kill"
+    with LangevinPool(model, num_actors=2) as pool:
+        for attempt in range(5):  # until a kill lands mid-segment (the first, in practice)
+            killer = ActorKiller(pool.actors, "LangevinWorker.advance")
+            disturbed = pool.run(x, config, tmp_path / f"killed{attempt}")
+            if killer.stop():
+                break
+        assert killer.killed, "no actor was caught mid-segment in 5 runs"
+        restarted = ray.get([actor.pid.remote() for actor in pool.actors])
+    assert killer.killed[0] not in restarted  # the killed actor was replaced
     clean = run_langevin_pool(model, x, config, tmp_path / "clean", num_actors=2)
     assert torch.equal(disturbed.x_end, clean.x_end)
     assert torch.equal(disturbed.trace_am, clean.trace_am)
