@@ -42,8 +42,8 @@ from workloads import attacks as A
 OWN_ATTACKS = ("fgsm", "bim", "pgd", "apgd", "apgd_adaptive")
 ATTACKS = ("autoattack", *OWN_ATTACKS)
 # The config keys that decide an attack's result (the job's identity on resume).
-RESULT_KEYS = ("attack", "version", "attacks", "eps", "norm", "steps", "lam", "seed",
-               "batch_size")
+RESULT_KEYS = ("attack", "version", "attacks", "eps", "norm", "steps", "restarts", "lam",
+               "seed", "batch_size")
 
 
 def attack_stages(config: dict[str, Any]) -> list[str]:
@@ -77,7 +77,8 @@ def attack_unit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, stage: str, 
                      random_start=stage == "pgd", generator=generator)
     loss = A.adaptive_loss(config.get("lam", 1.0)) if stage == "apgd_adaptive" \
         else A.cross_entropy_loss
-    return A.apgd(model, x, y, eps, config.get("steps", 100), norm, loss, generator=generator)
+    return A.apgd(model, x, y, eps, config.get("steps", 100), norm, loss,
+                  n_restarts=config.get("restarts", 1), generator=generator)
 
 
 class AttackWorker:
@@ -101,6 +102,17 @@ class AttackWorker:
             fooled = self.model(x_adv).argmax(1) != y
         return {"stage": stage, "start": start, "index": index, "x_adv": x_adv.cpu(),
                 "fooled": fooled.cpu(), "node_id": node_id()}
+
+    def attack_score(self, name: str, score, direction: int, eps: float, start: int,
+                     x: torch.Tensor, config: dict[str, Any]) -> dict[str, Any]:
+        """One unit of a `ScoreAttack`: APGD on the fitted `score` itself."""
+        x_adv = A.apgd_on_score(lambda z: score.forward(self.model, z), x.to(self.device),
+                                eps, direction, config.get("steps", 100),
+                                config.get("norm", "Linf"),
+                                generator=torch.Generator().manual_seed(
+                                    unit_seed(config.get("seed", 0), start)))
+        return {"name": name, "start": start, "x_adv": x_adv.cpu(),
+                "score": score(self.model, x_adv).cpu(), "node_id": node_id()}
 
 
 @dataclass
@@ -180,11 +192,9 @@ class AttackPool(ModelActors):
         launch()
         while not plan.finished():
             unit = pool.get_next_unordered()
-            save_unit(unit, unit_path(out, unit["stage"], unit["start"], len(unit["index"])))
+            keep_unit(result, unit, unit_path(out, unit["stage"], unit["start"],
+                                              len(unit["index"])))
             finish(unit)
-            result.units_computed += 1
-            node = unit.get("node_id", "?")
-            result.units_by_node[node] = result.units_by_node.get(node, 0) + 1
             launch()
             attacked += len(unit["index"])
             rate = attacked / progress.elapsed()
@@ -203,6 +213,99 @@ class AttackPool(ModelActors):
         progress.close()
         result.seconds = progress.elapsed()
         return result
+
+
+@dataclass
+class ScoreAttack:
+    """Inputs `x` moved within `eps` to raise (`direction` +1: OOD inputs made to look
+    in-distribution) or lower (-1: ID inputs made to look OOD) the score `score`."""
+
+    name: str       # names the attack's unit files, e.g. "neg_am-gaussian-eps0.0314"
+    score: str      # key of the fitted score (an `OODScore`) it attacks
+    x: torch.Tensor
+    direction: int
+    eps: float
+
+
+@dataclass
+class ScoreAttackResult:
+    x_adv: dict[str, torch.Tensor]   # per attack name: the attacked inputs
+    score: dict[str, torch.Tensor]   # per attack name: the score at them
+    seconds: float = 0.0
+    units_computed: int = 0
+    units_loaded: int = 0
+    units_by_node: dict[str, int] = field(default_factory=dict)
+
+
+def run_score_attacks(pool: AttackPool, attacks: list[ScoreAttack], scores: dict[str, Any],
+                      config: dict[str, Any], out: str | Path, resume: bool = False,
+                      label: str = "detector attack",
+                      on_progress: ProgressFn | None = None) -> ScoreAttackResult:
+    """Attack detectors on the pool's actors: every `ScoreAttack` in units of
+    `config["batch_size"]` inputs (APGD on the score, `config["steps"]` iterations in
+    `config["norm"]`), each unit seeded from its index range, so the result does not depend
+    on the actors. Each fitted score travels once through the object store; finished units
+    go to `out/units/`, and `resume` loads them instead of recomputing."""
+    import ray
+    from ray.util import ActorPool
+
+    batch_size = int(config.get("batch_size", 100))
+    if batch_size < 1:
+        raise A.AttackError("batch_size must be >= 1")
+    job_config = {**{k: config.get(k) for k in ("steps", "norm", "seed", "batch_size")},
+                  "attacks": [[a.name, a.score, a.direction, a.eps] for a in attacks]}
+    out = open_job(out, "score attack", job_config,
+                   fingerprint(job_config, pool.model, *[a.x for a in attacks]), resume)
+    refs = {name: ray.put(scores[name]) for name in {a.score for a in attacks}}
+    result = ScoreAttackResult({a.name: a.x.clone() for a in attacks},
+                               {a.name: torch.empty(len(a.x)) for a in attacks})
+
+    def finish(unit: dict[str, Any]) -> None:
+        stop = unit["start"] + len(unit["score"])
+        result.x_adv[unit["name"]][unit["start"]:stop] = unit["x_adv"]
+        result.score[unit["name"]][unit["start"]:stop] = unit["score"]
+
+    actors = ActorPool(pool.actors)
+    total = 0
+    for attack in attacks:
+        for start in range(0, len(attack.x), batch_size):
+            part = attack.x[start:start + batch_size]
+            path = unit_path(out, attack.name, start, len(part))
+            total += 1
+            if resume and path.exists():
+                finish(load_unit(path))
+                result.units_loaded += 1
+                continue
+            actors.submit(lambda actor, u: actor.attack_score.remote(*u),
+                          (attack.name, refs[attack.score], attack.direction, attack.eps,
+                           start, part, config))
+    progress = Progress(label)
+    attacked = 0
+    while actors.has_next():
+        unit = actors.get_next_unordered()
+        keep_unit(result, unit, unit_path(out, unit["name"], unit["start"], len(unit["score"])))
+        finish(unit)
+        attacked += len(unit["score"])
+        done = result.units_computed + result.units_loaded
+        rate = attacked / progress.elapsed()
+        progress.update(f"{done}/{total} units, {attacked} inputs attacked, {rate:.1f} "
+                        f"inputs/s", fraction=done / total)
+        if on_progress is not None:
+            on_progress({"units_done": done, "units_total": total,
+                         "samples_attacked": attacked, "samples_per_s": rate})
+    progress.update("done", fraction=1.0, force=True)
+    progress.close()
+    result.seconds = progress.elapsed()
+    return result
+
+
+def keep_unit(result: AttackResult | ScoreAttackResult, unit: dict[str, Any],
+              path: Path) -> None:
+    """Write a computed unit to `path` and count it, and its node, in `result`."""
+    save_unit(unit, path)
+    result.units_computed += 1
+    node = unit.get("node_id", "?")
+    result.units_by_node[node] = result.units_by_node.get(node, 0) + 1
 
 
 def unit_path(out: Path, stage: str, start: int, size: int) -> Path:

@@ -69,11 +69,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise JobError(str(error)) from None
 
 
-def recorded_data_dir(sweep_dir: Path, trial_id: str) -> str | None:
-    """The data directory the trial trained from (its Tune `params.json`), if recorded."""
+def trial_params(sweep_dir: Path, trial_id: str) -> dict[str, Any]:
+    """The config the trial ran with, as Tune recorded it (`params.json`: nested values
+    such as `score_params` intact), or {} if there is none."""
     for params in Path(sweep_dir).glob(f"*_{trial_id}_*/params.json"):
-        return json.loads(params.read_text()).get("data_dir")
-    return None
+        return json.loads(params.read_text())
+    return {}
 
 
 def load_trial_model(sweep_dir: Path, trial_id: str, data_dir: str | None = None,
@@ -85,7 +86,7 @@ def load_trial_model(sweep_dir: Path, trial_id: str, data_dir: str | None = None
     from workloads.models import build_classifier
 
     config = trial_config(read_trials(sweep_dir), trial_id, sweep_dir)
-    config["data_dir"] = data_dir or recorded_data_dir(sweep_dir, trial_id)
+    config["data_dir"] = data_dir or trial_params(sweep_dir, trial_id).get("data_dir")
     state = load_checkpoint(trial_checkpoint(sweep_dir, trial_id))
     try:
         data = load_trial_data(config)

@@ -6,11 +6,12 @@ import ray
 import torch
 from conftest import ActorKiller
 
-from orchestrator.attack_pool import AttackPool, run_attack_pool
+from orchestrator.attack_pool import AttackPool, ScoreAttack, run_attack_pool, run_score_attacks
 from orchestrator.pools import PoolError
 from workloads.attacks import autoattack
 from workloads.datasets import load_digits
 from workloads.models import MLPClassifier
+from workloads.scores import build_score
 from workloads.training import fit_classifier
 
 pytestmark = pytest.mark.slow
@@ -127,3 +128,29 @@ def test_driver_failure_then_resume_recomputes_only_the_missing_units(setup, tmp
     assert resumed.units_loaded == 2 and resumed.units_computed == 2
     assert torch.equal(resumed.x_adv, whole.x_adv)
     assert torch.equal(resumed.robust, whole.robust)
+
+
+def test_score_attacks_do_not_depend_on_the_actors_and_resume(setup, tmp_path):
+    """Attacks on detectors (APGD on the score): 1 and 3 actors give the same inputs and
+    scores; every input moved its score the asked way; a rerun loads every unit."""
+    model, x, y = setup
+    scores = {name: build_score(name).fit(model, x, y) for name in ("msp", "mahalanobis")}
+    noise = torch.rand(x[:50].shape, generator=torch.Generator().manual_seed(0))
+    attacks = [ScoreAttack(f"{name}-{kind}", name, inputs, direction, 0.05)
+               for name in scores for kind, inputs, direction in (("id", x[:50], -1),
+                                                                   ("noise", noise, 1))]
+    config = {"steps": 10, "norm": "Linf", "seed": 0, "batch_size": 20}
+    with AttackPool(model, num_actors=1) as pool:
+        one = run_score_attacks(pool, attacks, scores, config, tmp_path / "one")
+    with AttackPool(model, num_actors=3, cpus_per_actor=0.5) as pool:
+        three = run_score_attacks(pool, attacks, scores, config, tmp_path / "three")
+        again = run_score_attacks(pool, attacks, scores, config, tmp_path / "three",
+                                  resume=True)
+    assert one.units_computed == 12 and again.units_loaded == 12 and again.units_computed == 0
+    for attack in attacks:
+        assert torch.equal(one.x_adv[attack.name], three.x_adv[attack.name])
+        assert torch.equal(one.score[attack.name], again.score[attack.name])
+        clean = scores[attack.score](model, attack.x)
+        moved = attack.direction * (one.score[attack.name] - clean)
+        assert (moved >= -1e-5).all() and moved.mean() > 0, attack.name
+        assert (one.x_adv[attack.name] - attack.x).abs().max() <= 0.05 + 1e-6

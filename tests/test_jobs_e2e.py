@@ -86,6 +86,38 @@ def test_attack_writes_results_and_a_wandb_run_and_resumes(sweep, attack_dir, en
     assert resumed["robust_accuracy"] == accuracy
 
 
+def test_attack_on_every_detector_writes_tables_and_resumes(sweep, env):
+    """--target ood on a DIGLM: each differentiable score attacked at two radii. Attacked OOD
+    scores only rise and attacked ID scores only fall, so no AUROC may rise."""
+    sweep_dir, (trial, _) = sweep
+    args = ["--trial", trial, "--target", "ood", "--eps", "1/16,1/8", "--steps", "5",
+            "--n", "20", "--batch-size", "10"]
+    proc = command("attack", sweep_dir, *args, env=env)
+    (out,) = (sweep_dir / "attacks").glob(f"{trial}-ood-*")
+    frame = pd.read_csv(out / "detectors.csv")
+    scores = {"msp", "max_logit", "energy", "lnz", "odin", "mahalanobis", "gmm", "log_px",
+              "neg_am"}
+    assert set(frame.score) == scores and frame.attacked.all()
+    assert set(frame.ood_set) == {"gaussian_noise", "uniform_noise", "natural_patches"}
+    assert sorted(frame.eps.unique()) == [1 / 16, 1 / 8] and (frame.n == 20).all()
+    for setting in ("ood_attacked", "both_attacked"):
+        assert (frame[f"auroc_{setting}"] <= frame.auroc_clean + 1e-9).all(), setting
+    assert (frame.auroc_both_attacked <= frame.auroc_ood_attacked + 1e-9).all()
+    assert (frame.auroc_both_attacked < frame.auroc_clean).mean() > 0.5
+    markdown = (out / "detectors.md").read_text()
+    assert "## ID -> gaussian_noise" in markdown and "eps 0.125: both" in markdown
+    assert (out / "detectors.png").exists() and "Detectors under attack" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["units_computed"] == 9 * 2 * 4 * 2  # scores x eps x sets x units
+    (run_dir,) = find_offline_runs(out)
+    assert "worst_auroc/neg_am" in read_offline_run(run_dir).summary
+    again = command("attack", sweep_dir, *args, "--resume", env=env)
+    assert str(out) in again.stdout
+    resumed = json.loads((out / "summary.json").read_text())
+    assert resumed["units_computed"] == 0 and resumed["units_loaded"] == 144
+    assert pd.read_csv(out / "detectors.csv").equals(frame)
+
+
 def test_langevin_driver_killed_then_resumed_ends_like_an_uninterrupted_run(
         sweep, attack_dir, env):
     sweep_dir, (trial, _) = sweep
@@ -172,6 +204,10 @@ def fake_sweep(tmp_path, model="flow"):
      ["bogus"]),
     ("attack", ["FAKE", "--trial", "abc", "--eps", "8/0"], ["--eps"]),
     ("attack", ["FAKE", "--trial", "abc", "--num-actors", "0"], ["--num-actors"]),
+    ("attack", ["FAKE", "--trial", "abc", "--attacks", "apgd-ce"], ["--attacks",
+                                                                  "--version custom"]),
+    ("attack", ["FAKE", "--trial", "abc", "--attack", "pgd", "--lam", "2"], ["--lam"]),
+    ("attack", ["FAKE", "--trial", "abc", "--target", "ood", "--attack", "pgd"], ["--attack"]),
     ("langevin", ["FAKE", "--trial", "abc", "--from", "nowhere"], ["not a finished attack"]),
     ("langevin", ["FAKE", "--trial", "abc", "--from", "test", "--resume"], ["checkpoint"]),
     ("defend", ["FAKE"], ["no DIGLM trials"]),

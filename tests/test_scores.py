@@ -177,3 +177,36 @@ def test_score_ranks_in_distribution_above_noise(trained, name):
     assert torch.isfinite(score_id).all() and torch.isfinite(score_ood).all()
     # Higher means more in-distribution: ID must score above noise.
     assert ood_metrics(score_id.numpy(), score_ood.numpy())["auroc"] > 0.8
+
+
+def test_gmm_density_in_torch_equals_sklearns_score_samples():
+    rng = np.random.default_rng(0)
+    features = np.concatenate([rng.normal(size=(80, 4)), rng.normal(3, 0.5, size=(40, 4))])
+    model = FixedLogits()
+    score = build_score("gmm", components=3).fit(model, torch.tensor(features).float(),
+                                                 torch.zeros(120, dtype=torch.long))
+    queries = rng.normal(1, 2, size=(10, 4)).astype(np.float32)
+    ours = score(model, torch.tensor(queries)).double().numpy()
+    expected = score.mixture.score_samples(queries.astype(np.float64))
+    assert np.allclose(ours, expected, rtol=1e-6, atol=1e-4)
+
+
+def test_every_differentiable_score_has_an_input_gradient_and_forward_equals_call():
+    """`forward` is what attacks on detectors follow: for each score of a DIGLM (all but
+    MC dropout, which says why not), it keeps its graph to x and gives the scores `__call__`
+    gives."""
+    torch.manual_seed(0)
+    data = load_digits()
+    model = DIGLM(build_flow("vector", data.input_shape, data.levels, num_couplings=2,
+                             hidden=16), 10).eval()
+    x = data.x_test[:8]
+    for name in [*applicable_scores(model), "lnz"]:
+        score = build_score(name).fit(model, data.x_train[:200], data.y_train[:200])
+        inputs = x.clone().requires_grad_(True)
+        values = score.forward(model, inputs)
+        (grad,) = torch.autograd.grad(values.sum(), inputs)
+        assert grad.abs().sum() > 0, name
+        assert torch.allclose(values.detach(), score(model, x), rtol=1e-4, atol=1e-4), name
+    assert OOD_SCORES["mc_dropout"].not_differentiable
+    assert all(cls.not_differentiable is None for n, cls in OOD_SCORES.items()
+               if n != "mc_dropout")

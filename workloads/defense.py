@@ -16,6 +16,9 @@ value, and the accuracies of Tables 4.1 to 4.4.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -83,9 +86,9 @@ def detection_metrics(am_clean: torch.Tensor, am_adv: torch.Tensor,
     flagged_clean, flagged_adv = am_clean > tau, am_adv > tau
     n = len(am_clean) + len(am_adv)
     return {**{k: metrics[k] for k in ("auroc", "aupr_in", "aupr_out", "tnr95")},
-            "accuracy": float(((~flagged_clean).sum() + flagged_adv.sum()) / n),
-            "detection_rate": float(flagged_adv.float().mean()),
-            "false_alarm_rate": float(flagged_clean.float().mean()), "tau": tau}
+            "accuracy": (int((~flagged_clean).sum()) + int(flagged_adv.sum())) / n,
+            "detection_rate": float(flagged_adv.double().mean()),
+            "false_alarm_rate": float(flagged_clean.double().mean()), "tau": tau}
 
 
 def am_stop_candidates(am_values: torch.Tensor, num: int = 24) -> torch.Tensor:
@@ -110,13 +113,69 @@ def choose_am_stop(candidates: torch.Tensor, accuracies: torch.Tensor,
 
 
 def accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
-    return float((pred == y).float().mean()) if len(y) else float("nan")
+    return float((pred == y).double().mean()) if len(y) else float("nan")
 
 
 def defended_predictions(plain_pred: torch.Tensor, flagged: torch.Tensor,
                          restored_pred: torch.Tensor) -> torch.Tensor:
     """The full defense's labels: restored where flagged, plain elsewhere."""
     return torch.where(flagged, restored_pred, plain_pred)
+
+
+@dataclass
+class AttackedTestSet:
+    """The test set under one attack, as the defense's accounting needs it."""
+
+    pred: torch.Tensor      # (N,) predictions on the attacked inputs
+    am: torch.Tensor        # (P,) AM at the attacked inputs of the pairs, in order
+    restored: torch.Tensor  # (P,) labels after restoration, read where flagged (APGD-CE:
+    #                         every pair is restored, for Table 4.2)
+
+
+def defense_row(y: torch.Tensor, clean_pred: torch.Tensor, am_clean: torch.Tensor, tau: float,
+                restored_clean: torch.Tensor, apgd_ce: AttackedTestSet,
+                adaptive: dict[float, AttackedTestSet]) -> dict[str, Any]:
+    """Tables 4.1-4.4 of one model from its predictions, AM values and restored labels.
+
+    `am_clean` (N,) is the AM of every clean test input; an input is flagged when its AM
+    exceeds `tau`. `restored_clean` holds the restored labels of the flagged clean inputs,
+    in order. Detection (4.1) and the full defense (4.3, 4.4) are measured on the balanced
+    set of the pairs' clean and attacked inputs, restoration (4.2) on the APGD-CE inputs of
+    the pairs; 4.4 is reported per lambda and for the worst one. Lambdas whose attack made
+    no pair have no 4.4 figure.
+    """
+    flagged_clean = am_clean > tau
+    clean_labels = clean_pred.clone()
+    clean_labels[flagged_clean] = restored_clean
+
+    def full_defense(attacked: AttackedTestSet, pairs: torch.Tensor) -> float:
+        labels = defended_predictions(attacked.pred[pairs], attacked.am > tau,
+                                      attacked.restored)
+        return accuracy(torch.cat([clean_labels[pairs], labels]),
+                        torch.cat([y[pairs], y[pairs]]))
+
+    pairs = successful_pairs(clean_pred, apgd_ce.pred, y)
+    detection = detection_metrics(am_clean[pairs], apgd_ce.am, tau)
+    row: dict[str, Any] = {
+        "clean_accuracy": accuracy(clean_pred, y), "attack_success": float(pairs.double().mean()),
+        "pairs": int(pairs.sum()), **{f"det_{k}": v for k, v in detection.items()},
+        "restored_accuracy": accuracy(apgd_ce.restored, y[pairs]),
+        "defense_accuracy": full_defense(apgd_ce, pairs),
+        "clean_accuracy_defended": accuracy(clean_labels, y)}
+    worst = []
+    for lam, attacked in adaptive.items():
+        pairs = successful_pairs(clean_pred, attacked.pred, y)
+        row[f"adaptive{lam:g}_success"] = float(pairs.double().mean())
+        row[f"adaptive{lam:g}_pairs"] = int(pairs.sum())
+        if pairs.sum() == 0:
+            continue
+        detection = detection_metrics(am_clean[pairs], attacked.am, tau)
+        row[f"adaptive{lam:g}_det_auroc"] = detection["auroc"]
+        row[f"adaptive{lam:g}_detection_rate"] = detection["detection_rate"]
+        row[f"adaptive{lam:g}_defense_accuracy"] = full_defense(attacked, pairs)
+        worst.append(row[f"adaptive{lam:g}_defense_accuracy"])
+    row["adaptive_defense_accuracy"] = min(worst, default=float("nan"))
+    return row
 
 
 def binomial_se(p: float, n: int) -> float:

@@ -27,7 +27,7 @@ DEQUANTIZATIONS = ("centred", "start")
 
 
 class FlowInputError(ValueError):
-    """An input of the wrong shape for the flow."""
+    """An input the flow cannot take: the wrong shape, or one that must require grad."""
 
 
 class Transform(nn.Module):
@@ -461,14 +461,25 @@ def bits_per_dim(log_prob: torch.Tensor, dim: int) -> torch.Tensor:
 
 # --- approximate mass (NOTES.md B) --------------------------------------------------------
 
-def approximate_mass(log_prob_fn, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+def approximate_mass(log_prob_fn, x: torch.Tensor, create_graph: bool = False,
+                     differentiable_in_x: bool = False) -> torch.Tensor:
     """AM(x) = ||grad_x log p(x)||_2 per example (NOTES.md B, eq. 3.32); higher = more OOD.
 
+    By default `x` is detached first: AM is a value, as detectors and scores need.
     With `create_graph=True` the result is differentiable in the model's parameters (double
-    backpropagation), as the regularized objective needs.
+    backpropagation), as the regularized objective needs. With `differentiable_in_x=True`
+    the input gradient is taken of `x` itself, which must require grad (the very tensor an
+    attack differentiates), with `create_graph`: AM keeps its graph to `x`, and
+    `torch.autograd.grad(AM.sum(), x)` is the Hessian-vector product H g / ||g|| that an
+    adaptive attack on the AM detector follows (NOTES.md C).
     """
     with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
+        if differentiable_in_x:
+            if not x.requires_grad:
+                raise FlowInputError("differentiable_in_x needs an input that requires grad")
+            create_graph = True
+        else:
+            x = x.detach().requires_grad_(True)
         (grad,) = torch.autograd.grad(log_prob_fn(x).sum(), x, create_graph=create_graph)
     return grad.reshape(grad.shape[0], -1).norm(dim=1)
 

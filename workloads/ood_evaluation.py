@@ -85,3 +85,18 @@ def evaluate_ood(model: nn.Module, data: Dataset, scores: dict[str, dict],
                                    for k, v in values.items()}
     return result
 
+
+
+def ood_metrics_under_attack(id_clean: np.ndarray, id_attacked: np.ndarray,
+                             ood_clean: np.ndarray, ood_attacked: np.ndarray,
+                             ) -> dict[str, float]:
+    """A detector's AUROC and FPR95 on clean inputs (`clean`), with the OOD inputs attacked
+    to look in-distribution (`ood_attacked`), and with the ID inputs attacked to look OOD as
+    well (`both_attacked`): `auroc_<setting>` and `fpr95_<setting>`. Higher score = more ID."""
+    settings = {"clean": (id_clean, ood_clean), "ood_attacked": (id_clean, ood_attacked),
+                "both_attacked": (id_attacked, ood_attacked)}
+    metrics: dict[str, float] = {}
+    for setting, (score_id, score_ood) in settings.items():
+        row = ood_metrics(score_id, score_ood)
+        metrics[f"auroc_{setting}"], metrics[f"fpr95_{setting}"] = row["auroc"], row["fpr95"]
+    return metrics

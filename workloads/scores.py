@@ -13,6 +13,7 @@ models declare what they `provides`, and `applicable_scores(model)` matches the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -25,18 +26,29 @@ from workloads.losses import log_partition
 
 
 class OODScore:
-    """Base class: `fit` (optional) on ID training data, then `__call__(model, x)`."""
+    """Base class: `fit` (optional) on ID training data, then `__call__(model, x)`.
+
+    A score defines `forward(model, x)`: the score of one batch, differentiable in `x` (its
+    graph kept), which is what an attack on the detector follows. `__call__` evaluates it
+    over any number of inputs, in chunks, without a graph. A score with no differentiable
+    form says why in `not_differentiable` and defines `__call__` itself.
+    """
 
     name = ""
     requires: tuple[str, ...] = ("logits",)
     in_default_set = True  # part of "every applicable score"
+    batch_size = 1024      # inputs per chunk in __call__
+    not_differentiable: str | None = None
 
     def fit(self, model: nn.Module, x_train: torch.Tensor,
             y_train: torch.Tensor) -> OODScore:
         return self
 
-    def __call__(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def __call__(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return _in_chunks(model, lambda batch: self.forward(model, batch), x, self.batch_size)
 
 
 OOD_SCORES: dict[str, type[OODScore]] = {}
@@ -105,39 +117,32 @@ def penultimate_features(model: nn.Module, x: torch.Tensor,
     return _in_chunks(model, model.features, x, batch_size)
 
 
-def scores_after_input_step(model: nn.Module, x: torch.Tensor,
-                            objective: Callable[[torch.Tensor], torch.Tensor],
-                            epsilon: float, batch_size: int = 256) -> torch.Tensor:
-    """Input preprocessing of ODIN / Mahalanobis: move each input by `epsilon` along the sign
-    of the gradient of `objective(x)` (per example, to be raised), then return the
-    objective at the moved input."""
-    device = _device(model)
-    was_training = model.training
-    model.eval()
-    scores = []
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size].to(device).requires_grad_(True)
-        (grad,) = torch.autograd.grad(objective(xb).sum(), xb)
-        with torch.no_grad():
-            scores.append(objective(xb + epsilon * grad.sign()).float().cpu())
-    model.train(was_training)
-    return torch.cat(scores)
+def input_step(objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+               epsilon: float) -> torch.Tensor:
+    """The input preprocessing of ODIN / Mahalanobis: x + epsilon * sign(grad_x objective(x)),
+    the step that raises `objective` (per example). The sign is a constant of x: gradients
+    flow through the step as through the identity (what an attack on these scores follows,
+    "BPDA" in Athalye et al. 2018)."""
+    with torch.enable_grad():
+        inputs = x.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(objective(inputs).sum(), inputs)
+    return x + epsilon * grad.sign()
 
 
 @register_score("msp")
 class MaxSoftmaxProbability(OODScore):
     """Max softmax probability (MSP / MCP; Hendrycks & Gimpel 2017)."""
 
-    def __call__(self, model, x):
-        return batched_logits(model, x).softmax(dim=1).max(dim=1).values
+    def forward(self, model, x):
+        return model(x).softmax(dim=1).max(dim=1).values
 
 
 @register_score("max_logit")
 class MaxLogit(OODScore):
     """The largest logit (Hendrycks et al. 2022; NOTES.md D baseline)."""
 
-    def __call__(self, model, x):
-        return batched_logits(model, x).max(dim=1).values
+    def forward(self, model, x):
+        return model(x).max(dim=1).values
 
 
 @register_score("energy")
@@ -147,9 +152,9 @@ class NegativeEnergy(OODScore):
     def __init__(self, temperature: float = 1.0):
         self.temperature = temperature
 
-    def __call__(self, model, x):
+    def forward(self, model, x):
         t = self.temperature
-        return t * torch.logsumexp(batched_logits(model, x) / t, dim=1)
+        return t * torch.logsumexp(model(x) / t, dim=1)
 
 
 @register_score("lnz")
@@ -162,25 +167,26 @@ class LogPartition(OODScore):
     def __init__(self, kind: str = "logsumexp"):
         self.kind = kind
 
-    def __call__(self, model, x):
-        return log_partition(batched_logits(model, x), self.kind)
+    def forward(self, model, x):
+        return log_partition(model(x), self.kind)
 
 
 @register_score("odin")
 class ODIN(OODScore):
     """ODIN (Liang et al. 2018): temperature-scaled MSP after a small input step that
-    raises it, x' = x - eps * sign(-grad_x log max_k softmax(f(x)/T)_k)."""
+    raises it, x' = x - eps * sign(-grad_x log max_k softmax(f(x)/T)_k). Attacks
+    differentiate through the step with its sign held fixed (`input_step`)."""
 
     def __init__(self, temperature: float = 1000.0, epsilon: float = 0.0014,
                  batch_size: int = 256):
         self.temperature, self.epsilon, self.batch_size = temperature, epsilon, batch_size
 
-    def __call__(self, model, x):
+    def forward(self, model, x):
         # log MSP at temperature T is what the step raises; its exp is the score
         def log_msp(inputs):
             return F.log_softmax(model(inputs) / self.temperature, dim=1).max(dim=1).values
 
-        return scores_after_input_step(model, x, log_msp, self.epsilon, self.batch_size).exp()
+        return log_msp(input_step(log_msp, x, self.epsilon)).exp()
 
 
 @register_score("mahalanobis")
@@ -212,13 +218,14 @@ class Mahalanobis(OODScore):
         distances = torch.einsum("nkd,de,nke->nk", diff, precision, diff)
         return (-distances).max(dim=1).values
 
-    def __call__(self, model, x):
+    def forward(self, model, x):
         if self.means is None:
             raise RuntimeError("Mahalanobis score used before fit()")
-        if self.epsilon == 0:
-            return self._score(penultimate_features(model, x).double()).float()
-        return scores_after_input_step(model, x, lambda inputs: self._score(
-            model.features(inputs).double()), self.epsilon, self.batch_size)
+
+        def score(inputs):
+            return self._score(model.features(inputs).double())
+
+        return score(input_step(score, x, self.epsilon) if self.epsilon else x).float()
 
 
 @register_score("mc_dropout")
@@ -230,6 +237,8 @@ class MCDropout(OODScore):
 
     KINDS = ("variation_ratio", "predictive_entropy", "mutual_information")
     requires = ("logits", "dropout")
+    not_differentiable = ("stochastic: each call draws new dropout masks (an attack would need "
+                          "an expectation over masks), and the variation ratio counts votes")
 
     def __init__(self, kind: str = "predictive_entropy", passes: int = 20, seed: int = 0):
         if kind not in self.KINDS:
@@ -267,7 +276,9 @@ class MCDropout(OODScore):
 class FeatureGMM(OODScore):
     """Log density of penultimate features under a diagonal-covariance Gaussian mixture
     fitted by EM on ID training features, labels unused (NOTES.md D; K=100 for mistakes,
-    1000 for OOD in the paper; small K suits small data)."""
+    1000 for OOD in the paper; small K suits small data). The mixture is scikit-learn's;
+    the density is evaluated in torch (as sklearn's `score_samples`, in float64), so that
+    it is differentiable in x."""
 
     requires = ("features",)
 
@@ -283,11 +294,19 @@ class FeatureGMM(OODScore):
                                        reg_covar=1e-4, random_state=self.seed).fit(features)
         return self
 
-    def __call__(self, model, x):
+    def forward(self, model, x):
         if self.mixture is None:
             raise RuntimeError("GMM score used before fit()")
-        features = penultimate_features(model, x).numpy().astype(np.float64)
-        return torch.from_numpy(self.mixture.score_samples(features)).float()
+        f = model.features(x).double().flatten(1)
+        means = torch.from_numpy(self.mixture.means_).to(f)            # (K, D)
+        precisions = torch.from_numpy(self.mixture.precisions_).to(f)  # (K, D), 1 / var
+        weights = torch.from_numpy(self.mixture.weights_).to(f)
+        # sum_d prec (f - mu)^2, expanded into matrix products as sklearn does: (N, K)
+        squared = (f ** 2) @ precisions.T - 2 * f @ (means * precisions).T \
+            + (means ** 2 * precisions).sum(1)
+        log_gauss = -0.5 * (f.shape[1] * math.log(2 * math.pi) + squared) \
+            + 0.5 * precisions.log().sum(1)
+        return torch.logsumexp(log_gauss + weights.log(), dim=1).float()
 
 
 @register_score("log_px")
@@ -300,28 +319,23 @@ class LogLikelihood(OODScore):
     def __init__(self, batch_size: int = 512):
         self.batch_size = batch_size
 
-    def __call__(self, model, x):
-        return _in_chunks(model, model.log_prob, x, self.batch_size)
+    def forward(self, model, x):
+        return model.log_prob(x)
 
 
 @register_score("neg_am")
 class NegativeApproximateMass(OODScore):
     """-AM(x) = -||grad_x log p(x)||_2 (NOTES.md B, eq. 3.32): AM is high off the data
-    manifold, so its negation is higher in distribution."""
+    manifold, so its negation is higher in distribution. Differentiable in x by double
+    backprop when x requires grad (`approximate_mass(..., differentiable_in_x=True)`)."""
 
     requires = ("log_prob",)
 
     def __init__(self, batch_size: int = 256):
         self.batch_size = batch_size
 
-    def __call__(self, model, x):
-        device = _device(model)
-        was_training = model.training
-        model.eval()
-        values = [approximate_mass(model.log_prob, x[i:i + self.batch_size].to(device)).cpu()
-                  for i in range(0, len(x), self.batch_size)]
-        model.train(was_training)
-        return -torch.cat(values).float()
+    def forward(self, model, x):
+        return -approximate_mass(model.log_prob, x, differentiable_in_x=x.requires_grad)
 
 
 def mann_whitney(scores_correct: np.ndarray, scores_wrong: np.ndarray) -> dict[str, float]:
