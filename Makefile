@@ -31,6 +31,7 @@ bench: setup
 	$(PY) benchmarks/bench_sweep.py
 	$(PY) benchmarks/bench_am.py
 	$(PY) benchmarks/bench_attack_pool.py
+	$(PY) benchmarks/bench_detector_attack.py
 	$(PY) benchmarks/bench_langevin.py
 
 clean:

@@ -108,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n", type=int, default=1000,
                         help="attack the first N test inputs (and N of each OOD set) "
                              "(default 1000)")
-    parser.add_argument("--batch-size", type=int, default=100,
-                        help="inputs per unit of work (default 100)")
+    parser.add_argument("--batch-size", type=int,
+                        help="inputs per unit of work (default 100; --target ood 256: "
+                             "larger units attack faster per input)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the random starts: each unit's own attack is seeded "
                              "from it and the unit's index range; AutoAttack's seed "
@@ -160,11 +161,12 @@ def attack_config(args: argparse.Namespace) -> dict[str, Any]:
 
     refuse_ignored_flags(args)
     steps, restarts = resolved(args, "steps"), resolved(args, "restarts")
-    if args.n < 1 or args.batch_size < 1 or steps < 1 or restarts < 1:
+    batch_size = args.batch_size or (256 if args.target == "ood" else 100)
+    if args.n < 1 or batch_size < 1 or steps < 1 or restarts < 1:
         raise JobError("--n, --batch-size, --steps and --restarts must be >= 1")
     eps = args.eps or parse_eps_list(DEFAULT_EPS[args.target])
     config = {"eps": eps if args.target == "ood" else eps[0], "norm": resolved(args, "norm"),
-              "seed": args.seed, "batch_size": args.batch_size}
+              "seed": args.seed, "batch_size": batch_size}
     if args.target == "ood":
         return {"attack": "apgd_score", **config, "steps": steps}
     attack = config["attack"] = resolved(args, "attack")

@@ -323,7 +323,7 @@ def defense_tables(table: pd.DataFrame, profile: DefenseProfile, dataset: str) -
     keys = ["alpha", "dequantization", "trial_id"]
     rows = {"4.1": [], "4.2": [], "4.3": [], "4.4": []}
     for _, r in table.iterrows():
-        key = [_fmt(r.get(k)) for k in keys]
+        key = [f"{r.alpha:g}", _fmt(r.get("dequantization")), _fmt(r.get("trial_id"))]
         if r.get("status") != "completed":
             for name in rows:
                 rows[name].append([*key, r.get("status", "?")])

@@ -94,6 +94,12 @@ def detector_table(model: nn.Module, plan: DetectorAttackPlan, eps_values: list[
     return pd.DataFrame(rows)
 
 
+def eps_text(eps: float) -> str:
+    """`8/255` where eps is a whole number of 1/255 steps, else 4 significant digits."""
+    steps = eps * 255
+    return f"{round(steps)}/255" if abs(steps - round(steps)) < 1e-6 else f"{eps:.4g}"
+
+
 def _pair(auroc: float, fpr95: float) -> str:
     return "–" if math.isnan(auroc) else f"{auroc:.3f} / {fpr95:.3f}"
 
@@ -117,7 +123,7 @@ def detector_markdown(frame: pd.DataFrame, title: str) -> str:
                 row = match.iloc[0] if len(match) else None
                 for setting, label in (("ood_attacked", "OOD attacked"), ("both_attacked",
                                                                           "both")):
-                    line[f"eps {eps:.4g}: {label}"] = "not attacked" if row is None else \
+                    line[f"eps {eps_text(eps)}: {label}"] = "not attacked" if row is None else \
                         _pair(row[f"auroc_{setting}"], row[f"fpr95_{setting}"])
             lines.append(line)
         parts += [f"## ID -> {ood_set} (n = {int(group.n.iloc[0])} each)\n",
@@ -146,7 +152,7 @@ def plot_detectors(frame: pd.DataFrame, path: Path) -> Path:
         group = attacked[attacked.ood_set == ood_set]
         for i, (score, rows) in enumerate(group.groupby("score", sort=False)):
             rows = rows.sort_values("eps")
-            eps = [0.0, *rows.eps]
+            eps = [0.0, *(rows.eps * 255)]
             color = colors[i % len(colors)]
             ax.plot(eps, [rows.auroc_clean.iloc[0], *rows.auroc_both_attacked], "o-",
                     color=color, ms=3, label=score)
@@ -154,7 +160,7 @@ def plot_detectors(frame: pd.DataFrame, path: Path) -> Path:
                     color=color, lw=1)
         ax.axhline(0.5, color="gray", lw=0.5)
         ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("eps")
+        ax.set_xlabel("eps x 255")
         ax.set_ylabel("AUROC")
         ax.set_title(f"ID -> {ood_set} (dashed: OOD attacked only)", fontsize=8)
     axes[0][0].legend(fontsize=6)

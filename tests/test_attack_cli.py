@@ -42,6 +42,7 @@ def test_defaults_and_what_each_attack_reads():
     assert "lam" not in config("--attack", "apgd") and "steps" not in config("--attack", "fgsm")
     ood = config("--target", "ood", "--steps", "20")
     assert ood["eps"] == [1 / 255, 4 / 255, 8 / 255] and ood["steps"] == 20
+    assert ood["batch_size"] == 256 and config("--batch-size", "7")["batch_size"] == 7
     assert config("--target", "ood", "--eps", "0.1,2/255")["eps"] == [0.1, 2 / 255]
 
 

@@ -298,9 +298,9 @@ class FeatureGMM(OODScore):
         if self.mixture is None:
             raise RuntimeError("GMM score used before fit()")
         f = model.features(x).double().flatten(1)
-        means = torch.from_numpy(self.mixture.means_).to(f)            # (K, D)
-        precisions = torch.from_numpy(self.mixture.precisions_).to(f)  # (K, D), 1 / var
-        weights = torch.from_numpy(self.mixture.weights_).to(f)
+        means = torch.tensor(self.mixture.means_).to(f)            # (K, D)
+        precisions = torch.tensor(self.mixture.precisions_).to(f)  # (K, D), 1 / var
+        weights = torch.tensor(self.mixture.weights_).to(f)
         # sum_d prec (f - mu)^2, expanded into matrix products as sklearn does: (N, K)
         squared = (f ** 2) @ precisions.T - 2 * f @ (means * precisions).T \
             + (means ** 2 * precisions).sum(1)
