@@ -21,10 +21,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.loops import build_generative_model, generative_objective  # noqa: E402
+from orchestrator.tune.loops import generative_objective  # noqa: E402
 from search_spaces import get_search_space  # noqa: E402
-from workloads.datasets import load_digits  # noqa: E402
-from workloads.diglm import DIGLM  # noqa: E402
+from workloads.data import load_digits  # noqa: E402
+from workloads.models import DIGLM, build_generative_model  # noqa: E402
 from workloads.training import train_epoch  # noqa: E402
 
 BODIES = {

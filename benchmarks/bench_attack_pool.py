@@ -28,9 +28,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.attack_pool import AttackPool  # noqa: E402
+from orchestrator.pools.attack import AttackPool  # noqa: E402
 from workloads.attacks import autoattack  # noqa: E402
-from workloads.datasets import load_digits  # noqa: E402
+from workloads.data import load_digits  # noqa: E402
 from workloads.models import MLPClassifier  # noqa: E402
 from workloads.training import fit_classifier  # noqa: E402
 

@@ -29,11 +29,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.attack_pool import AttackPool, ScoreAttack, run_score_attacks  # noqa: E402
+from orchestrator.pools.attack import AttackPool, ScoreAttack, run_score_attacks  # noqa: E402
 from workloads.attacks import apgd_on_score  # noqa: E402
-from workloads.datasets import load_dataset  # noqa: E402
-from workloads.diglm import DIGLM, diglm_objective  # noqa: E402
-from workloads.flows import build_flow  # noqa: E402
+from workloads.data import load_dataset  # noqa: E402
+from workloads.models import DIGLM, diglm_objective  # noqa: E402
+from workloads.models.flows import build_flow  # noqa: E402
 from workloads.scores import build_score  # noqa: E402
 from workloads.training import train_epoch  # noqa: E402
 

@@ -29,11 +29,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.langevin_pool import LangevinPool  # noqa: E402
-from workloads.datasets import load_digits  # noqa: E402
-from workloads.diglm import DIGLM  # noqa: E402
-from workloads.flows import build_flow  # noqa: E402
+from orchestrator.pools.langevin import LangevinPool  # noqa: E402
+from workloads.data import load_digits  # noqa: E402
 from workloads.langevin import grad_log_prob, run_chains, start_chains  # noqa: E402
+from workloads.models import DIGLM  # noqa: E402
+from workloads.models.flows import build_flow  # noqa: E402
 
 
 def naive(model, x: torch.Tensor, steps: int, eta: float = 1e-3) -> torch.Tensor:

@@ -29,8 +29,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.loops import train_classifier  # noqa: E402
-from orchestrator.session import LocalSession  # noqa: E402
+from orchestrator.tune.loops import train_classifier  # noqa: E402
+from orchestrator.tune.session import LocalSession  # noqa: E402
 from search_spaces import get_search_space  # noqa: E402
 
 SWEEP = "batch_size_gffn"

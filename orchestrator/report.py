@@ -9,24 +9,28 @@ import json
 import sys
 from pathlib import Path
 
-from orchestrator.results import RESULTS_DIR, load_results, markdown_table, render_outputs
-from orchestrator.sweep import EXIT_USAGE, SWEEP_FILE
+from orchestrator.cli import run_command
+from orchestrator.errors import UsageError
+from orchestrator.reports.collect import RESULTS_DIR, SWEEP_FILE, load_results, render_outputs
+from orchestrator.reports.tables import markdown_table
 from search_spaces import get_search_space
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator.report",
         description="Redraw the results tables (markdown) and plots (PNG) of a finished "
                     "sweep from the files in SWEEP_DIR/results/.")
     parser.add_argument("sweep_dir", help="a sweep directory, e.g. runs/batch_size_gffn-local-...")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
     sweep_dir = Path(args.sweep_dir)
     meta_path = sweep_dir / SWEEP_FILE
     if not (sweep_dir / RESULTS_DIR / "trials.csv").exists() or not meta_path.exists():
-        print(f"{parser.prog}: error: {sweep_dir} has no {SWEEP_FILE} and "
-              f"{RESULTS_DIR}/trials.csv: not a finished sweep directory", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(f"{sweep_dir} has no {SWEEP_FILE} and {RESULTS_DIR}/trials.csv: not "
+                         f"a finished sweep directory")
     space = get_search_space(json.loads(meta_path.read_text())["name"])
     table, artifacts = load_results(sweep_dir)
     out = sweep_dir / RESULTS_DIR
@@ -38,4 +42,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(build_parser(), main))

@@ -38,7 +38,7 @@ class Profile:
 class SearchSpace:
     name: str
     description: str
-    loop: str                      # name of the train loop in orchestrator.loops
+    loop: str                      # name of the train loop in orchestrator.tune.loops
     metric: str                    # Tune's metric for picking the best trial
     mode: str                      # "max" or "min"
     profiles: dict[str, Profile]

@@ -3,7 +3,7 @@
 
 Every trial ends with the OOD stage over every applicable score (classifier scores on the
 head, Mahalanobis and GMM on z, log p(x), -AM). The final checkpoints keep the weights for
-the attack and Langevin-defense stage (`orchestrator.loops.build_generative_model`).
+the attack and Langevin-defense stage (`workloads.models.build_generative_model`).
 """
 
 from search_spaces import Profile, SearchSpace

@@ -7,8 +7,8 @@ the other classes are OOD; Tables 3.2/3.3); `--set normal_class=0,1,...,9` sweep
 """
 
 from search_spaces import Profile, SearchSpace
-from workloads.datasets import DATASET_NAMES
-from workloads.flows import DEQUANTIZATIONS, IMAGE_FLOW_PRESETS
+from workloads.data import DATASET_NAMES
+from workloads.models.flows import DEQUANTIZATIONS, IMAGE_FLOW_PRESETS
 
 ALPHAS = [0.0, 0.5, 1.0, 2.0, 4.0]
 

@@ -7,7 +7,7 @@ beats FFN's, so each trial also reports training accuracy and optimizer steps.
 """
 
 from search_spaces import Profile, SearchSpace
-from workloads.datasets import DATASET_NAMES
+from workloads.data import DATASET_NAMES
 from workloads.losses import LOG_PARTITIONS, LOSSES
 from workloads.lr_scaling import LR_SCALING_RULES
 from workloads.models import CLASSIFIERS

@@ -4,7 +4,7 @@ the defaults of what it uses, and documents every flag with its default."""
 import pytest
 
 from orchestrator.attack import attack_config, build_parser
-from orchestrator.jobs import JobError
+from orchestrator.errors import UsageError
 
 
 def config(*args):
@@ -28,7 +28,7 @@ def config(*args):
     (["--target", "ood", "--version", "custom"], "--version"),
 ])
 def test_a_flag_that_would_be_ignored_is_refused_by_name(args, flag):
-    with pytest.raises(JobError, match=flag):
+    with pytest.raises(UsageError, match=flag):
         config(*args)
 
 

@@ -6,10 +6,10 @@ import ray
 import torch
 from conftest import ActorKiller
 
-from orchestrator.attack_pool import AttackPool, ScoreAttack, run_attack_pool, run_score_attacks
-from orchestrator.pools import PoolError
+from orchestrator.pools.attack import AttackPool, ScoreAttack, run_attack_pool, run_score_attacks
+from orchestrator.pools.base import PoolError
 from workloads.attacks import autoattack
-from workloads.datasets import load_digits
+from workloads.data import load_digits
 from workloads.models import MLPClassifier
 from workloads.scores import build_score
 from workloads.training import fit_classifier

@@ -19,10 +19,9 @@ from workloads.attacks import (
     fgsm,
     pgd,
 )
-from workloads.datasets import load_digits
-from workloads.diglm import DIGLM, diglm_objective
-from workloads.flows import approximate_mass, build_flow
-from workloads.models import MLPClassifier
+from workloads.data import load_digits
+from workloads.models import DIGLM, MLPClassifier, diglm_objective
+from workloads.models.flows import approximate_mass, build_flow
 from workloads.training import fit_classifier, train_epoch
 
 EPS = 0.1

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pyarrow.fs
 
-from orchestrator.checkpoint_retention import CheckpointRetention
+from orchestrator.tune.checkpoint_retention import CheckpointRetention
 
 
 def checkpoint(trial_dir, n):

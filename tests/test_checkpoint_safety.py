@@ -4,7 +4,7 @@ gives a CheckpointError naming the file, and the code does not run."""
 import pytest
 import torch
 
-from orchestrator.session import CheckpointError, load_checkpoint_dir
+from orchestrator.tune.session import CheckpointError, load_checkpoint_dir
 
 
 def test_a_good_checkpoint_loads(tmp_path):

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from orchestrator.sweep import apply_overrides
+from orchestrator.tune.overrides import apply_overrides
 from search_spaces import PROFILES, get_search_space, sweep_names
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from workloads.datasets import (
+from workloads.data import (
     DatasetMissingError,
     ensure_dataset,
     iterate_minibatches,
@@ -93,7 +93,7 @@ def test_two_workers_see_exactly_one_workers_global_batches():
 
 
 def test_one_class_split_keeps_one_class_and_makes_the_rest_ood():
-    from workloads.datasets import load_digits, one_class_split
+    from workloads.data import load_digits, one_class_split
 
     data = load_digits()
     anomaly = one_class_split(data, 3)

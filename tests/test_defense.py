@@ -74,7 +74,8 @@ def test_tables_of_a_hand_built_case_have_the_numbers_worked_out_by_hand():
     `defense_row` and with the markdown of the table builder."""
     import pandas as pd
 
-    from orchestrator.defend import PROFILES, defense_tables
+    from orchestrator.jobs.profiles import PROFILES
+    from orchestrator.reports.tables import defense_tables
 
     y = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])
     clean_pred = torch.tensor([0, 1, 2, 3, 4, 5, 9, 9])  # 6/8 right

@@ -11,8 +11,8 @@ import torch.multiprocessing as mp
 from conftest import free_port
 from torch.nn.parallel import DistributedDataParallel
 
-from workloads.diglm import DIGLM, diglm_objective
-from workloads.flows import build_flow, flow_objective
+from workloads.models import DIGLM, diglm_objective
+from workloads.models.flows import build_flow, flow_objective
 
 GLOBAL_BATCH = 12
 ALPHA = 2.0

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from workloads.flows import (
+from workloads.models.flows import (
     Flow,
     FlowInputError,
     ImageRealNVP,
@@ -104,7 +104,7 @@ def test_preprocessing_logabsdet_is_exact(convention):
 def test_dequantization_conventions_share_the_training_distribution():
     """Both conventions fill the same bins in the flow's unit cube; clean pixels land at the
     lower edge (`start`) or the middle (`centred`) of theirs."""
-    from workloads.flows import PixelEmbedding
+    from workloads.models.flows import PixelEmbedding
 
     x = torch.arange(17.0) / 16
     generator = torch.Generator().manual_seed(0)
@@ -202,7 +202,7 @@ def test_diglm_objective_is_the_documented_composition():
     """loss = CE + beta * (NLL + alpha * AM) (NOTES.md C, eq. 4.13), from one flow pass."""
     import torch.nn.functional as F
 
-    from workloads.diglm import DIGLM, diglm_objective
+    from workloads.models import DIGLM, diglm_objective
 
     torch.manual_seed(0)
     model = DIGLM(Flow(perturb(VectorRealNVP(4, num_couplings=2, hidden=8)).double(), (4,),

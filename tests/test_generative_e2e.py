@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from orchestrator.loops import build_generative_model, load_trial_data
-from orchestrator.wandb_offline import find_offline_runs, read_offline_run
+from orchestrator.tracking.offline import find_offline_runs, read_offline_run
+from workloads.data import load_trial_data
+from workloads.models import build_generative_model
 
 pytestmark = pytest.mark.slow
 OOD_METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95", "tnr95")

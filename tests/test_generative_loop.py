@@ -6,12 +6,12 @@ import math
 import pandas as pd
 import pytest
 
-from orchestrator.loops import train_generative
-from orchestrator.results import ood_markdown
-from orchestrator.session import LocalSession
+from orchestrator.reports.tables import ood_markdown
+from orchestrator.tune.loops import train_generative
+from orchestrator.tune.session import LocalSession
 from search_spaces import get_search_space
-from workloads.diglm import DIGLM
-from workloads.flows import build_flow
+from workloads.models import DIGLM
+from workloads.models.flows import build_flow
 from workloads.ood_evaluation import resolve_scores
 
 

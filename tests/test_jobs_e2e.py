@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import ROOT
 
-from orchestrator.wandb_offline import find_offline_runs, read_offline_run
+from orchestrator.tracking.offline import find_offline_runs, read_offline_run
 
 pytestmark = pytest.mark.slow
 

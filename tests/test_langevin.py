@@ -5,7 +5,6 @@ import math
 
 import torch
 
-from workloads.flows import Flow, VectorRealNVP
 from workloads.langevin import (
     ChainState,
     probe_accuracy,
@@ -13,6 +12,7 @@ from workloads.langevin import (
     run_chains,
     start_chains,
 )
+from workloads.models.flows import Flow, VectorRealNVP
 
 
 def gaussian():

@@ -8,12 +8,13 @@ import ray
 import torch
 from conftest import ActorKiller
 
-from orchestrator.langevin_pool import LangevinPool, run_langevin_pool, unit_seed
-from orchestrator.pools import PoolError
-from workloads.datasets import load_digits
-from workloads.diglm import DIGLM
-from workloads.flows import build_flow
+from orchestrator.pools.base import PoolError
+from orchestrator.pools.langevin import LangevinPool, run_langevin_pool
+from orchestrator.pools.units import unit_seed
+from workloads.data import load_digits
 from workloads.langevin import restore, run_chains, start_chains
+from workloads.models import DIGLM
+from workloads.models.flows import build_flow
 
 pytestmark = pytest.mark.slow
 CONFIG = {"steps": 30, "eta": 1e-3, "eps": 0.05, "seed": 4, "chains_per_unit": 16,

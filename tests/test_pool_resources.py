@@ -6,16 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from orchestrator.pools import (
-    PoolError,
-    actor_options,
-    check_capacity,
-    fingerprint,
-    load_unit,
-    open_job,
-    save_unit,
-    worker_device,
-)
+from orchestrator.pools.base import PoolError, actor_options, check_capacity, worker_device
+from orchestrator.pools.units import fingerprint, load_unit, open_job, save_unit
 
 
 def test_actor_options_allow_fractional_gpus_and_restart_actors():
@@ -98,7 +90,7 @@ def serial_batches(first, fooled, batch_size, num_stages):
 def test_stage_plan_overlaps_stages_yet_forms_the_serial_batches():
     import random
 
-    from orchestrator.attack_pool import StagePlan
+    from orchestrator.pools.stage_plan import StagePlan
 
     overlapped = False
     for trial in range(30):

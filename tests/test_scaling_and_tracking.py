@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from orchestrator.loops import train_classifier
-from orchestrator.session import LocalSession, select_device
-from orchestrator.tracking import has_api_key, resolve_mode
-from orchestrator.trainable import Scaling
+from orchestrator.tracking.runs import has_api_key, resolve_mode
+from orchestrator.tune.loops import train_classifier
+from orchestrator.tune.session import LocalSession, select_device
+from orchestrator.tune.trainable import Scaling
 from search_spaces import get_search_space
 
 

@@ -8,12 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from workloads.datasets import load_digits, noise_ood_sets
-from workloads.diglm import DIGLM
-from workloads.flows import VectorRealNVP, build_flow, flow_objective
-from workloads.metrics import ood_metrics
-from workloads.models import MLPClassifier
-from workloads.scores import OOD_SCORES, applicable_scores, build_score, mann_whitney
+from workloads.data import load_digits, noise_ood_sets
+from workloads.metrics import mann_whitney, ood_metrics
+from workloads.models import DIGLM, MLPClassifier
+from workloads.models.flows import VectorRealNVP, build_flow, flow_objective
+from workloads.scores import OOD_SCORES, applicable_scores, build_score
 from workloads.training import fit_classifier, train_epoch
 
 
@@ -116,7 +115,7 @@ def test_every_registered_score_is_covered():
 def test_density_scores_match_a_standard_normal():
     """An untrained vector flow without preprocessing is the identity: p = N(0, I), so
     log p(x) = -|x|^2/2 - D/2 log 2 pi and AM(x) = |x| in closed form."""
-    from workloads.flows import Flow
+    from workloads.models.flows import Flow
 
     flow = Flow(VectorRealNVP(5), (5,), levels=None)
     x = torch.randn(7, 5)

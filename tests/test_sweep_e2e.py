@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from orchestrator.wandb_offline import find_offline_runs, read_offline_run
+from orchestrator.tracking.offline import find_offline_runs, read_offline_run
 
 pytestmark = pytest.mark.slow
 SECRET = "sentinel-wandb-key-0123456789abcdef"

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from orchestrator.wandb_offline import find_offline_runs, read_offline_run
+from orchestrator.tracking.offline import find_offline_runs, read_offline_run
 
 
 def test_reader_recovers_config_history_and_summary(tmp_path, sweep_env):

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workloads.flows import approximate_mass
+from workloads.models.flows.regularizer import approximate_mass
 
 NORMS = ("Linf", "L2")
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]

@@ -89,3 +89,15 @@ def ood_metrics(score_id: np.ndarray, score_ood: np.ndarray) -> dict[str, float]
         "fpr95": fpr95,
         "tnr95": 1.0 - fpr95,
     }
+
+
+def mann_whitney(scores_correct: np.ndarray, scores_wrong: np.ndarray) -> dict[str, float]:
+    """One-sided Mann-Whitney U test that correct predictions score higher than wrong ones
+    (NOTES.md D): the U statistic, its p-value, and U / (n1 n2) (= AUROC of the separation)."""
+    from scipy.stats import mannwhitneyu
+
+    scores_correct = np.asarray(scores_correct, dtype=np.float64).ravel()
+    scores_wrong = np.asarray(scores_wrong, dtype=np.float64).ravel()
+    result = mannwhitneyu(scores_correct, scores_wrong, alternative="greater")
+    return {"u": float(result.statistic), "p_value": float(result.pvalue),
+            "auroc": float(result.statistic) / (len(scores_correct) * len(scores_wrong))}

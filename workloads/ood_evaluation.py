@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from workloads.datasets import Dataset
+from workloads.data import Dataset
 from workloads.metrics import ood_metrics
 from workloads.scores import OOD_SCORES, applicable_scores, build_score, capabilities
 

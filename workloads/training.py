@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from workloads.datasets import Dataset, iterate_minibatches
+from workloads.data import Dataset, iterate_minibatches
 from workloads.metrics import accuracy, classifier_calibration, nll
 from workloads.ood_evaluation import evaluate_ood
 from workloads.scores import batched_logits

@@ -1,10 +1,9 @@
-"""Datasets: the embedded `digits` default, torchvision image sets, and their OOD sets.
+"""Datasets: the embedded `digits` default and torchvision image sets, each with its OOD sets
+(`workloads.data.ood_sets`), the one-class split of class anomaly detection, and the
+minibatches every training path iterates.
 
 Every loader returns a `Dataset` of in-memory float tensors in [0, 1] with shape
-(N, C, H, W); vector models flatten them. OOD sets are built per in-distribution set:
-Gaussian and uniform noise, natural-image patches cut from scikit-learn's bundled sample
-images, and for image datasets the cross-dataset pairs of NOTES.md (A: CIFAR-10 <-> SVHN;
-B: FashionMNIST -> MNIST, KMNIST).
+(N, C, H, W); vector models flatten them.
 """
 
 from __future__ import annotations
@@ -14,20 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from workloads.data.ood_sets import (
+    CROSS_DATASET_OOD,
+    match_shape,
+    natural_image_patches,
+    noise_ood_sets,
+)
 
 DIGITS = "digits"
 IMAGE_DATASETS = ("mnist", "fashionmnist", "kmnist", "svhn", "cifar10")
 DATASET_NAMES = (DIGITS, *IMAGE_DATASETS)
-
-# Cross-dataset OOD pairs (NOTES.md A and B). Only those present on disk are used.
-CROSS_DATASET_OOD = {
-    "mnist": ("fashionmnist", "kmnist"),
-    "fashionmnist": ("mnist", "kmnist"),
-    "kmnist": ("mnist", "fashionmnist"),
-    "svhn": ("cifar10",),
-    "cifar10": ("svhn",),
-}
 
 # Files torchvision expects under DATA_DIR, for the error message of a missing dataset.
 EXPECTED_FILES = {
@@ -186,54 +182,6 @@ def ensure_dataset(name: str, data_dir: str | Path | None, download: bool = Fals
         _torchvision_dataset(name, data_dir, train, download)
 
 
-def natural_image_patches(n: int, shape: tuple[int, int, int], seed: int = 0) -> torch.Tensor:
-    """`n` random patches of scikit-learn's bundled sample photos, resized to `shape`.
-
-    Patches are square crops of random size (1/8 to 1/2 of the shorter side), converted to
-    grayscale when `shape` has one channel, and scaled to [0, 1].
-    """
-    from sklearn.datasets import load_sample_images
-
-    channels, height, width = shape
-    images = [torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255.0
-              for img in load_sample_images().images]
-    generator = torch.Generator().manual_seed(seed)
-    patches = []
-    for i in range(n):
-        img = images[i % len(images)]
-        _, h, w = img.shape
-        side = int(torch.randint(min(h, w) // 8, min(h, w) // 2, (1,), generator=generator))
-        top = int(torch.randint(0, h - side, (1,), generator=generator))
-        left = int(torch.randint(0, w - side, (1,), generator=generator))
-        patches.append(img[:, top:top + side, left:left + side])
-    out = torch.stack([F.interpolate(p[None], size=(height, width), mode="area")[0]
-                       for p in patches])
-    if channels == 1:
-        gray = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-        out = (out * gray).sum(dim=1, keepdim=True)
-    return out.clamp_(0.0, 1.0)
-
-
-def noise_ood_sets(n: int, shape: tuple[int, ...], seed: int = 0) -> dict[str, torch.Tensor]:
-    """Gaussian noise (mean 0.5, std 0.25, clipped) and uniform noise on [0, 1]."""
-    generator = torch.Generator().manual_seed(seed)
-    gaussian = (0.5 + 0.25 * torch.randn((n, *shape), generator=generator)).clamp_(0.0, 1.0)
-    uniform = torch.rand((n, *shape), generator=generator)
-    return {"gaussian_noise": gaussian, "uniform_noise": uniform}
-
-
-def _match_shape(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
-    """Resize and convert channels so a cross-dataset OOD set fits the ID input shape."""
-    channels, height, width = shape
-    if x.shape[2:] != (height, width):
-        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
-    if x.shape[1] == 3 and channels == 1:
-        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    elif x.shape[1] == 1 and channels == 3:
-        x = x.expand(-1, 3, -1, -1)
-    return x.clamp(0.0, 1.0).contiguous()
-
-
 def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = False,
                  seed: int = 0, ood: bool = True) -> Dataset:
     """Load an in-distribution dataset by name, with its OOD sets sized like its test set."""
@@ -255,7 +203,17 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
                 other_data = load_image_dataset(other, data_dir, download=download, seed=seed)
             except DatasetMissingError:
                 continue  # a cross-dataset pair is used only where its files are present
-            data.ood[other] = _match_shape(other_data.x_test[:n], shape)
+            data.ood[other] = match_shape(other_data.x_test[:n], shape)
+    return data
+
+
+def load_trial_data(config: dict) -> Dataset:
+    """The dataset of a trial's config (`dataset`, `data_dir`, `data_seed`); with
+    `normal_class` >= 0, its one-class anomaly version."""
+    data = load_dataset(config["dataset"], config.get("data_dir"), download=False,
+                        seed=config["data_seed"])
+    if config.get("normal_class", -1) >= 0:
+        data = one_class_split(data, config["normal_class"])
     return data
 
 

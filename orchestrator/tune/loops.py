@@ -1,6 +1,7 @@
 """Train loops: a config dict in, per-epoch metrics and checkpoints out through a `Session`.
 
-Each loop serves both training paths (Tune in-process and Ray Train DDP); see session.py.
+Each loop serves both training paths (Tune in-process and Ray Train DDP); see
+`orchestrator.tune.session`.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from orchestrator.session import Session
-from workloads.datasets import Dataset, load_dataset, one_class_split
-from workloads.diglm import DIGLM, diglm_objective
-from workloads.flows import Flow, build_flow, flow_objective
+from orchestrator.tune.session import Session
+from workloads.data import load_trial_data
 from workloads.losses import classifier_loss
 from workloads.lr_scaling import scaled_lr
-from workloads.models import build_classifier
+from workloads.models import DIGLM, Flow, build_classifier, build_generative_model
+from workloads.models.diglm import diglm_objective
+from workloads.models.flows import flow_objective
 from workloads.ood_evaluation import evaluate_ood, resolve_scores
 from workloads.scores import build_score
 from workloads.training import (
@@ -122,31 +123,6 @@ def train_classifier(config: dict[str, Any], session: Session) -> None:
         state["final_metrics"] = metrics
         session.report(metrics, state=state, final={"reliability": reliability})
         return
-
-
-def load_trial_data(config: dict[str, Any]) -> Dataset:
-    """The trial's dataset; with `normal_class` >= 0, its one-class anomaly version."""
-    data = load_dataset(config["dataset"], config.get("data_dir"), download=False,
-                        seed=config["data_seed"])
-    if config.get("normal_class", -1) >= 0:
-        data = one_class_split(data, config["normal_class"])
-    return data
-
-
-def build_generative_model(config: dict[str, Any], input_shape: tuple[int, ...], levels: int,
-                           num_classes: int) -> nn.Module:
-    """The flow or DIGLM a trial of `config` trains (also used to reload its checkpoint)."""
-    if config["flow"] == "vector":
-        body = {"num_couplings": config["num_couplings"], "hidden": config["hidden"],
-                "depth": config["depth"]}
-    elif config.get("flow_preset"):
-        body = {"preset": config["flow_preset"]}
-    else:
-        body = {"num_scales": config["num_scales"], "num_blocks": config["num_blocks"],
-                "hidden": config["hidden"]}
-    flow = build_flow(config["flow"], input_shape, levels, config["dequantization"],
-                      config["logit_lambda"], **body)
-    return flow if config["model"] == "flow" else DIGLM(flow, num_classes)
 
 
 def _flow_of(model: nn.Module) -> Flow:

@@ -20,8 +20,8 @@ from typing import Any
 
 from ray.tune import Callback
 
-from orchestrator.session import FINAL_FILE
-from orchestrator.wandb_offline import find_offline_runs
+from orchestrator.tracking.offline import find_offline_runs
+from orchestrator.tune.session import FINAL_FILE
 from search_spaces import expand_setup
 
 WANDB_MODES = ("offline", "online", "disabled")

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workloads.flows import Flow, approximate_mass, penalized_nll
+from workloads.models.flows.density import Flow
+from workloads.models.flows.regularizer import approximate_mass, penalized_nll
 
 
 class DIGLM(nn.Module):

@@ -27,19 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from orchestrator.pools import (
-    ModelActors,
-    PoolError,
-    Progress,
-    ProgressFn,
-    eta_text,
-    fingerprint,
-    load_unit,
-    node_id,
-    open_job,
-    save_unit,
-    worker_device,
-)
+from orchestrator.pools.base import ModelActors, PoolError, node_id, worker_device
+from orchestrator.pools.progress import Progress, ProgressFn, eta_text
+from orchestrator.pools.units import fingerprint, load_unit, open_job, save_unit, unit_seed
 from workloads.langevin import ChainState, restore, run_chains, start_chains
 
 DEFAULTS: dict[str, Any] = {"steps": 1000, "eta": 1e-3, "am_stop": None, "eps": None,
@@ -66,11 +56,6 @@ def langevin_config(config: dict[str, Any]) -> dict[str, Any]:
     if c["probe_am"] is not None and c["eps"] is None:
         raise PoolError("probing am_stop values needs the projection radius eps")
     return c
-
-
-def unit_seed(seed: int, start: int) -> int:
-    """The noise seed of the unit whose first chain is chain `start`."""
-    return seed * 1_000_003 + start
 
 
 class LangevinWorker:

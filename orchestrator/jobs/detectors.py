@@ -1,26 +1,40 @@
 """Adaptive attacks on OOD detectors: every differentiable score of a trial's model, attacked
 with APGD on the score itself (`python -m orchestrator.attack SWEEP --trial ID --target ood`).
+Writes `SWEEP_DIR/attacks/<trial>-ood-<time>/`: `detectors.csv`, `detectors.md`,
+`detectors.png`, `summary.json` and the units (`units/`, reused by --resume).
 
 OpenOOD and RobustBench evaluate detectors on clean OOD sets only, and the thesis attacks
 only its own AM detector (NOTES.md C). Here, for each score and eps, the OOD inputs are
 moved within eps to raise the score (to look in-distribution) and the ID test inputs to
 lower it (to look OOD); the detector's AUROC and FPR95 are reported clean, with the OOD
 inputs attacked, and with both attacked. The attacks run on the attack pool
-(`attack_pool.run_score_attacks`): deterministic under sharding, resumable.
+(`pools.attack.run_score_attacks`): deterministic under sharding, resumable.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 from torch import nn
 
-from orchestrator.attack_pool import ScoreAttack, ScoreAttackResult
-from workloads.datasets import Dataset
+from orchestrator.errors import UsageError
+from orchestrator.jobs.trial import job_directory, open_job_run, trial_params
+from orchestrator.pools.attack import (
+    AttackPool,
+    ScoreAttack,
+    ScoreAttackResult,
+    run_score_attacks,
+)
+from orchestrator.pools.base import start_ray
+from orchestrator.reports.job_plots import plot_detectors
+from orchestrator.reports.tables import detector_markdown
+from workloads.data import Dataset
 from workloads.ood_evaluation import ood_metrics_under_attack, resolve_scores
 from workloads.scores import OODScore, build_score, capabilities
 
@@ -94,77 +108,57 @@ def detector_table(model: nn.Module, plan: DetectorAttackPlan, eps_values: list[
     return pd.DataFrame(rows)
 
 
-def eps_text(eps: float) -> str:
-    """`8/255` where eps is a whole number of 1/255 steps, else 4 significant digits."""
-    steps = eps * 255
-    return f"{round(steps)}/255" if abs(steps - round(steps)) < 1e-6 else f"{eps:.4g}"
-
-
-def _pair(auroc: float, fpr95: float) -> str:
-    return "–" if math.isnan(auroc) else f"{auroc:.3f} / {fpr95:.3f}"
-
-
-def detector_markdown(frame: pd.DataFrame, title: str) -> str:
-    """Per OOD set: a row per score, AUROC / FPR95 clean and, per eps, with the OOD inputs
-    attacked and with both attacked; then the scores that were not attacked, and why."""
-    parts = [f"# Detectors under attack: {title}\n",
-             "AUROC / FPR95 (ID positive, higher score = more ID). *OOD attacked*: the OOD "
-             "inputs moved within eps to raise each score; *both*: the ID test inputs also "
-             "moved to lower it. APGD on the score itself.\n"]
-    attacked = frame[frame.attacked]
-    eps_values = sorted(attacked.eps.unique())
-    for ood_set, group in frame.groupby("ood_set", sort=False):
-        lines = []
-        for score, rows in group.groupby("score", sort=False):
-            first = rows.iloc[0]
-            line = {"score": score, "clean": _pair(first.auroc_clean, first.fpr95_clean)}
-            for eps in eps_values:
-                match = rows[rows.eps == eps]
-                row = match.iloc[0] if len(match) else None
-                for setting, label in (("ood_attacked", "OOD attacked"), ("both_attacked",
-                                                                          "both")):
-                    line[f"eps {eps_text(eps)}: {label}"] = "not attacked" if row is None else \
-                        _pair(row[f"auroc_{setting}"], row[f"fpr95_{setting}"])
-            lines.append(line)
-        parts += [f"## ID -> {ood_set} (n = {int(group.n.iloc[0])} each)\n",
-                  pd.DataFrame(lines).to_markdown(index=False, disable_numparse=True), ""]
-    skipped = frame[~frame.attacked].drop_duplicates("score")
-    if len(skipped):
-        parts.append("Not attacked (no differentiable form):\n")
-        parts += [f"- `{r.score}`: {r.note}" for r in skipped.itertuples()]
-    return "\n".join(parts) + "\n"
-
-
-def plot_detectors(frame: pd.DataFrame, path: Path) -> Path:
-    """AUROC against eps per score, one panel per OOD set: both attacked (solid) and only
-    the OOD inputs attacked (dashed); eps 0 is the clean AUROC."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    attacked = frame[frame.attacked]
-    sets = list(dict.fromkeys(attacked.ood_set))
-    fig, axes = plt.subplots(1, max(len(sets), 1), figsize=(4.2 * max(len(sets), 1), 3.4),
-                             squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, ood_set in zip(axes[0], sets):
-        group = attacked[attacked.ood_set == ood_set]
-        for i, (score, rows) in enumerate(group.groupby("score", sort=False)):
-            rows = rows.sort_values("eps")
-            eps = [0.0, *(rows.eps * 255)]
-            color = colors[i % len(colors)]
-            ax.plot(eps, [rows.auroc_clean.iloc[0], *rows.auroc_both_attacked], "o-",
-                    color=color, ms=3, label=score)
-            ax.plot(eps, [rows.auroc_clean.iloc[0], *rows.auroc_ood_attacked], "--",
-                    color=color, lw=1)
-        ax.axhline(0.5, color="gray", lw=0.5)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("eps x 255")
-        ax.set_ylabel("AUROC")
-        ax.set_title(f"ID -> {ood_set} (dashed: OOD attacked only)", fontsize=8)
-    axes[0][0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+def attack_detectors(sweep_dir: Path, trial_id: str, model: nn.Module, data: Dataset,
+                     config: dict[str, Any], scores: str | None, n: int,
+                     pool_args: dict[str, Any], resume: bool = False,
+                     wandb_mode: str | None = None) -> pd.DataFrame:
+    """The job: plan, attack on the pool, and write the table, markdown, plot, summary and
+    a W&B run (in the sweep's group). `config` holds `eps` (a list), `steps`, `norm`,
+    `seed` and `batch_size`; `scores` is None (every applicable score and lnz) or names
+    joined by +. Returns the table."""
+    params = trial_params(sweep_dir, trial_id).get("score_params") or {}
+    try:
+        plan = plan_detector_attacks(model, data, scores or default_scores(model),
+                                     params if isinstance(params, dict) else {},
+                                     config["eps"], n)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    name = f"{trial_id}-ood"
+    out = job_directory(sweep_dir, "attacks", name, resume)
+    run = open_job_run(wandb_mode, "attack", name, sweep_dir,
+                       {**config, "trial": trial_id, "target": "ood", "n": n,
+                        "scores": list(plan.scores), **pool_args}, out)
+    start_ray()
+    eps_list = ", ".join(f"{e:.4g}" for e in config["eps"])
+    print(f"[attack] {name}: {len(plan.scores) - len(plan.skipped)} scores x "
+          f"{len(plan.inputs)} input sets x eps {eps_list}: {len(plan.attacks)} attacks "
+          f"on {pool_args['num_actors']} actors -> {out}", flush=True)
+    for score, why in plan.skipped.items():
+        print(f"[attack] not attacked: {score} ({why})", flush=True)
+    try:
+        with AttackPool(model, **pool_args) as pool:
+            result = run_score_attacks(pool, plan.attacks, plan.scores, config, out, resume,
+                                       on_progress=lambda m: run.log(
+                                           m, x_axis="samples_attacked"))
+    except BaseException:
+        run.finish(failed=True)
+        raise
+    frame = detector_table(model, plan, config["eps"], result)
+    frame.to_csv(out / "detectors.csv", index=False)
+    markdown = detector_markdown(frame, f"trial {trial_id} ({data.name}), {config['norm']}, "
+                                        f"{config['steps']} APGD steps")
+    (out / "detectors.md").write_text(markdown)
+    figure = plot_detectors(frame, out / "detectors.png")
+    summary = {"trial": trial_id, **config, "n": n, "scores": list(plan.scores),
+               "not_attacked": plan.skipped, "seconds": result.seconds,
+               "units_computed": result.units_computed, "units_loaded": result.units_loaded,
+               "units_by_node": result.units_by_node, "dataset": data.name}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    run.table("detectors", frame)
+    run.image("detectors", figure)
+    worst = frame[frame.attacked].groupby("score").auroc_both_attacked.min()
+    run.finish({f"worst_auroc/{k}": v for k, v in worst.items()})
+    print("\n" + markdown)
+    print(f"[attack] {len(plan.attacks)} attacks in {result.seconds:.1f} s; results: "
+          f"{out}/detectors.md, detectors.csv, detectors.png")
+    return frame

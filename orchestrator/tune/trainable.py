@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.loops import LOOPS
-from orchestrator.session import TrainSession, TuneSession
+from orchestrator.tune.loops import LOOPS
+from orchestrator.tune.session import TrainSession, TuneSession
 from search_spaces import expand_setup
 
 KEEP_CHECKPOINTS = 3

@@ -1,0 +1,104 @@
+"""What the command-line entry points share: the exit code and one-line report of bad input,
+the radius parser, and the flags of the jobs on a sweep's trials (data, actor pool, resume,
+W&B).
+
+    python -m orchestrator.sweep | report | attack | langevin | defend
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import UsageError
+from orchestrator.pools.base import PoolError, actor_options
+from workloads.attacks import AttackError
+from workloads.data import DatasetMissingError
+
+EXIT_USAGE = 2
+# What a command reports in one line with EXIT_USAGE: bad input, found before or during
+# the work (an impossible pool, an unknown attack, a missing dataset).
+USAGE_ERRORS = (UsageError, PoolError, AttackError, DatasetMissingError)
+
+
+def run_command(parser: argparse.ArgumentParser, main, argv: list[str] | None = None) -> int:
+    """Parse, run `main(args)`, and turn bad input into one line and exit code 2. A pool
+    whose actors kept dying ends with exit code 1 and a hint: its finished work is kept."""
+    args = parser.parse_args(argv)
+    try:
+        return main(args)
+    except USAGE_ERRORS as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as error:
+        from ray.exceptions import RayActorError
+
+        if not isinstance(error, RayActorError):
+            raise
+        first = (str(error).strip().splitlines() or [""])[0]
+        print(f"{parser.prog}: error: an actor died more often than it is restarted "
+              f"({first}); the finished units and chain checkpoints are kept, rerun with "
+              f"--resume to continue", file=sys.stderr)
+        return 1
+
+
+def job_parser(command: str, doc: str, examples: list[str], sweep_help: str,
+               preamble: str = "") -> argparse.ArgumentParser:
+    """The parser of a job command `python -m orchestrator.<command>`: its description (the
+    module docstring's first paragraph), `preamble` and examples below the help, and the
+    sweep directory the job runs on."""
+    prog = f"python -m orchestrator.{command}"
+    parser = argparse.ArgumentParser(
+        prog=prog, description=doc.split("\n\n")[0],
+        epilog=preamble + "examples:\n" + "\n".join(f"  {prog} {e}" for e in examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep_dir", type=Path, help=sweep_help)
+    return parser
+
+
+def parse_eps(text: str) -> float:
+    """`0.031` or a fraction such as `8/255`."""
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            value = float(num) / float(den)
+        else:
+            value = float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number or a fraction like 8/255, "
+                                         f"got '{text}'") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """--data-dir, the actor pool's resources, --resume and --wandb."""
+    parser.add_argument("--data-dir", default=os.environ.get("ROBUSTNESS_DATA_DIR"),
+                        help="where torchvision datasets live (default: $ROBUSTNESS_DATA_DIR, "
+                             "else where the trial read them)")
+    group = parser.add_argument_group("actor pool")
+    group.add_argument("--num-actors", type=int, default=2,
+                       help="Ray actors in the pool (default 2)")
+    group.add_argument("--cpus-per-actor", type=float, default=1,
+                       help="CPUs per actor (default 1; its torch threads)")
+    group.add_argument("--gpus-per-actor", type=float, default=0,
+                       help="GPUs per actor; fractions (0.25, 0.5) share a GPU (default 0)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the latest run of this job: reuse its finished units "
+                             "and chain checkpoints")
+    parser.add_argument("--wandb", choices=("offline", "online", "disabled"),
+                        help="W&B mode (default: online with an API key, else offline)")
+
+
+def pool_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The actor pool's resources from --num-actors, --cpus-per-actor, --gpus-per-actor,
+    checked: keyword arguments of the pools (`AttackPool(model, **pool_args)`)."""
+    if args.num_actors < 1:
+        raise UsageError("--num-actors must be >= 1")
+    actor_options(args.cpus_per_actor, args.gpus_per_actor)  # PoolError names the flag
+    return {"num_actors": args.num_actors, "cpus_per_actor": args.cpus_per_actor,
+            "gpus_per_actor": args.gpus_per_actor}

@@ -1,0 +1,137 @@
+"""Results of a sweep: collected from Ray Tune, written to files, read back.
+
+Files in `<sweep_dir>/results/`: `trials.csv` (every config column and final metric),
+`trials.md` (the search space's key columns), `reliability.json` (reliability-diagram bins
+per trial), and for sweeps with an OOD stage `ood.csv` (long format: trial x score x OOD
+set), `ood.md` (Table-3.1-style tables) and `samples.json` (log p(x) and AM values for the
+histograms); PNGs in `plots/`. `python -m orchestrator.report SWEEP_DIR` redraws the
+tables and plots from these files alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from numbers import Number
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from orchestrator.reports.plots import plot_metrics, plot_reliability, plot_score_histograms
+from orchestrator.reports.tables import markdown_table, ood_markdown, sort_table
+from orchestrator.tune.session import FINAL_FILE
+from search_spaces import SearchSpace, expand_setup
+
+SWEEP_FILE = "sweep.json"  # what the sweep was asked (name, profile, overrides, storage)
+RESULTS_DIR = "results"
+HIDDEN_CONFIG = ("data_dir",)
+TUNE_BOOKKEEPING = ("config", "date", "hostname", "node_ip", "pid", "timestamp", "done",
+                    "time_this_iter_s", "time_since_restore", "iterations_since_restore",
+                    "checkpoint_dir_name", "should_checkpoint")
+
+
+
+@dataclass
+class Artifacts:
+    """What trials leave beside their metrics, from their final checkpoints."""
+
+    reliability: dict[str, Any] = field(default_factory=dict)  # trial_id -> bins
+    ood: pd.DataFrame = field(default_factory=pd.DataFrame)     # long format
+    samples: dict[str, Any] = field(default_factory=dict)      # trial_id -> score -> set
+
+
+def _final_artifacts(result) -> dict | None:
+    """The `final.json` of a trial's last checkpoint (Tune's, or Ray Train's by path)."""
+    path = None
+    if result.checkpoint is not None:
+        path = result.checkpoint.path
+    elif result.metrics and result.metrics.get("checkpoint_path"):
+        path = result.metrics["checkpoint_path"]
+    if path is None:
+        return None
+    final = Path(path) / FINAL_FILE
+    return json.loads(final.read_text()) if final.exists() else None
+
+
+def collect_results(result_grid) -> tuple[pd.DataFrame, Artifacts]:
+    """One row per trial (its config, its last reported metrics and its status), and the
+    trials' final artifacts.
+
+    Status is the loop's own (`completed`, `diverged`), `error` when the trial raised
+    (after its retries), and `incomplete` when it stopped without a final report.
+    """
+    rows, artifacts, ood_rows = [], Artifacts(), []
+    for result in result_grid:
+        config = {k: v for k, v in expand_setup(result.config or {}).items()
+                  if k not in HIDDEN_CONFIG and not isinstance(v, dict)}
+        metrics = {k: v for k, v in (result.metrics or {}).items()
+                   if k not in TUNE_BOOKKEEPING and (isinstance(v, (Number, str)) or v is None)}
+        row = {**config, **metrics}
+        if result.error is not None:
+            row["status"] = "error"
+            row["error"] = str(result.error).strip().splitlines()[-1][:300]
+        elif metrics.get("status") in (None, "running"):
+            row["status"] = "incomplete"
+        row["trial_dir"] = str(result.path)
+        rows.append(row)
+        final = _final_artifacts(result)
+        trial_id = row.get("trial_id")
+        if not final or not trial_id:
+            continue
+        if final.get("reliability"):
+            artifacts.reliability[trial_id] = final["reliability"]
+        if final.get("samples"):
+            artifacts.samples[trial_id] = final["samples"]
+        ood_rows += [{"trial_id": trial_id, **r} for r in final.get("ood", [])]
+    artifacts.ood = pd.DataFrame(ood_rows)
+    return pd.DataFrame(rows), artifacts
+
+
+def ood_long_table(table: pd.DataFrame, ood: pd.DataFrame, space: SearchSpace) -> pd.DataFrame:
+    """The OOD rows with the trial's key columns in front: trial x score x OOD set."""
+    if ood.empty:
+        return ood
+    keys = [k for k in ("trial_id", *space.table_keys) if k in table.columns]
+    return table[keys].merge(ood, on="trial_id", how="right")
+
+
+def write_results(table: pd.DataFrame, artifacts: Artifacts, space: SearchSpace,
+                  sweep_dir: str | Path) -> Path:
+    """Write trials.csv, ood.csv, reliability.json, samples.json, the markdown tables and
+    the plots; return the results dir."""
+    out = Path(sweep_dir) / RESULTS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    table = sort_table(table, space)
+    table.to_csv(out / "trials.csv", index=False)
+    (out / "reliability.json").write_text(json.dumps(artifacts.reliability))
+    if not artifacts.ood.empty:
+        artifacts.ood = ood_long_table(table, artifacts.ood, space)
+        artifacts.ood.to_csv(out / "ood.csv", index=False)
+        (out / "samples.json").write_text(json.dumps(artifacts.samples))
+    render_outputs(table, artifacts, space, out)
+    return out
+
+
+def render_outputs(table: pd.DataFrame, artifacts: Artifacts, space: SearchSpace,
+                   out: Path) -> None:
+    """The markdown tables and the plots, from the table and artifacts alone."""
+    (out / "trials.md").write_text(f"# {space.name}\n\n{markdown_table(table, space)}\n")
+    plot_metrics(table, space, out / "plots")
+    plot_reliability(table, artifacts.reliability, space, out / "plots")
+    if not artifacts.ood.empty:
+        (out / "ood.md").write_text(ood_markdown(table, artifacts.ood, space))
+        plot_score_histograms(table, artifacts.samples, space, out / "plots")
+
+
+def load_results(sweep_dir: str | Path) -> tuple[pd.DataFrame, Artifacts]:
+    out = Path(sweep_dir) / RESULTS_DIR
+    table = pd.read_csv(out / "trials.csv")
+    artifacts = Artifacts()
+    if (out / "reliability.json").exists():
+        artifacts.reliability = json.loads((out / "reliability.json").read_text())
+    if (out / "ood.csv").exists():
+        artifacts.ood = pd.read_csv(out / "ood.csv")
+    if (out / "samples.json").exists():
+        artifacts.samples = json.loads((out / "samples.json").read_text())
+    return table, artifacts

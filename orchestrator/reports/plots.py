@@ -1,0 +1,189 @@
+"""A sweep's plots: each metric against the swept key, reliability diagrams, and the
+histograms of log p(x) and AM (ID against each OOD set)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from orchestrator.reports.tables import trial_label
+from search_spaces import SearchSpace
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path, dpi: int = 100) -> Path:
+    """Write `fig` to `path` and free it."""
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
+
+
+def _groups(table: pd.DataFrame, keys: tuple[str, ...]):
+    keys = [k for k in keys if k in table.columns]
+    if not keys:
+        yield (), table
+        return
+    for values, group in table.groupby(keys, sort=True, dropna=False):
+        yield tuple(zip(keys, values if isinstance(values, tuple) else (values,))), group
+
+
+def _label(pairs) -> str:
+    return ", ".join(f"{k}={v}" for k, v in pairs) or "all trials"
+
+
+def plot_metrics(table: pd.DataFrame, space: SearchSpace, out: Path) -> list[Path]:
+    """One PNG per plot metric: metric against `plot_x`, a panel per `plot_panels` value,
+    a line per `plot_lines` value (colour by the first key, line style by the rest)."""
+    plt = pyplot()
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if space.plot_x not in table.columns:
+        return written
+    panels = list(_groups(table, space.plot_panels))
+    line_keys = [k for k in space.plot_lines if k in table.columns]
+    colour_values = sorted(table[line_keys[0]].dropna().unique()) if line_keys else []
+    style_values = (sorted({tuple(r) for r in table[line_keys[1:]].itertuples(index=False)})
+                    if len(line_keys) > 1 else [()])
+    styles = ["-", "--", ":", "-."]
+    for metric in space.plot_metrics:
+        if metric not in table.columns:
+            continue
+        cols = min(len(panels), 4)
+        rows = math.ceil(len(panels) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+        for ax, (panel, group) in zip(axes.flat, panels):
+            for pairs, line in _groups(group, tuple(line_keys)):
+                values = dict(pairs)
+                line = line.sort_values(space.plot_x)
+                colour = (f"C{colour_values.index(values[line_keys[0]])}" if line_keys else "C0")
+                style_key = tuple(values[k] for k in line_keys[1:])
+                style = styles[style_values.index(style_key) % len(styles)]
+                ax.plot(line[space.plot_x], line[metric], style, color=colour, marker="o",
+                        markersize=3, label=_label(pairs))
+            if space.plot_log_x:
+                ax.set_xscale("log", base=2)
+            ax.set_title(_label(panel), fontsize=9)
+            ax.set_xlabel(space.plot_x)
+            ax.set_ylabel(metric)
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[len(panels):]:
+            ax.axis("off")
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)),
+                       fontsize=8, frameon=False)
+        fig.suptitle(f"{space.name}: {metric}")
+        fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+        path = out / f"{metric}_vs_{space.plot_x}.png"
+        save_figure(fig, path, dpi=110)
+        written.append(path)
+    return written
+
+
+def plot_reliability(table: pd.DataFrame, reliability: dict[str, Any], space: SearchSpace,
+                     out: Path) -> list[Path]:
+    """Reliability diagrams, one PNG per panel: rows by the first line key (e.g. model),
+    columns by `plot_x`; where several trials share a cell, the first in table order."""
+    plt = pyplot()
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if not reliability or "trial_id" not in table.columns or space.plot_x not in table.columns:
+        return written
+    row_key = next((k for k in space.plot_lines if k in table.columns), None)
+    for panel, group in _groups(table, space.plot_panels):
+        group = group[group["trial_id"].isin(list(reliability))]
+        if group.empty:
+            continue
+        row_values = sorted(group[row_key].unique()) if row_key else [None]
+        col_values = sorted(group[space.plot_x].unique())
+        fig, axes = plt.subplots(len(row_values), len(col_values), squeeze=False,
+                                 figsize=(2.2 * len(col_values), 2.3 * len(row_values)))
+        for r, row_value in enumerate(row_values):
+            for c, col_value in enumerate(col_values):
+                ax = axes[r][c]
+                cell = group[group[space.plot_x] == col_value]
+                if row_key:
+                    cell = cell[cell[row_key] == row_value]
+                ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
+                if not cell.empty:
+                    trial = cell.iloc[0]
+                    bins = reliability[trial["trial_id"]]
+                    edges = bins["bin_edges"]
+                    width = edges[1] - edges[0]
+                    acc = [0.0 if a is None or a != a else a for a in bins["accuracy"]]
+                    ax.bar(edges[:-1], acc, width=width, align="edge", edgecolor="black",
+                           linewidth=0.4, alpha=0.8)
+                    ece = trial.get("test_ece", float("nan"))
+                    ax.text(0.04, 0.88, f"ECE {ece:.3f}", fontsize=7, transform=ax.transAxes)
+                ax.set_xlim(0, 1)
+                ax.set_ylim(0, 1)
+                ax.tick_params(labelsize=6)
+                ax.set_title(f"{row_key}={row_value}, {space.plot_x}={col_value}"
+                             if row_key else f"{space.plot_x}={col_value}", fontsize=7)
+        fig.suptitle(f"reliability (accuracy per confidence bin): {_label(panel)}", fontsize=9)
+        fig.tight_layout()
+        slug = "_".join(f"{k}={v}" for k, v in panel) or "all"
+        path = out / f"reliability_{slug}.png"
+        save_figure(fig, path)
+        written.append(path)
+    return written
+
+
+def plot_score_histograms(table: pd.DataFrame, samples: dict[str, Any], space: SearchSpace,
+                          out: Path) -> list[Path]:
+    """One PNG per trial: rows log p(x) and AM (log10), a column per OOD set, each panel
+    the ID test values against that set's."""
+    import numpy as np
+
+    plt = pyplot()
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    by_id = table.set_index("trial_id") if "trial_id" in table.columns else None
+    labels = {"log_px": "log p(x) [nats]", "am": "log10 AM(x)"}
+    for trial_id, per_score in samples.items():
+        scores = [s for s in ("log_px", "am") if s in per_score]
+        if not scores:
+            continue
+        sets = [k for k in per_score[scores[0]] if k != "id"]
+        fig, axes = plt.subplots(len(scores), len(sets), squeeze=False,
+                                 figsize=(3.2 * len(sets), 2.6 * len(scores)))
+        for r, score in enumerate(scores):
+            for c, ood_set in enumerate(sets):
+                ax = axes[r][c]
+                values = [np.asarray(per_score[score]["id"], dtype=float),
+                          np.asarray(per_score[score][ood_set], dtype=float)]
+                if score == "am":
+                    values = [np.log10(np.maximum(v, 1e-12)) for v in values]
+                values = [v[np.isfinite(v)] for v in values]
+                both = np.concatenate(values)
+                if both.size:
+                    # 0.5-99.5 percentile range: a few extreme OOD values would
+                    # otherwise squeeze the ID histogram into one bar
+                    low, high = np.percentile(both, [0.5, 99.5])
+                    bins = np.linspace(low, high if high > low else low + 1, 41)
+                    ax.hist(values[0], bins=bins, alpha=0.6, density=True, label="ID test")
+                    ax.hist(values[1], bins=bins, alpha=0.6, density=True, label=ood_set)
+                ax.set_xlabel(labels[score], fontsize=8)
+                ax.set_title(f"ID vs {ood_set}", fontsize=8)
+                ax.tick_params(labelsize=6)
+                ax.legend(fontsize=6)
+        trial = by_id.loc[trial_id] if by_id is not None and trial_id in by_id.index else None
+        title = trial_label(trial, space) if trial is not None else trial_id
+        fig.suptitle(f"{space.name}: {title}", fontsize=9)
+        fig.tight_layout()
+        path = out / f"hist_{trial_id}.png"
+        save_figure(fig, path)
+        written.append(path)
+    return written

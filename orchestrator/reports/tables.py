@@ -1,0 +1,192 @@
+"""Tables in markdown: a sweep's trials and its OOD results (Table 3.1 style), the defense's
+Tables 4.1-4.4 beside the thesis, and the detectors under attack."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from search_spaces import SearchSpace
+from workloads import defense as D
+
+if TYPE_CHECKING:
+    from orchestrator.jobs.profiles import DefenseProfile
+
+
+def sort_table(table: pd.DataFrame, space: SearchSpace) -> pd.DataFrame:
+    keys = [k for k in space.table_keys if k in table.columns]
+    return table.sort_values(keys, kind="stable").reset_index(drop=True) if keys else table
+
+
+def markdown_table(table: pd.DataFrame, space: SearchSpace) -> str:
+    """The key columns of every trial as a markdown table (floats to 4 digits)."""
+    columns = [k for k in space.table_keys if k in table.columns]
+    columns += [m for m in space.table_metrics if m in table.columns]
+    columns += [c for c in ("status", "diverged_epoch", "error") if c in table.columns]
+    return sort_table(table, space)[columns].to_markdown(index=False, floatfmt=".4f")
+
+
+def trial_label(trial: pd.Series, space: SearchSpace) -> str:
+    return ", ".join(f"{k}={trial[k]}" for k in space.table_keys if k in trial.index)
+
+
+def _cell(row: pd.Series) -> str:
+    """AUROC/AUPR-in/TNR95 as the thesis prints them: .969/.969/1.0."""
+    def short(value: float) -> str:
+        if value != value:
+            return "nan"
+        text = f"{value:.3f}"
+        return "1.0" if text == "1.000" else text.lstrip("0")
+
+    return "/".join(short(row[m]) for m in ("auroc", "aupr_in", "tnr95"))
+
+
+def ood_markdown(table: pd.DataFrame, ood: pd.DataFrame, space: SearchSpace) -> str:
+    """Table-3.1-style report: per trial, rows ID -> OOD set, columns scores, cells
+    AUROC/AUPR-in/TNR95; first a summary of AUROC for every trial and OOD set."""
+    if ood.empty:
+        return ""
+    keys = [k for k in space.table_keys if k in ood.columns]
+    summary = ood.pivot_table(index=[*keys, "ood_set"], columns="score", values="auroc",
+                              sort=True).reset_index()
+    parts = [f"# {space.name}: OOD detection\n",
+             "In-distribution is the positive class; every pair uses balanced ID/OOD counts.\n",
+             "## AUROC per trial and OOD set\n", summary.to_markdown(index=False,
+                                                                    floatfmt=".3f"),
+             "\n## Per trial: AUROC/AUPR-in/TNR95 (columns: scores)\n"]
+    by_id = table.set_index("trial_id") if "trial_id" in table.columns else None
+    for trial_id, rows in ood.groupby("trial_id", sort=False):
+        trial = by_id.loc[trial_id] if by_id is not None and trial_id in by_id.index else None
+        dataset = trial["dataset"] if trial is not None and "dataset" in trial.index else "ID"
+        grid = rows.assign(cell=rows.apply(_cell, axis=1)).pivot_table(
+            index="ood_set", columns="score", values="cell", aggfunc="first", sort=False)
+        grid.index = [f"{dataset} -> {name}" for name in grid.index]
+        label = trial_label(trial, space) if trial is not None else trial_id
+        parts += [f"### {label} (trial {trial_id})\n", grid.to_markdown(), ""]
+    return "\n".join(parts) + "\n"
+
+
+# --- the defense (Tables 4.1-4.4) ---------------------------------------------------------
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.3f}"
+    return str(value)
+
+
+def _thesis(alpha: float, *keys: str) -> str:
+    numbers = D.THESIS_TABLES.get(float(alpha))
+    if numbers is None:
+        return "–"
+    values = []
+    for key in keys:
+        value = numbers
+        for part in key.split("."):
+            value = value[part]
+        values.append(_fmt(float(value)))
+    return " / ".join(values)
+
+
+def defense_tables(table: pd.DataFrame, profile: DefenseProfile, dataset: str) -> str:
+    """Tables 4.1-4.4 in markdown, each row beside the thesis' figures for its alpha."""
+    eps = f"{profile.eps:.4g}" + (" (8/255)" if abs(profile.eps - 8 / 255) < 1e-9 else "")
+    head = (f"# Defense: detection by approximate mass + Langevin restoration\n\n"
+            f"{dataset}, APGD-CE eps {eps}, chains of {profile.steps:,} steps (eta "
+            f"{profile.eta:g}), {profile.val_fraction:.0%} of the test set for validation. "
+            f"Thesis columns: MNIST, eps 8/255, chains of up to 1e6 steps (Tables 4.1-4.4). "
+            f"A pair is a test input classified correctly whose APGD-CE input is not.\n")
+    keys = ["alpha", "dequantization", "trial_id"]
+    rows = {"4.1": [], "4.2": [], "4.3": [], "4.4": []}
+    for _, r in table.iterrows():
+        key = [f"{r.alpha:g}", _fmt(r.get("dequantization")), _fmt(r.get("trial_id"))]
+        if r.get("status") != "completed":
+            for name in rows:
+                rows[name].append([*key, r.get("status", "?")])
+            continue
+        rows["4.1"].append([*key, _fmt(r.pairs), _fmt(r.attack_success), _fmt(r.det_auroc),
+                            _fmt(r.det_aupr_in), _fmt(r.det_aupr_out), _fmt(r.det_tnr95),
+                            _fmt(r.det_accuracy), _fmt(r.det_detection_rate),
+                            _thesis(r.alpha, "detection.auroc", "detection.aupr",
+                                    "detection.tnr95", "detection.accuracy")])
+        am_stop = "none" if pd.isna(r.am_stop) else _fmt(r.am_stop)
+        rows["4.2"].append([*key, _fmt(r.pairs), "0", _fmt(r.restored_accuracy),
+                            am_stop, _fmt(r.chain_mean_steps),
+                            _thesis(r.alpha, "restored_accuracy")])
+        rows["4.3"].append([*key, _fmt(2 * r.pairs), _fmt(r.defense_accuracy),
+                            _fmt(r.clean_accuracy), _fmt(r.clean_accuracy_defended),
+                            _thesis(r.alpha, "defense_accuracy")])
+        lams = [c[len("adaptive"):-len("_defense_accuracy")] for c in table.columns
+                if c.startswith("adaptive") and c.endswith("_defense_accuracy")
+                and c != "adaptive_defense_accuracy"]
+        per_lam = "; ".join(
+            f"λ={lam}: {_fmt(r.get(f'adaptive{lam}_success'))} / "
+            f"{_fmt(r.get(f'adaptive{lam}_detection_rate'))} / "
+            f"{_fmt(r.get(f'adaptive{lam}_defense_accuracy'))}" for lam in lams)
+        rows["4.4"].append([*key, per_lam, _fmt(r.adaptive_defense_accuracy),
+                            _thesis(r.alpha, "adaptive_defense_accuracy")])
+    headers = {
+        "4.1": ("Table 4.1 - detection (flag AM > tau; tau of best accuracy on validation)",
+                ["pairs", "attack success", "AUROC", "AUPR-in", "AUPR-out", "TNR95",
+                 "accuracy", "detection rate", "thesis AUROC / AUPR / TNR95 / acc"]),
+        "4.2": ("Table 4.2 - accuracy on the adversarial inputs after Langevin + projection",
+                ["n", "before", "after", "early-stop AM", "mean steps", "thesis"]),
+        "4.3": ("Table 4.3 - full defense on 50% clean + 50% adversarial inputs",
+                ["n", "accuracy", "clean acc. (all test)", "clean acc. defended", "thesis"]),
+        "4.4": ("Table 4.4 - full defense against the adaptive APGD (CE - lambda AM)",
+                ["per lambda: success / detected / defended", "accuracy (worst lambda)",
+                 "thesis"]),
+    }
+    parts = [head]
+    for name, (title, columns) in headers.items():
+        frame = pd.DataFrame(rows[name])
+        if frame.shape[1] == len(keys) + len(columns):
+            frame.columns = [*keys, *columns]
+        parts += [f"## {title}\n", frame.to_markdown(index=False, disable_numparse=True), ""]
+    return "\n".join(parts)
+
+
+# --- detectors under attack ----------------------------------------------------------------
+
+def eps_text(eps: float) -> str:
+    """`8/255` where eps is a whole number of 1/255 steps, else 4 significant digits."""
+    steps = eps * 255
+    return f"{round(steps)}/255" if abs(steps - round(steps)) < 1e-6 else f"{eps:.4g}"
+
+
+def _pair(auroc: float, fpr95: float) -> str:
+    return "–" if math.isnan(auroc) else f"{auroc:.3f} / {fpr95:.3f}"
+
+
+def detector_markdown(frame: pd.DataFrame, title: str) -> str:
+    """Per OOD set: a row per score, AUROC / FPR95 clean and, per eps, with the OOD inputs
+    attacked and with both attacked; then the scores that were not attacked, and why."""
+    parts = [f"# Detectors under attack: {title}\n",
+             "AUROC / FPR95 (ID positive, higher score = more ID). *OOD attacked*: the OOD "
+             "inputs moved within eps to raise each score; *both*: the ID test inputs also "
+             "moved to lower it. APGD on the score itself.\n"]
+    attacked = frame[frame.attacked]
+    eps_values = sorted(attacked.eps.unique())
+    for ood_set, group in frame.groupby("ood_set", sort=False):
+        lines = []
+        for score, rows in group.groupby("score", sort=False):
+            first = rows.iloc[0]
+            line = {"score": score, "clean": _pair(first.auroc_clean, first.fpr95_clean)}
+            for eps in eps_values:
+                match = rows[rows.eps == eps]
+                row = match.iloc[0] if len(match) else None
+                for setting, label in (("ood_attacked", "OOD attacked"), ("both_attacked",
+                                                                          "both")):
+                    line[f"eps {eps_text(eps)}: {label}"] = "not attacked" if row is None else \
+                        _pair(row[f"auroc_{setting}"], row[f"fpr95_{setting}"])
+            lines.append(line)
+        parts += [f"## ID -> {ood_set} (n = {int(group.n.iloc[0])} each)\n",
+                  pd.DataFrame(lines).to_markdown(index=False, disable_numparse=True), ""]
+    skipped = frame[~frame.attacked].drop_duplicates("score")
+    if len(skipped):
+        parts.append("Not attacked (no differentiable form):\n")
+        parts += [f"- `{r.score}`: {r.note}" for r in skipped.itertuples()]
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,94 @@
+"""A profile with the user's `--set key=value` applied, and the checks of what a sweep
+will need, made before Ray starts (bad input exits 2 naming the key)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from orchestrator.errors import UsageError
+from search_spaces import SETUP, Profile, SearchSpace
+from workloads.data import ensure_dataset
+
+
+def _parse_scalar(key: str, text: str, example: Any) -> Any:
+    kind = type(example)
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+        return text
+    except ValueError:
+        raise UsageError(f"--set {key}={text}: expected {kind.__name__}") from None
+
+
+def apply_overrides(space: SearchSpace, profile: Profile, overrides: list[str]) -> Profile:
+    """Profile with `--set key=value` applied. A comma-separated value becomes a grid."""
+    config, grid = dict(profile.config), {k: list(v) for k, v in profile.grid.items()}
+    setups = [dict(s) for s in grid.get(SETUP, [])]
+    known = sorted({*config, *grid, *(k for s in setups for k in s)} - {SETUP})
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--set expects KEY=VALUE, got '{item}'")
+        in_setup = any(key in s for s in setups)
+        if key == SETUP or (key not in config and key not in grid and not in_setup):
+            raise UsageError(f"--set {key}: unknown key for sweep '{space.name}'; "
+                             f"known keys: {', '.join(known)}")
+        example = (config[key] if key in config else grid[key][0] if key in grid
+                   else next(s[key] for s in setups if key in s))
+        values = [_parse_scalar(key, part.strip(), example) for part in text.split(",")]
+        allowed = space.choices.get(key)
+        for value in values:
+            if allowed is not None and value not in allowed:
+                raise UsageError(f"--set {key}={value}: must be one of "
+                                 f"{', '.join(map(str, allowed))}")
+            if key in space.positive and not value > 0:
+                raise UsageError(f"--set {key}={value}: must be positive")
+        config.pop(key, None)
+        grid.pop(key, None)
+        for setup in setups:  # an override wins over the profile's linked setups
+            setup.pop(key, None)
+        if len(values) == 1:
+            config[key] = values[0]
+        else:
+            grid[key] = values
+    if setups:
+        grid[SETUP] = setups
+    return replace(profile, config=config, grid=grid)
+
+
+def profile_values(profile: Profile, key: str) -> list[Any]:
+    """Every value `key` takes in the profile's trials."""
+    values = list(profile.grid[key]) if key in profile.grid else [profile.config.get(key)]
+    setups = [s for s in profile.grid.get(SETUP, []) if key in s]
+    if setups:
+        values = [s[key] for s in setups] + ([] if len(setups) == len(profile.grid[SETUP])
+                                             else values)
+    return values
+
+
+def check_scores(profile: Profile) -> None:
+    """`ood_scores` is "all" or registered score names joined by "+"."""
+    from workloads.scores import OOD_SCORES
+
+    for value in profile_values(profile, "ood_scores"):
+        if value is None or value == "all":
+            continue
+        unknown = [n for n in str(value).split("+") if n not in OOD_SCORES]
+        if unknown:
+            raise UsageError(f"--set ood_scores={value}: unknown score {', '.join(unknown)}; "
+                             f"use 'all' or names joined by '+' from: "
+                             f"{', '.join(OOD_SCORES)}")
+
+
+def check_datasets(profile: Profile, data_dir: str, download: bool) -> None:
+    """Fail before starting Ray when a dataset of the sweep is missing (or download it)."""
+    for name in profile_values(profile, "dataset"):
+        ensure_dataset(name, data_dir, download=download)

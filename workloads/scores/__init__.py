@@ -1,0 +1,38 @@
+"""OOD scores: small units with one interface, found through a registry (NOTES.md D, E).
+
+A score is built by name with its parameters, fitted once on in-distribution training data
+(a no-op for most), then called on inputs:
+
+    score = build_score("mahalanobis").fit(model, x_train, y_train)
+    values = score(model, x)          # shape (N,); higher means "more in-distribution"
+    score.forward(model, x)           # one batch, differentiable in x (attacks follow it)
+
+The interface and registry are in `base`; one module per family registers its scores:
+`softmax` (msp, max_logit, energy, lnz, odin), `features` (mahalanobis, gmm), `density`
+(log_px, neg_am), `dropout` (mc_dropout).
+"""
+
+# isort: off
+# Importing a family registers its scores; this order is the order of "every applicable
+# score" (tables, the OOD stage): the classifier's own scores first, the density's last.
+from workloads.scores import softmax  # noqa: F401
+from workloads.scores import features  # noqa: F401
+from workloads.scores import dropout  # noqa: F401
+from workloads.scores import density  # noqa: F401
+# isort: on
+from workloads.scores.base import (
+    OOD_SCORES,
+    OODScore,
+    applicable_scores,
+    batched_logits,
+    build_score,
+    capabilities,
+    input_step,
+    penultimate_features,
+    register_score,
+)
+
+__all__ = [
+    "OOD_SCORES", "OODScore", "applicable_scores", "batched_logits", "build_score",
+    "capabilities", "input_step", "penultimate_features", "register_score",
+]

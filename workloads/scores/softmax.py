@@ -1,0 +1,69 @@
+"""Scores on a classifier's logits (NOTES.md E): MSP, max logit, energy, ln Z, ODIN."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from workloads.losses import log_partition
+from workloads.scores.base import OODScore, input_step, register_score
+
+
+@register_score("msp")
+class MaxSoftmaxProbability(OODScore):
+    """Max softmax probability (MSP / MCP; Hendrycks & Gimpel 2017)."""
+
+    def forward(self, model, x):
+        return model(x).softmax(dim=1).max(dim=1).values
+
+
+@register_score("max_logit")
+class MaxLogit(OODScore):
+    """The largest logit (Hendrycks et al. 2022; NOTES.md D baseline)."""
+
+    def forward(self, model, x):
+        return model(x).max(dim=1).values
+
+
+@register_score("energy")
+class NegativeEnergy(OODScore):
+    """-E(x) = T * logsumexp(f(x) / T) (Liu et al. 2020; NOTES.md E)."""
+
+    def __init__(self, temperature: float = 1.0):
+        self.temperature = temperature
+
+    def forward(self, model, x):
+        t = self.temperature
+        return t * torch.logsumexp(model(x) / t, dim=1)
+
+
+@register_score("lnz")
+class LogPartition(OODScore):
+    """ln Z(x), the GFFN's unnormalized log p(x) (NOTES.md A). For other models it equals
+    the energy score at T = 1, so it is asked for by name rather than in the default set."""
+
+    in_default_set = False
+
+    def __init__(self, kind: str = "logsumexp"):
+        self.kind = kind
+
+    def forward(self, model, x):
+        return log_partition(model(x), self.kind)
+
+
+@register_score("odin")
+class ODIN(OODScore):
+    """ODIN (Liang et al. 2018): temperature-scaled MSP after a small input step that
+    raises it, x' = x - eps * sign(-grad_x log max_k softmax(f(x)/T)_k). Attacks
+    differentiate through the step with its sign held fixed (`input_step`)."""
+
+    def __init__(self, temperature: float = 1000.0, epsilon: float = 0.0014,
+                 batch_size: int = 256):
+        self.temperature, self.epsilon, self.batch_size = temperature, epsilon, batch_size
+
+    def forward(self, model, x):
+        # log MSP at temperature T is what the step raises; its exp is the score
+        def log_msp(inputs):
+            return F.log_softmax(model(inputs) / self.temperature, dim=1).max(dim=1).values
+
+        return log_msp(input_step(log_msp, x, self.epsilon)).exp()
