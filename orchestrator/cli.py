@@ -16,12 +16,13 @@ from typing import Any
 from orchestrator.errors import UsageError
 from orchestrator.pools.base import PoolError, actor_options
 from workloads.attacks import AttackError
-from workloads.data import DatasetMissingError
+from workloads.data import DatasetMissingError, DatasetUnreadableError
 
 EXIT_USAGE = 2
 # What a command reports in one line with EXIT_USAGE: bad input, found before or during
 # the work (an impossible pool, an unknown attack, a missing dataset).
-USAGE_ERRORS = (UsageError, PoolError, AttackError, DatasetMissingError)
+USAGE_ERRORS = (UsageError, PoolError, AttackError, DatasetMissingError,
+                DatasetUnreadableError)
 
 
 def run_command(parser: argparse.ArgumentParser, main, argv: list[str] | None = None) -> int:

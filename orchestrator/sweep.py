@@ -19,6 +19,7 @@ from orchestrator.tune.overrides import (
     apply_overrides,
     check_datasets,
     check_scores,
+    check_storage,
     profile_values,
 )
 from search_spaces import PROFILES, get_search_space, sweep_names
@@ -92,10 +93,11 @@ def main(args: argparse.Namespace) -> int:
                          f"{', '.join(sweep_names())}") from None
     profile = apply_overrides(space, space.profile(args.profile), args.overrides)
     scaling = Scaling(
-        num_workers=args.num_workers or profile.num_workers,
+        num_workers=profile.num_workers if args.num_workers is None else args.num_workers,
         gpus_per_worker=(profile.gpus_per_worker if args.gpus_per_worker is None
                          else args.gpus_per_worker),
-        cpus_per_worker=args.cpus_per_worker or profile.cpus_per_worker)
+        cpus_per_worker=(profile.cpus_per_worker if args.cpus_per_worker is None
+                         else args.cpus_per_worker))
     if scaling.num_workers < 1 or scaling.gpus_per_worker < 0 or scaling.cpus_per_worker < 1:
         raise UsageError("--num-workers and --cpus-per-worker must be >= 1, "
                          "--gpus-per-worker >= 0")
@@ -104,6 +106,7 @@ def main(args: argparse.Namespace) -> int:
             raise UsageError(f"batch_size {batch_size} is not divisible by "
                              f"--num-workers {scaling.num_workers}")
     check_scores(profile)
+    check_storage(args.storage)
     data_dir = str(Path(args.data_dir).expanduser().resolve())
     check_datasets(profile, data_dir, args.download)
     try:

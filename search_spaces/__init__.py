@@ -11,6 +11,7 @@ documents' full protocol (real datasets, GPUs).
 from __future__ import annotations
 
 import importlib
+import itertools
 import pkgutil
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,13 @@ class Profile:
         for values in self.grid.values():
             count *= len(values)
         return count
+
+    def trial_configs(self) -> list[dict[str, Any]]:
+        """The config of every trial (each combination of the grid, `setup` merged in), in
+        the order Tune's grid search forms them."""
+        keys = list(self.grid)
+        combos = itertools.product(*(self.grid[k] for k in keys)) if keys else [()]
+        return [expand_setup({**self.config, **dict(zip(keys, values))}) for values in combos]
 
 
 @dataclass(frozen=True)

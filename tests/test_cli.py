@@ -116,3 +116,64 @@ def test_linked_setups_are_overridable_and_their_datasets_checked(sweep_env, tmp
                  env=sweep_env)
     assert proc.returncode == 2 and "fashionmnist" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def one_line_error(proc) -> str:
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_truncated_mnist_files_exit_2_naming_the_file(sweep_env, tmp_path):
+    from test_datasets import write_idx
+
+    write_idx(tmp_path, "MNIST", 200, seed=0)
+    bad = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    bad.write_bytes(bad.read_bytes()[:5000])
+    line = one_line_error(sweep("batch_size_gffn", "--profile", "smoke", "--set",
+                                "dataset=mnist", "--set", "arch=cnn", "--data-dir",
+                                str(tmp_path), env=sweep_env))
+    assert str(bad) in line and "truncated" in line
+
+
+def test_storage_that_is_a_file_or_cannot_be_written_exits_2(sweep_env, tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    line = one_line_error(sweep("batch_size_gffn", "--profile", "smoke", "--storage",
+                                str(a_file), env=sweep_env))
+    assert str(a_file) in line and "not a directory" in line
+    line = one_line_error(sweep("batch_size_gffn", "--profile", "smoke", "--storage",
+                                str(a_file / "runs"), env=sweep_env))
+    assert str(a_file / "runs") in line and "cannot write" in line
+
+
+def test_batch_larger_than_the_training_set_and_zero_workers_exit_2(sweep_env, tmp_path):
+    line = one_line_error(sweep("batch_size_gffn", "--profile", "smoke", "--set",
+                                "batch_size=4096", "--storage", str(tmp_path), env=sweep_env))
+    assert "batch_size=4096" in line and "1,077 training examples of digits" in line
+    line = one_line_error(sweep("batch_size_gffn", "--profile", "smoke", "--num-workers", "0",
+                                "--storage", str(tmp_path), env=sweep_env))
+    assert "--num-workers" in line
+
+
+def test_resume_refuses_a_changed_sweep_naming_each_key(sweep_env, tmp_path):
+    """An earlier run recorded its settings; resuming it with other values would mix two
+    sweeps in one table: refused before Ray starts, naming what changed."""
+    import json
+
+    from orchestrator.tune.experiment import sweep_settings
+    from orchestrator.tune.trainable import Scaling
+
+    profile = get_search_space("batch_size_gffn").profile("smoke")
+    run = tmp_path / "batch_size_gffn-smoke-20260101-000000"
+    run.mkdir()
+    (run / "tuner.pkl").write_bytes(b"")
+    (run / "sweep.json").write_text(json.dumps(
+        {"name": "batch_size_gffn", "settings": sweep_settings(profile, Scaling())}))
+    line = one_line_error(sweep("batch_size_gffn", "--profile", "smoke", "--resume",
+                                "--storage", str(tmp_path), "--set", "lr=0.5", "--set",
+                                "batch_size=16", "--wandb", "disabled", env=sweep_env))
+    assert run.name in line
+    assert "lr (0.001 -> 0.5)" in line and "batch_size ([16, 128] -> 16)" in line

@@ -104,3 +104,36 @@ def test_a_finished_run_restarted_from_its_last_checkpoint_reports_again():
     train_classifier(_config(epochs_b=2), restarted)
     assert restarted.reports == [done.reports[-1]]
     assert restarted.final == done.final
+
+
+@pytest.mark.parametrize("loop", ["classifier", "generative"])
+def test_only_rank_zero_runs_the_final_evaluation(loop, monkeypatch):
+    """On Ray Train every rank runs the loop; the final test and OOD stage runs on rank 0
+    alone, while the other ranks wait at the (collective) report. Rank 1 of 2 here, on a
+    real single-process gloo group so that the loop's collectives run."""
+    import torch.distributed as dist
+    from conftest import free_port
+
+    from orchestrator.tune import loops
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a rank other than 0 ran the final evaluation")
+
+    for name in ("final_evaluation", "evaluate_ood", "classifier_test_metrics"):
+        monkeypatch.setattr(loops, name, must_not_run)
+    session = LocalSession(num_threads=1)
+    session.rank, session.world_size = 1, 2
+    if loop == "classifier":
+        config = _config(epochs_b=2)
+    else:
+        space = get_search_space("alpha_diglm").profile("smoke")
+        config = {**space.config, "alpha": 0.0}
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0,
+                            world_size=1)
+    try:
+        loops.LOOPS[loop](config, session)
+    finally:
+        dist.destroy_process_group()
+    last = session.reports[-1]
+    assert last["status"] == "completed" and session.final is None
+    assert not any(key.startswith(("test_", "auroc_", "ood_")) for key in last)

@@ -19,7 +19,7 @@ from torch import nn
 from orchestrator.errors import UsageError
 from orchestrator.pools.units import fingerprint
 from orchestrator.reports.collect import RESULTS_DIR, SWEEP_FILE
-from workloads.data import Dataset, DatasetMissingError, load_trial_data
+from workloads.data import Dataset, DatasetMissingError, DatasetUnreadableError, load_trial_data
 from workloads.models import build_model
 
 
@@ -78,7 +78,7 @@ def load_trial_model(sweep_dir: Path, trial_id: str, data_dir: str | None = None
     state = load_checkpoint(trial_checkpoint(sweep_dir, trial_id))
     try:
         data = load_trial_data(config)
-    except DatasetMissingError as error:
+    except (DatasetMissingError, DatasetUnreadableError) as error:
         raise UsageError(str(error)) from None
     model = build_model(config, data)
     model.load_state_dict(state["model"])

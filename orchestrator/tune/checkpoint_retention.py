@@ -12,18 +12,40 @@ than the trial's newest `keep` checkpoints *and* older than every checkpoint the
 asynchronously and skips an upload while the previous one runs, so the one in storage may
 be a few snapshots old). A finished trial is cut down to `keep` checkpoints once later
 snapshots record it as finished, and every trial at the end of the experiment (after
-Tune's final, waited-for snapshot). Tune calls `get_state` on every callback whenever it
-takes a snapshot, which is how the callback knows one was taken.
+Tune's final, waited-for snapshot).
+
+Tune calls `get_state` on every callback whenever it saves the experiment's state (the
+public `Callback.get_state`, "called automatically by Tune to periodically checkpoint
+callback state"), which is how the callback knows a snapshot was taken. That it is called
+once per snapshot is Tune's behaviour, not its documented promise: if a Tune version stops
+calling it, nothing is deleted, so the callback fails loudly (`RetentionError`, naming the
+Ray version) instead of letting checkpoints pile up; `tests/test_checkpoint_retention.py`
+checks the behaviour on a real Tune run.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from typing import Any
 
 from ray.tune import Callback
 
 HISTORY = 3  # snapshots that may still be the one in storage
+# Tune snapshots the experiment every TUNE_GLOBAL_CHECKPOINT_S (the sweep sets 1 s); no
+# get_state call in this long after the first checkpoint means Tune no longer calls it.
+SNAPSHOT_TIMEOUT_S = 300.0
+
+
+class RetentionError(RuntimeError):
+    """Tune did not report its experiment snapshots: retention cannot delete safely."""
+
+    def __init__(self, why: str):
+        import ray
+
+        super().__init__(f"CheckpointRetention: {why} with Ray {ray.__version__}; old "
+                         f"checkpoints cannot be deleted safely. Use a Ray version the "
+                         f"suite has passed on (pyproject.toml pins it).")
 
 
 class CheckpointRetention(Callback):
@@ -34,6 +56,7 @@ class CheckpointRetention(Callback):
         self._count = 0                            # snapshots seen
         self._finished: dict[str, int] = {}        # trial id -> snapshots seen when it ended
         self._filesystem = None
+        self._first_checkpoint: float | None = None  # monotonic time
 
     def __getstate__(self):  # Tune pickles callbacks with the experiment: keep the setting only
         return {"keep": self.keep}
@@ -55,12 +78,19 @@ class CheckpointRetention(Callback):
         self._finished[trial.trial_id] = self._count
 
     def on_experiment_end(self, trials: list, **info) -> None:
+        if self._paths and self._count == 0:
+            raise RetentionError("Tune never called Callback.get_state at a snapshot")
         for trial_id, paths in self._paths.items():  # the final snapshot is written
             self._delete(trial_id, len(paths) - self.keep)
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any,
                       **info) -> None:
         self._filesystem = checkpoint.filesystem
+        if self._first_checkpoint is None:
+            self._first_checkpoint = time.monotonic()
+        elif self._count == 0 and time.monotonic() - self._first_checkpoint > SNAPSHOT_TIMEOUT_S:
+            raise RetentionError(f"no Callback.get_state call in {SNAPSHOT_TIMEOUT_S:.0f} s "
+                                 f"of checkpoints")
         paths = self._paths.get(trial.trial_id)
         if paths is None:  # first checkpoint seen for this trial, e.g. after --resume
             paths = self._paths[trial.trial_id] = self._existing(checkpoint.path)

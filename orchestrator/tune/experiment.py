@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from orchestrator.errors import UsageError
 from orchestrator.reports.collect import SWEEP_FILE, collect_results, write_results
@@ -50,6 +51,27 @@ def is_uri(path: str) -> bool:
     return "://" in path
 
 
+def sweep_settings(profile: Profile, scaling: Scaling) -> dict[str, Any]:
+    """What decides a sweep's trials: every config value (a list where it is swept) and the
+    trial resources. Recorded in sweep.json; a resume must not change it."""
+    values = {**profile.config, **profile.grid, "num_workers": scaling.num_workers,
+              "gpus_per_worker": scaling.gpus_per_worker,
+              "cpus_per_worker": scaling.cpus_per_worker}
+    return json.loads(json.dumps(values))  # tuples as lists, as read back
+
+
+def check_resumable(run: str, earlier: dict[str, Any], settings: dict[str, Any]) -> None:
+    """UsageError naming each setting that differs from the run being resumed."""
+    if "settings" not in earlier:
+        return  # a run from before settings were recorded: nothing to compare
+    old = earlier["settings"]
+    changed = [f"{k} ({json.dumps(old.get(k))} -> {json.dumps(settings.get(k))})"
+               for k in sorted({*old, *settings}) if old.get(k) != settings.get(k)]
+    if changed:
+        raise UsageError(f"--resume: {run} was run with other settings: "
+                         f"{', '.join(changed)}; run without --resume for a new sweep")
+
+
 def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: Scaling,
               overrides: list[str], storage: str, resume: bool, mode: str,
               data_dir: str) -> int:
@@ -71,6 +93,9 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
         run_name = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
     sweep_dir = f"{storage}/{run_name}"
     local_dir = Path(sweep_dir) if not is_uri(storage) else Path("runs", run_name).resolve()
+    settings = sweep_settings(profile, scaling)
+    if resume and (local_dir / SWEEP_FILE).exists():
+        check_resumable(run_name, json.loads((local_dir / SWEEP_FILE).read_text()), settings)
 
     import ray
     from ray import tune
@@ -139,7 +164,7 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
         "name": space.name, "profile": profile_name, "overrides": overrides,
         "num_workers": scaling.num_workers, "gpus_per_worker": scaling.gpus_per_worker,
         "cpus_per_worker": scaling.cpus_per_worker, "wandb": mode, "storage": sweep_dir,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "settings": settings}, indent=2))
     started = time.perf_counter()
     try:
         result_grid = tuner.fit()

@@ -109,6 +109,11 @@ def train_classifier(config: dict[str, Any], session: Session) -> None:
             save = (epoch + 1) % config.get("checkpoint_every", 1) == 0
             session.report({**metrics, "status": "running"}, state=state if save else None)
             continue
+        metrics.update(best_epoch=state["best_epoch"] + 1, epochs=epoch + 1,
+                       status="completed")
+        if session.rank != 0:  # rank 0 evaluates; the others wait at the collective report
+            session.report(metrics)
+            return
         # Budget A evaluates the weights of the best validation epoch; B the last weights.
         evaluated = _unwrap(model)
         if budget == "A":
@@ -117,8 +122,7 @@ def train_classifier(config: dict[str, Any], session: Session) -> None:
         final, reliability = final_evaluation(evaluated, data, num_bins=config["num_bins"],
                                               scores={"msp": {}, "lnz": {"kind": kind}})
         train = evaluate_split(evaluated, data.x_train, data.y_train)
-        metrics.update(final, train_acc=train["acc"], best_epoch=state["best_epoch"] + 1,
-                       epochs=epoch + 1, status="completed",
+        metrics.update(final, train_acc=train["acc"],
                        loop_seconds=time.perf_counter() - loop_started)
         state["final_metrics"] = metrics
         session.report(metrics, state=state, final={"reliability": reliability})
@@ -228,6 +232,9 @@ def train_generative(config: dict[str, Any], session: Session) -> None:
             save = (epoch + 1) % config.get("checkpoint_every", 1) == 0
             session.report({**metrics, "status": "running"}, state=state if save else None)
             continue
+        if session.rank != 0:  # rank 0 evaluates; the others wait at the collective report
+            session.report({**metrics, "epochs": epoch + 1, "status": "completed"})
+            return
         final: dict[str, Any] = {}
         metrics.update(_density_metrics(evaluated, data.x_test, config["seed"], "test"))
         if diglm:

@@ -3,12 +3,14 @@ will need, made before Ray starts (bad input exits 2 naming the key)."""
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import UsageError
 from search_spaces import SETUP, Profile, SearchSpace
-from workloads.data import ensure_dataset
+from workloads.data import ensure_dataset, load_dataset, one_class_split
 
 
 def _parse_scalar(key: str, text: str, example: Any) -> Any:
@@ -65,13 +67,8 @@ def apply_overrides(space: SearchSpace, profile: Profile, overrides: list[str]) 
 
 
 def profile_values(profile: Profile, key: str) -> list[Any]:
-    """Every value `key` takes in the profile's trials."""
-    values = list(profile.grid[key]) if key in profile.grid else [profile.config.get(key)]
-    setups = [s for s in profile.grid.get(SETUP, []) if key in s]
-    if setups:
-        values = [s[key] for s in setups] + ([] if len(setups) == len(profile.grid[SETUP])
-                                             else values)
-    return values
+    """Every value `key` takes in the profile's trials (once each, in trial order)."""
+    return list(dict.fromkeys(c.get(key) for c in profile.trial_configs()))
 
 
 def check_scores(profile: Profile) -> None:
@@ -89,6 +86,38 @@ def check_scores(profile: Profile) -> None:
 
 
 def check_datasets(profile: Profile, data_dir: str, download: bool) -> None:
-    """Fail before starting Ray when a dataset of the sweep is missing (or download it)."""
+    """Fail before starting Ray when a dataset of the sweep is missing or unreadable (or
+    download it), or when a trial's batch is larger than its training set (it would take
+    no optimizer step)."""
     for name in profile_values(profile, "dataset"):
         ensure_dataset(name, data_dir, download=download)
+    sizes: dict[tuple, int] = {}
+    for config in profile.trial_configs():
+        batch_size = config.get("batch_size")
+        if batch_size is None or "dataset" not in config:
+            continue
+        key = (config["dataset"], config.get("data_seed", 0), config.get("normal_class", -1))
+        if key not in sizes:
+            data = load_dataset(key[0], data_dir, seed=key[1], ood=False)
+            sizes[key] = len(one_class_split(data, key[2]).x_train if key[2] >= 0
+                             else data.x_train)
+        if batch_size > sizes[key]:
+            what = key[0] + (f" (normal_class {key[2]})" if key[2] >= 0 else "")
+            raise UsageError(f"--set batch_size={batch_size}: larger than the {sizes[key]:,} "
+                             f"training examples of {what}")
+
+
+def check_storage(storage: str) -> None:
+    """A local `--storage` must be a directory this process can write (created if absent)."""
+    if "://" in storage:
+        return
+    path = Path(storage)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--storage {storage}: a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise UsageError(f"--storage {storage}: cannot write there "
+                         f"({error.strerror or error})") from None

@@ -96,13 +96,10 @@ def _quiet_ray_train_logs() -> None:
 
 
 def _quiet_ray_train_worker_logs() -> None:
-    """Ray Train V2 logs every report's full metrics at INFO from a logger named after its
-    source file (so `LoggingConfig` does not reach it); silence that one logger."""
-    try:
-        from ray.train.v2._internal.execution import context
-    except ImportError:
-        return
-    getattr(context, "logger", logging.getLogger()).setLevel(logging.WARNING)
+    """Ray Train V2 sets a worker's root logger to INFO, and logs every report's full
+    metrics from a logger named after its source file, which propagates to the root
+    (`LoggingConfig` does not reach it). On this worker process, the root keeps warnings."""
+    logging.getLogger().setLevel(logging.WARNING)
 
 
 def _where() -> dict[str, Any]:

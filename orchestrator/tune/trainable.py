@@ -57,25 +57,6 @@ class Scaling:
                              resources_per_worker=resources)
 
 
-def _wait_for_forwarded_reports(timeout: float = 30.0) -> None:
-    """Let Tune take the Train run's last report before the trial function returns.
-
-    `TuneReportCallback` hands each report to the trial through a one-item queue that the
-    trial's Tune session drains while the function runs; `trainer.fit()` can return with
-    the final report still in it, and that report, with the final metrics, was then lost
-    (seen in 2 of 6 runs of a 2-worker trial). Wait until the queue is empty.
-    """
-    import time
-
-    from ray.train._internal.session import get_session
-
-    session = get_session()
-    queue = getattr(session, "_inter_actor_queue", None) if session else None
-    deadline = time.monotonic() + timeout
-    while queue is not None and not queue.empty() and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
 def make_trainable(loop_name: str, scaling: Scaling, train_storage: str | Path) -> Callable:
     """A Tune function trainable running `LOOPS[loop_name]` on the path `scaling` picks."""
     loop = LOOPS[loop_name]
@@ -106,8 +87,16 @@ def make_trainable(loop_name: str, scaling: Scaling, train_storage: str | Path) 
                 logging_config=train.LoggingConfig(log_level="WARNING"),
             ),
         )
-        trainer.fit()
-        _wait_for_forwarded_reports()
+        result = trainer.fit()
+        # `TuneReportCallback` forwards each report through a queue that this function's
+        # Tune session drains while the function runs; fit() can return with the last
+        # report still queued, and it was then lost (2 of 6 two-worker runs). Report the
+        # run's final metrics once more, through the public API: the trial's last row is
+        # always its final one (a duplicate of it at worst).
+        final = dict(result.metrics or {})
+        if result.checkpoint is not None:
+            final["checkpoint_path"] = result.checkpoint.path
+        tune.report(final)
 
     trainable.__name__ = f"{loop_name}_trainable"
     from ray import tune

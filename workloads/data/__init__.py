@@ -6,6 +6,8 @@ from workloads.data.datasets import (
     IMAGE_DATASETS,
     Dataset,
     DatasetMissingError,
+    DatasetUnreadableError,
+    check_idx_file,
     ensure_dataset,
     iterate_minibatches,
     load_dataset,
@@ -23,7 +25,8 @@ from workloads.data.ood_sets import (
 
 __all__ = [
     "CROSS_DATASET_OOD", "DATASET_NAMES", "DIGITS", "IMAGE_DATASETS", "Dataset",
-    "DatasetMissingError", "ensure_dataset", "iterate_minibatches", "load_dataset",
+    "DatasetMissingError", "DatasetUnreadableError", "check_idx_file", "ensure_dataset",
+    "iterate_minibatches", "load_dataset",
     "load_digits", "load_image_dataset", "load_trial_data", "match_shape",
     "natural_image_patches", "noise_ood_sets", "one_class_split",
 ]

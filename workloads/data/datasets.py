@@ -55,6 +55,36 @@ class DatasetMissingError(FileNotFoundError):
         )
 
 
+class DatasetUnreadableError(ValueError):
+    """A dataset's files are present but cannot be read (truncated, corrupt): one line
+    naming the file (or the directory), what is wrong, and how to fix it."""
+
+    def __init__(self, name: str, where: str | Path, problem: str):
+        self.name = name
+        super().__init__(f"dataset '{name}': {where}: {problem}; delete it and pass "
+                         f"--download, or copy it again")
+
+
+IDX_TYPES = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}  # type code -> bytes
+
+
+def check_idx_file(path: Path) -> str | None:
+    """What is wrong with an IDX file (MNIST's format: a magic number with the type and
+    rank, big-endian sizes, then the data), or None if its size is what its header says."""
+    data = path.read_bytes()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_TYPES:
+        return f"not an IDX file ({len(data):,} bytes, no IDX magic number)"
+    rank = data[3]
+    if len(data) < 4 + 4 * rank:
+        return f"truncated IDX header ({len(data):,} bytes)"
+    shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(rank)]
+    expected = 4 + 4 * rank + int(np.prod(shape)) * IDX_TYPES[data[2]]
+    if len(data) != expected:
+        return (f"truncated or corrupt IDX file ({len(data):,} bytes; its header, shape "
+                f"{tuple(shape)}, needs {expected:,})")
+    return None
+
+
 @dataclass
 class Dataset:
     """In-memory splits of one in-distribution dataset, and its OOD sets (test-sized)."""
@@ -104,6 +134,12 @@ def load_digits(seed: int = 0) -> Dataset:
 def _torchvision_dataset(name: str, data_dir: Path, train: bool, download: bool):
     import torchvision.datasets as tvd
 
+    if name in ("mnist", "fashionmnist", "kmnist"):  # name the bad file, if one is
+        for relative in EXPECTED_FILES[name]:
+            path = data_dir / relative
+            problem = check_idx_file(path) if path.is_file() else None
+            if problem:
+                raise DatasetUnreadableError(name, path, problem)
     kwargs = {"root": str(data_dir), "download": download}
     try:
         if name == "mnist":
@@ -118,10 +154,16 @@ def _torchvision_dataset(name: str, data_dir: Path, train: bool, download: bool)
             ds = tvd.CIFAR10(train=train, **kwargs)
         else:
             raise ValueError(f"unknown dataset '{name}'")
-    except RuntimeError as error:  # torchvision: "Dataset not found. You can use download=True"
+    except RuntimeError as error:
+        if "not found" not in str(error).lower():  # torchvision: "Dataset not found. ..."
+            raise DatasetUnreadableError(name, data_dir, f"unreadable files ({error})") from None
         if download:
             raise
         raise DatasetMissingError(name, data_dir) from error
+    except (AssertionError, EOFError, ValueError, KeyError, OSError) as error:
+        # a truncated pickle (CIFAR-10) or .mat file (SVHN), or a bad header
+        raise DatasetUnreadableError(name, data_dir, f"unreadable files "
+                                     f"({type(error).__name__}: {error})") from None
     return ds
 
 
