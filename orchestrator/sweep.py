@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpus-per-worker", type=float,
                         help="GPUs per worker (fractions share a GPU)")
     parser.add_argument("--cpus-per-worker", type=int, help="CPUs per worker")
+    parser.add_argument("--max-concurrent-trials", type=int, metavar="N",
+                        help="run at most N trials at once (default: as many as fit on a "
+                             "local Ray; on a cluster, as many as it grows to)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="print Ray Tune's own progress tables (default: a line per "
+                             "finished trial and a status line every 10 s)")
     parser.add_argument("--storage", default="runs",
                         help="directory or URI (s3://, gs://) for trials and checkpoints "
                              "(default: ./runs)")
@@ -98,6 +104,8 @@ def main(args: argparse.Namespace) -> int:
                          else args.gpus_per_worker),
         cpus_per_worker=(profile.cpus_per_worker if args.cpus_per_worker is None
                          else args.cpus_per_worker))
+    if args.max_concurrent_trials is not None and args.max_concurrent_trials < 1:
+        raise UsageError("--max-concurrent-trials must be >= 1")
     if scaling.num_workers < 1 or scaling.gpus_per_worker < 0 or scaling.cpus_per_worker < 1:
         raise UsageError("--num-workers and --cpus-per-worker must be >= 1, "
                          "--gpus-per-worker >= 0")
@@ -116,7 +124,7 @@ def main(args: argparse.Namespace) -> int:
     tracking.prepare_environment(mode)
 
     return run_sweep(space, args.profile, profile, scaling, args.overrides, args.storage,
-                     args.resume, mode, data_dir)
+                     args.resume, mode, data_dir, args.max_concurrent_trials, args.verbose)
 
 
 if __name__ == "__main__":

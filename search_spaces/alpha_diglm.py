@@ -34,7 +34,7 @@ SPACE = SearchSpace(
             # MNIST; the thesis states no flow size or settings: the FashionMNIST preset
             # (same 28x28x1 shape) and its training settings.
             config={**BASE, "dataset": "mnist", "flow": "image", "flow_preset": "fashionmnist",
-                    "lr": 5e-5, "batch_size": 32, "epochs": 80, "checkpoint_every": 1},
+                    "lr": 5e-5, "batch_size": 32, "epochs": 80},
             grid={"alpha": ALPHAS, "dequantization": ["centred", "start"]},
             num_workers=1,
             gpus_per_worker=1.0,

@@ -36,7 +36,9 @@ BASE = {
     "ood_scores": "all",         # every applicable score, or names joined by "+"
     "score_params": {"gmm": {"components": 10}},
     "num_bins": 15,
-    "checkpoint_every": 10,
+    "checkpoint_every": 0,       # epochs between checkpoints; 0: every checkpoint_seconds
+    "checkpoint_seconds": 30.0,  # of a trial between checkpoints (the end always saves)
+    "report_seconds": 1.0,       # in-process trials send their epochs' metrics this often
     "seed": 0,
     "data_seed": 0,
 }
@@ -57,7 +59,7 @@ CHOICES = {
     "dequantization": DEQUANTIZATIONS,
 }
 POSITIVE = ("num_couplings", "depth", "num_scales", "num_blocks", "hidden", "logit_lambda",
-            "lr", "batch_size", "epochs", "max_grad_norm", "num_bins", "checkpoint_every")
+            "lr", "batch_size", "epochs", "max_grad_norm", "num_bins", "checkpoint_seconds")
 
 SPACE = SearchSpace(
     name="alpha_flow",
@@ -78,7 +80,7 @@ SPACE = SearchSpace(
             description="10 trials on digits: vector RealNVP, alpha x dequantization",
         ),
         "paper": Profile(
-            config={**BASE, "flow": "image", "checkpoint_every": 1},
+            config={**BASE, "flow": "image"},
             grid={"setup": PAPER_SETUPS, "alpha": ALPHAS},
             num_workers=1,
             gpus_per_worker=1.0,

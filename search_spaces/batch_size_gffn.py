@@ -25,7 +25,9 @@ BASE = {
     "max_epochs_a": 100,        # budget A: hard cap
     "epochs_b": 100,            # budget B: fixed number of epochs
     "num_bins": 15,
-    "checkpoint_every": 1,      # epochs between checkpoints (the last epoch always saves)
+    "checkpoint_every": 0,      # epochs between checkpoints; 0: every checkpoint_seconds
+    "checkpoint_seconds": 30.0,  # of a trial between checkpoints (the end always saves)
+    "report_seconds": 1.0,      # in-process trials send their epochs' metrics this often
     "seed": 0,
     "data_seed": 0,
 }
@@ -85,5 +87,5 @@ SPACE = SearchSpace(
         "budget": ("A", "B"),
     },
     positive=("lr", "batch_size", "reference_batch_size", "patience", "max_epochs_a",
-              "epochs_b", "num_bins", "checkpoint_every"),
+              "epochs_b", "num_bins", "checkpoint_seconds"),
 )

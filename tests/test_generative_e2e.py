@@ -46,7 +46,8 @@ def check_ood_stage(sweep_dir, table, ood, scores, sets_per_trial):
     for trial_id in table.trial_id:
         assert (results / "plots" / f"hist_{trial_id}.png").exists()
 
-    runs = [read_offline_run(p) for p in find_offline_runs(sweep_dir)]
+    runs = [run for run in map(read_offline_run, find_offline_runs(sweep_dir))
+            if not run.run_id.startswith("summary-")]  # the trials' runs
     assert len(runs) == len(table)
     by_trial = table.set_index("trial_id")
     for run in runs:

@@ -137,3 +137,20 @@ def test_only_rank_zero_runs_the_final_evaluation(loop, monkeypatch):
     last = session.reports[-1]
     assert last["status"] == "completed" and session.final is None
     assert not any(key.startswith(("test_", "auroc_", "ood_")) for key in last)
+
+
+def test_concurrency_follows_what_the_cluster_can_grow_to():
+    """The launcher's cluster: a head with no CPUs for trials and workers that start at 0
+    nodes. Sizing from its first minute gave max(1, 0) = 1 trial at a time; on a cluster
+    there is no cap (pending trials are the autoscaler's demand), locally what fits."""
+    from orchestrator.errors import UsageError
+    from orchestrator.tune.experiment import concurrent_trials
+
+    need = Scaling().total_resources()
+    assert concurrent_trials({"CPU": 0.0}, need, on_cluster=True) is None
+    assert concurrent_trials({"CPU": 0.0}, need, on_cluster=True, requested=6) == 6
+    assert concurrent_trials({"CPU": 2.0}, need, on_cluster=False) == 2
+    assert concurrent_trials({"CPU": 8.0}, need, on_cluster=False, requested=3) == 3
+    with pytest.raises(UsageError, match="this machine has 2 CPU, 0 GPU"):
+        concurrent_trials({"CPU": 2.0}, Scaling(gpus_per_worker=1).total_resources(),
+                          on_cluster=False)

@@ -51,16 +51,29 @@ def test_smoke_sweep_results_plots_and_wandb_offline_runs(tmp_path, sweep_env):
     assert any(name.startswith("reliability") for name in plots)
 
     # One W&B run per trial, grouped by sweep, whose summary holds the final metrics.
-    runs = [read_offline_run(p) for p in find_offline_runs(sweep_dir)]
-    assert len(runs) == 4
     by_trial = table.set_index("trial_id")
-    for run in runs:
+    runs = {p: read_offline_run(p) for p in find_offline_runs(sweep_dir)}
+    trial_runs = [run for run in runs.values() if run.run_id in by_trial.index]
+    assert len(trial_runs) == 4
+    for run in trial_runs:
         assert run.group == sweep_dir.name
         row = by_trial.loc[run.run_id]
         assert run.config["batch_size"] == row.batch_size and run.config["model"] == row.model
         for metric in ("test_acc", "test_ece", "auroc_msp", "auroc_lnz"):
             assert run.summary[metric] == pytest.approx(row[metric], rel=1e-9)
     assert "wandb sync" in proc.stdout
+    # ... and one summary run in the sweep's group: the results table and every plot.
+    (summary,) = [p for p, run in runs.items() if run.run_id.startswith("summary-")]
+    assert runs[summary].group == sweep_dir.name and runs[summary].summary["trials"] == 4
+    assert list(summary.glob("files/media/table/trials_*.table.json"))
+    logged = [p.name for p in summary.glob("files/media/images/plots/*.png")]
+    for name in plots:  # W&B names an image <key>_<step>_<hash>.png
+        assert any(f.startswith(Path(name).stem + "_") for f in logged), name
+
+    # The console: a line per finished trial, not Tune's tables (2,835 lines before).
+    for n in range(1, 5):
+        assert f"[trial {n}/4] " in proc.stdout
+    assert "Trial status" not in proc.stdout and len(proc.stdout.splitlines()) < 40
 
     # The API key is never written to a config, a log or a results file.
     for path in [*sweep_dir.rglob("*"), *Path(env["RAY_TMPDIR"]).rglob("*")]:
@@ -83,8 +96,9 @@ def test_ddp_path_with_two_workers_matches_in_process_path(tmp_path, sweep_env):
     ddp, ddp_dir = run_sweep(tmp_path / "ddp", sweep_env, *common, "--num-workers", "2")
     assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
     assert "TorchTrainer, 2 workers" in ddp.stdout
-    local, local_dir = run_sweep(tmp_path / "local", sweep_env, *common)
+    local, local_dir = run_sweep(tmp_path / "local", sweep_env, *common, "--verbose")
     assert local.returncode == 0, local.stdout[-3000:] + local.stderr[-3000:]
+    assert "Trial status" in local.stdout  # --verbose: Tune's own progress tables
     a, b = trials(ddp_dir).iloc[0], trials(local_dir).iloc[0]
     assert a.status == b.status == "completed"
     assert a.steps == b.steps == 1078 // 32
@@ -118,7 +132,8 @@ def test_killed_trial_is_retried_from_its_checkpoint(tmp_path, sweep_env):
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.sweep", "batch_size_gffn", "--profile", "smoke",
          "--storage", str(tmp_path / "runs"), "--set", "batch_size=128", "--set", "model=gffn",
-         "--set", "epochs_b=120", "--wandb", "disabled"],
+         "--set", "epochs_b=120", "--set", "checkpoint_every=1", "--set", "report_seconds=0",
+         "--wandb", "disabled"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=sweep_env,
         cwd=tmp_path)
     killed_at = None

@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.fs
 
 from orchestrator.reports.plots import plot_metrics, plot_reliability, plot_score_histograms
 from orchestrator.reports.tables import markdown_table, ood_markdown, sort_table
 from orchestrator.tune.session import FINAL_FILE
+from orchestrator.tune.storage import read_final_artifacts
 from search_spaces import SearchSpace, expand_setup
 
 SWEEP_FILE = "sweep.json"  # what the sweep was asked (name, profile, overrides, storage)
@@ -41,22 +43,19 @@ class Artifacts:
     samples: dict[str, Any] = field(default_factory=dict)      # trial_id -> score -> set
 
 
-def _final_artifacts(result) -> dict | None:
-    """The `final.json` of a trial's last checkpoint (Tune's, or Ray Train's by path)."""
-    path = None
+def _final_artifacts(result, filesystem) -> dict | None:
+    """The `final.json` of a trial's last checkpoint: Tune's, or Ray Train's (its path in
+    the storage `filesystem` among the metrics)."""
     if result.checkpoint is not None:
-        path = result.checkpoint.path
-    elif result.metrics and result.metrics.get("checkpoint_path"):
-        path = result.metrics["checkpoint_path"]
-    if path is None:
-        return None
-    final = Path(path) / FINAL_FILE
-    return json.loads(final.read_text()) if final.exists() else None
+        return read_final_artifacts(result.checkpoint.filesystem, result.checkpoint.path,
+                                    FINAL_FILE)
+    path = (result.metrics or {}).get("checkpoint_path")
+    return read_final_artifacts(filesystem or pyarrow.fs.LocalFileSystem(), path, FINAL_FILE)
 
 
-def collect_results(result_grid) -> tuple[pd.DataFrame, Artifacts]:
+def collect_results(result_grid, filesystem=None) -> tuple[pd.DataFrame, Artifacts]:
     """One row per trial (its config, its last reported metrics and its status), and the
-    trials' final artifacts.
+    trials' final artifacts, read from the storage `filesystem` (pyarrow; None: local).
 
     Status is the loop's own (`completed`, `diverged`), `error` when the trial raised
     (after its retries), and `incomplete` when it stopped without a final report.
@@ -75,7 +74,7 @@ def collect_results(result_grid) -> tuple[pd.DataFrame, Artifacts]:
             row["status"] = "incomplete"
         row["trial_dir"] = str(result.path)
         rows.append(row)
-        final = _final_artifacts(result)
+        final = _final_artifacts(result, filesystem)
         trial_id = row.get("trial_id")
         if not final or not trial_id:
             continue

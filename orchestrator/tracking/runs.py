@@ -8,7 +8,6 @@ put in a config, a log or a results file: it stays in the environment.
 
 from __future__ import annotations
 
-import json
 import netrc
 import os
 import queue
@@ -22,6 +21,7 @@ from ray.tune import Callback
 
 from orchestrator.tracking.offline import find_offline_runs
 from orchestrator.tune.session import FINAL_FILE
+from orchestrator.tune.storage import read_final_artifacts
 from search_spaces import expand_setup
 
 WANDB_MODES = ("offline", "online", "disabled")
@@ -82,16 +82,19 @@ class WandbTrialLogger(Callback):
     EXCLUDE = ("config", "checkpoint_path", "checkpoint_dir_name", "should_checkpoint", "done",
                "date", "hostname", "node_ip", "pid", "timestamp")
 
-    def __init__(self, mode: str, group: str, project: str | None = None):
+    def __init__(self, mode: str, group: str, project: str | None = None,
+                 local_dir: str | None = None):
         self.mode = mode
         self.group = group
         self.project = project or os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT)
+        self.local_dir = local_dir
         self._runs: dict[str, Any] = {}
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
 
     def __getstate__(self):  # Tune pickles callbacks: threads, queues and runs stay behind
-        return {"mode": self.mode, "group": self.group, "project": self.project}
+        return {"mode": self.mode, "group": self.group, "project": self.project,
+                "local_dir": self.local_dir}
 
     def __setstate__(self, state):
         self.__init__(**state)
@@ -117,8 +120,8 @@ class WandbTrialLogger(Callback):
             settings=wandb.Settings(console="off", x_disable_stats=True, disable_git=True,
                                     save_code=False))
 
-    def _log(self, trial_id: str, metrics: dict, step: int | None) -> None:
-        self._runs[trial_id].log(metrics, step=step)
+    def _log(self, trial_id: str, metrics: dict) -> None:
+        self._runs[trial_id].log(metrics)
 
     def _finish(self, trial_id: str, status: str, exit_code: int,
                 ood_rows: list[dict] | None = None) -> None:
@@ -142,15 +145,17 @@ class WandbTrialLogger(Callback):
             self._thread.start()
         self._queue.put((method, args))
 
-    @staticmethod
-    def _run_directory(trial) -> str:
-        """The trial's own directory in local storage; W&B writes there directly. (Tune's
+    def _run_directory(self, trial) -> str:
+        """Where the trial's W&B files go: its own directory in local storage (Tune's
         `local_path` is a staging copy that Tune syncs when the trial ends, which can be
-        before W&B has flushed.) With remote storage, the staging directory."""
+        before W&B has flushed). With remote storage they stay on the driver, in the
+        sweep's local results directory (`local_dir`), beside trials.csv."""
         import pyarrow.fs
 
         if isinstance(trial.storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
             return str(trial.path)
+        if self.local_dir:
+            return str(Path(self.local_dir, Path(trial.path).name))
         return str(trial.local_path)
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -158,21 +163,25 @@ class WandbTrialLogger(Callback):
                      self._run_directory(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        metrics = {k: v for k, v in result.items()
-                   if k not in self.EXCLUDE and isinstance(v, (Number, str, bool))}
-        self._submit(self._log, trial.trial_id, metrics, result.get("training_iteration"))
+        """One W&B step per epoch: the epochs a report carries (`earlier_epochs`, sent
+        together by a trial with tiny epochs), then the report's own."""
+        for metrics in [*result.get("earlier_epochs", []), result]:
+            self._submit(self._log, trial.trial_id,
+                         {k: v for k, v in metrics.items()
+                          if k not in self.EXCLUDE and isinstance(v, (Number, str, bool))})
 
     @staticmethod
     def _ood_rows(trial) -> list[dict]:
         """The `ood` rows of the trial's final checkpoint (Tune's, or Ray Train's by path),
-        when that checkpoint is on a local disk."""
+        read through the storage's filesystem."""
         checkpoint = getattr(trial, "checkpoint", None)
-        path = checkpoint.path if checkpoint is not None else (
-            (trial.last_result or {}).get("checkpoint_path"))
-        final = Path(path) / FINAL_FILE if path else None
-        if final is None or not final.exists():
-            return []
-        return json.loads(final.read_text()).get("ood", [])
+        if checkpoint is not None:
+            final = read_final_artifacts(checkpoint.filesystem, checkpoint.path, FINAL_FILE)
+        else:
+            final = read_final_artifacts(trial.storage.storage_filesystem,
+                                         (trial.last_result or {}).get("checkpoint_path"),
+                                         FINAL_FILE)
+        return (final or {}).get("ood", [])
 
     def _end_trial(self, trial, failed: bool) -> None:
         status = "error" if failed else (trial.last_result or {}).get("status", "incomplete")
@@ -196,11 +205,14 @@ class WandbTrialLogger(Callback):
         self._thread = None
 
 
-def wandb_callback(mode: str, group: str, project: str | None = None):
-    """The W&B Tune callback for `mode`, or None when tracking is disabled."""
+def wandb_callback(mode: str, group: str, project: str | None = None,
+                   local_dir: str | None = None):
+    """The W&B Tune callback for `mode`, or None when tracking is disabled. `local_dir`:
+    the sweep's local results directory, home of the W&B files of a remote storage's
+    trials."""
     if mode == "disabled":
         return None
-    return WandbTrialLogger(mode=mode, group=group, project=project)
+    return WandbTrialLogger(mode=mode, group=group, project=project, local_dir=local_dir)
 
 
 def sync_instructions(sweep_dir: str | Path) -> str:

@@ -9,6 +9,7 @@ cluster; otherwise it starts Ray locally.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -20,6 +21,7 @@ from orchestrator.errors import UsageError
 from orchestrator.reports.collect import SWEEP_FILE, collect_results, write_results
 from orchestrator.reports.tables import markdown_table
 from orchestrator.tracking import runs as tracking
+from orchestrator.tune.storage import Storage, open_storage
 from orchestrator.tune.trainable import KEEP_CHECKPOINTS, Scaling, make_trainable
 from search_spaces import Profile, SearchSpace
 
@@ -29,26 +31,12 @@ from search_spaces import Profile, SearchSpace
 RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
 
 
-def latest_run(storage: str, prefix: str) -> str | None:
-    """The newest run `<prefix>-<time>` in `storage` (a directory or a URI such as s3://)
-    that Tune can restore (it holds tuner.pkl)."""
-    import pyarrow.fs
-
-    if is_uri(storage):
-        filesystem, root = pyarrow.fs.FileSystem.from_uri(storage)
-    else:
-        filesystem, root = pyarrow.fs.LocalFileSystem(), storage
-    found = filesystem.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
-    runs = sorted(info.base_name for info in found
-                  if info.type == pyarrow.fs.FileType.Directory
-                  and info.base_name.startswith(f"{prefix}-")
-                  and filesystem.get_file_info(f"{info.path}/tuner.pkl").type
-                  == pyarrow.fs.FileType.File)
-    return f"{storage.rstrip('/')}/{runs[-1]}" if runs else None
-
-
-def is_uri(path: str) -> bool:
-    return "://" in path
+def latest_run(storage: Storage, prefix: str) -> str | None:
+    """The newest run `<prefix>-<time>` in `storage` that Tune can restore (it holds
+    tuner.pkl)."""
+    runs = [name for name in storage.subdirectories() if name.startswith(f"{prefix}-")
+            and storage.is_file(storage.path(name, "tuner.pkl"))]
+    return runs[-1] if runs else None
 
 
 def sweep_settings(profile: Profile, scaling: Scaling) -> dict[str, Any]:
@@ -72,30 +60,76 @@ def check_resumable(run: str, earlier: dict[str, Any], settings: dict[str, Any])
                          f"{', '.join(changed)}; run without --resume for a new sweep")
 
 
+def concurrent_trials(capacity: dict[str, float], need: dict[str, float], on_cluster: bool,
+                      requested: int | None = None, shutdown=None) -> int | None:
+    """How many trials Tune may run at once: `requested` (--max-concurrent-trials) if given;
+    on a cluster (RAY_ADDRESS) no cap, so that every trial waiting for room is demand the
+    autoscaler sees and it grows to its node types' max_workers (the head may offer no CPU
+    at all: sizing from the cluster's first minute would run one trial at a time); on a
+    local Ray, as many as fit now. A trial that can never fit on a local Ray is a
+    UsageError (after `shutdown()`)."""
+    fits = [capacity.get(k, 0) // v for k, v in need.items() if v > 0]
+    if fits and min(fits) < 1:
+        wanted = ", ".join(f"{v:g} {k}" for k, v in need.items() if v > 0)
+        have = ", ".join(f"{capacity.get(k, 0):g} {k}" for k, v in need.items() if v > 0)
+        if not on_cluster:  # a local Ray cannot grow: the trials would wait forever
+            if shutdown is not None:
+                shutdown()
+            raise UsageError(f"one trial needs {wanted} but this machine has {have}; "
+                             f"lower --num-workers / --gpus-per-worker / --cpus-per-worker")
+        print(f"[sweep] one trial needs {wanted}, the cluster has {have} now; trials wait "
+              f"until the autoscaler adds nodes", file=sys.stderr)
+    if requested is not None:
+        return requested
+    if on_cluster:
+        return None
+    return max(1, int(min(fits))) if fits else None
+
+
+def summary_run(mode: str, run_name: str, record: dict[str, Any], table, artifacts,
+                results: Path) -> None:
+    """The sweep's results in W&B, where it is monitored: one run in the sweep's group
+    (job_type "summary") with the trials table, the OOD table and every plot. A resumed
+    sweep updates the same run."""
+    run_id = "summary-" + hashlib.sha1(run_name.encode()).hexdigest()[:12]
+    run = tracking.JobRun(mode, "summary", f"{run_name}-summary", run_name, record,
+                          results.parent / "summary", run_id=run_id)
+    run.table("trials", table)
+    if not artifacts.ood.empty:
+        run.table("ood", artifacts.ood)
+    for plot in sorted((results / "plots").glob("*.png")):
+        run.image(f"plots/{plot.stem}", plot)
+    statuses = table["status"].value_counts().to_dict() if "status" in table else {}
+    run.finish({"trials": len(table), **{f"status/{k}": v for k, v in statuses.items()}})
+
+
 def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: Scaling,
               overrides: list[str], storage: str, resume: bool, mode: str,
-              data_dir: str) -> int:
+              data_dir: str, max_concurrent_trials: int | None = None,
+              verbose: bool = False) -> int:
     """Run (or with `resume`, continue) the sweep of `profile` with the trial resources of
     `scaling`, its W&B runs in `mode`, checkpoints under `storage` (a directory or a URI);
-    write the results and return the process exit code."""
-    storage = storage if is_uri(storage) else str(Path(storage).resolve())
+    write the results and return the process exit code. `max_concurrent_trials` caps the
+    trials that run at once (default: `concurrent_trials`); `verbose` prints Tune's own
+    progress tables instead of a line per finished trial and a status line."""
+    storage = open_storage(storage)
     prefix = f"{space.name}-{profile_name}"
-    restore_path = None
+    settings = sweep_settings(profile, scaling)
     if resume:
         try:
-            restore_path = latest_run(storage, prefix)
+            run_name = latest_run(storage, prefix)
         except OSError as error:
-            raise UsageError(f"--resume: cannot list {storage}: {error}") from None
-        if restore_path is None:
-            raise UsageError(f"--resume: no earlier run '{prefix}-*' in {storage}")
-        run_name = restore_path.rsplit("/", 1)[-1]
+            raise UsageError(f"--resume: cannot list {storage.display()}: {error}") from None
+        if run_name is None:
+            raise UsageError(f"--resume: no earlier run '{prefix}-*' in {storage.display()}")
+        record = storage.path(run_name, SWEEP_FILE)
+        if storage.is_file(record):
+            check_resumable(run_name, storage.read_json(record), settings)
     else:
         run_name = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
-    sweep_dir = f"{storage}/{run_name}"
-    local_dir = Path(sweep_dir) if not is_uri(storage) else Path("runs", run_name).resolve()
-    settings = sweep_settings(profile, scaling)
-    if resume and (local_dir / SWEEP_FILE).exists():
-        check_resumable(run_name, json.loads((local_dir / SWEEP_FILE).read_text()), settings)
+    sweep_dir = storage.display(run_name)
+    local_dir = Path("runs", run_name).resolve() if storage.is_uri else \
+        Path(storage.path(run_name))
 
     import ray
     from ray import tune
@@ -107,78 +141,86 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
     # The experiment snapshot that --resume reads: every second (Tune's default, "auto", is
     # at least 10 s), so a killed driver costs a trial about a second of epochs.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-    # Per-trial result.json and progress.csv only (callbacks below); no TensorBoard files:
-    # they cost the driver time on every epoch's report, and W&B is the dashboard. Set
-    # before either Tuner is built, so a resumed sweep gets the same loggers.
+    # Per-trial result.json only (a callback below); no progress.csv or TensorBoard files:
+    # they cost the driver time on every report, and W&B is the dashboard. Set before
+    # either Tuner is built, so a resumed sweep gets the same loggers.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    # A local Ray starts without the dashboard (a cluster keeps its own): it is a process
+    # and a web server competing with the trials for the machine's cores.
     ray.init(address=address, logging_level="WARNING",
+             **({} if address else {"include_dashboard": False}),
              runtime_env={"env_vars": {k: os.environ.get(k, v) for k, v in RAY_ENV.items()}})
-    capacity = ray.cluster_resources()
-    need = scaling.total_resources()
-    fits = [capacity.get(k, 0) // v for k, v in need.items() if v > 0]
-    if fits and min(fits) < 1:
-        wanted = ", ".join(f"{v:g} {k}" for k, v in need.items() if v > 0)
-        have = ", ".join(f"{capacity.get(k, 0):g} {k}" for k, v in need.items() if v > 0)
-        if not address:  # a local Ray cannot grow: the trials would wait forever
-            ray.shutdown()
-            raise UsageError(f"one trial needs {wanted} but this machine has {have}; "
-                             f"lower --num-workers / --gpus-per-worker / --cpus-per-worker")
-        print(f"[sweep] warning: one trial needs {wanted}, the cluster has {have} now; "
-              f"trials wait until the autoscaler adds nodes", file=sys.stderr)
-    max_concurrent = max(1, int(min(fits))) if fits else None
+    concurrent = concurrent_trials(ray.cluster_resources(), scaling.total_resources(),
+                                   on_cluster=bool(address), requested=max_concurrent_trials,
+                                   shutdown=ray.shutdown)
     path = "in-process (Tune trial)" if scaling.in_process else (
         f"TorchTrainer, {scaling.num_workers} workers x "
         f"{scaling.cpus_per_worker} CPU + {scaling.gpus_per_worker} GPU")
-    print(f"[sweep] trial path: {path}; up to {max_concurrent} trials at once; "
-          f"W&B {mode}; storage {sweep_dir}", flush=True)
+    at_once = (f"up to {concurrent} trials at once" if concurrent else
+               "as many trials at once as the cluster grows to (every pending trial asks "
+               "the autoscaler for room)")
+    print(f"[sweep] trial path: {path}; {at_once}; W&B {mode}; storage {sweep_dir}",
+          flush=True)
 
-    trainable = make_trainable(space.loop, scaling, f"{sweep_dir}/train")
+    trainable = make_trainable(space.loop, scaling, storage.path(run_name, "train"),
+                               storage.filesystem)
     param_space = {**profile.config, "data_dir": data_dir,
                    **{k: tune.grid_search(v) for k, v in profile.grid.items()}}
-    if restore_path is not None:
-        tuner = tune.Tuner.restore(restore_path, trainable, resume_errored=True,
-                                   param_space=param_space)
+    if resume:
+        tuner = tune.Tuner.restore(storage.path(run_name), trainable, resume_errored=True,
+                                   param_space=param_space,
+                                   storage_filesystem=storage.filesystem)
     else:
-        from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+        from ray.tune.logger import JsonLoggerCallback
 
         from orchestrator.tune.checkpoint_retention import CheckpointRetention
+        from orchestrator.tune.console import ConsoleReporter
 
-        callbacks = [JsonLoggerCallback(), CSVLoggerCallback(),
-                     CheckpointRetention(keep=KEEP_CHECKPOINTS)]
-        callbacks += [cb for cb in [tracking.wandb_callback(mode, group=run_name)] if cb]
+        callbacks = [JsonLoggerCallback(), CheckpointRetention(keep=KEEP_CHECKPOINTS)]
+        if not verbose:
+            callbacks.append(ConsoleReporter(space.table_keys, space.table_metrics,
+                                             profile.num_trials()))
+        callbacks += [cb for cb in [tracking.wandb_callback(
+            mode, group=run_name, local_dir=str(local_dir))] if cb]
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode,
-                                        max_concurrent_trials=max_concurrent,
+                                        max_concurrent_trials=concurrent,
                                         reuse_actors=True),
             run_config=tune.RunConfig(
-                name=run_name, storage_path=storage, callbacks=callbacks,
+                name=run_name, storage_path=storage.root,
+                storage_filesystem=storage.filesystem, callbacks=callbacks,
                 failure_config=tune.FailureConfig(max_failures=scaling.max_failures),
                 # Old checkpoints are deleted by CheckpointRetention, not by Tune.
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-                verbose=1),
+                verbose=1 if verbose else 0),
         )
-    local_dir.mkdir(parents=True, exist_ok=True)
-    (local_dir / SWEEP_FILE).write_text(json.dumps({
-        "name": space.name, "profile": profile_name, "overrides": overrides,
-        "num_workers": scaling.num_workers, "gpus_per_worker": scaling.gpus_per_worker,
-        "cpus_per_worker": scaling.cpus_per_worker, "wandb": mode, "storage": sweep_dir,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "settings": settings}, indent=2))
+    record = {"name": space.name, "profile": profile_name, "overrides": overrides,
+              "num_workers": scaling.num_workers, "gpus_per_worker": scaling.gpus_per_worker,
+              "cpus_per_worker": scaling.cpus_per_worker, "wandb": mode,
+              "storage": sweep_dir, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "settings": settings}
+    storage.write_json(storage.path(run_name, SWEEP_FILE), record)  # what --resume reads
+    if storage.is_uri:  # the results directory of a sweep on a URI is ./runs/<run>
+        local_dir.mkdir(parents=True, exist_ok=True)
+        (local_dir / SWEEP_FILE).write_text(json.dumps(record, indent=2))
     started = time.perf_counter()
     try:
         result_grid = tuner.fit()
     except Exception as error:  # Tune itself failed: keep whatever the trials reported
         print(f"[sweep] Tune stopped with an error: {error!r}", file=sys.stderr)
-        result_grid = tune.Tuner.restore(sweep_dir, trainable).get_results()
+        result_grid = tune.Tuner.restore(storage.path(run_name), trainable,
+                                         storage_filesystem=storage.filesystem).get_results()
     wall = time.perf_counter() - started
 
-    table, artifacts = collect_results(result_grid)
+    table, artifacts = collect_results(result_grid, storage.filesystem)
     out = write_results(table, artifacts, space, local_dir)
     print(f"\n[sweep] {space.name} / {profile_name}: {len(table)} trials in {wall:.1f} s\n")
     print(markdown_table(table, space))
     written = "trials.csv, trials.md" + (", ood.csv, ood.md" if not artifacts.ood.empty else "")
     print(f"\n[sweep] results: {out}/{{{written}}}, plots/")
+    summary_run(mode, run_name, record, table, artifacts, out)
     note = tracking.sync_instructions(local_dir)
     if note:
         print(note)

@@ -37,6 +37,26 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)  # DDP keeps the model in .module
 
 
+class CheckpointClock:
+    """When a running trial saves a checkpoint: every `checkpoint_every` epochs, or (with
+    `checkpoint_every` 0, the default) once `checkpoint_seconds` (default 30) of the trial
+    have passed since the last one; the end of a trial always saves. A failure loses at
+    most that much work; tiny epochs no longer pay for a checkpoint each."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.every = int(config.get("checkpoint_every", 0) or 0)
+        self.seconds = float(config.get("checkpoint_seconds", 30.0))
+        self.last = time.monotonic()
+
+    def due(self, epoch: int) -> bool:
+        if self.every > 0:
+            return (epoch + 1) % self.every == 0
+        if time.monotonic() - self.last < self.seconds:
+            return False
+        self.last = time.monotonic()
+        return True
+
+
 def train_classifier(config: dict[str, Any], session: Session) -> None:
     """FFN or GFFN classifier training under budget A (early stopping) or B (fixed epochs).
 
@@ -47,6 +67,7 @@ def train_classifier(config: dict[str, Any], session: Session) -> None:
     training set and `best_epoch`. A non-finite loss ends the trial with `status="diverged"`.
     """
     loop_started = time.perf_counter()
+    clock = CheckpointClock(config)
     torch.manual_seed(config["seed"])
     data = load_trial_data(config)
     model = build_classifier(config["arch"], data.input_shape, data.num_classes)
@@ -106,8 +127,8 @@ def train_classifier(config: dict[str, Any], session: Session) -> None:
         state["model"] = _unwrap(model).state_dict()
         state["optimizer"] = optimizer.state_dict()
         if not (patience_over or epoch + 1 == max_epochs):
-            save = (epoch + 1) % config.get("checkpoint_every", 1) == 0
-            session.report({**metrics, "status": "running"}, state=state if save else None)
+            session.report({**metrics, "status": "running"},
+                           state=state if clock.due(epoch) else None)
             continue
         metrics.update(best_epoch=state["best_epoch"] + 1, epochs=epoch + 1,
                        status="completed")
@@ -179,6 +200,7 @@ def train_generative(config: dict[str, Any], session: Session) -> None:
     A non-finite loss or validation bits/dim ends the trial with `status="diverged"`.
     """
     loop_started = time.perf_counter()
+    clock = CheckpointClock(config)
     torch.manual_seed(config["seed"])
     data = load_trial_data(config)
     model = build_generative_model(config, data.input_shape, data.levels, data.num_classes)
@@ -229,8 +251,8 @@ def train_generative(config: dict[str, Any], session: Session) -> None:
         state["model"] = evaluated.state_dict()
         state["optimizer"] = optimizer.state_dict()
         if epoch + 1 < epochs:
-            save = (epoch + 1) % config.get("checkpoint_every", 1) == 0
-            session.report({**metrics, "status": "running"}, state=state if save else None)
+            session.report({**metrics, "status": "running"},
+                           state=state if clock.due(epoch) else None)
             continue
         if session.rank != 0:  # rank 0 evaluates; the others wait at the collective report
             session.report({**metrics, "epochs": epoch + 1, "status": "completed"})

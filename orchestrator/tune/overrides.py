@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import UsageError
+from orchestrator.tune.storage import open_storage
 from search_spaces import SETUP, Profile, SearchSpace
 from workloads.data import ensure_dataset, load_dataset, one_class_split
 
@@ -108,8 +109,15 @@ def check_datasets(profile: Profile, data_dir: str, download: bool) -> None:
 
 
 def check_storage(storage: str) -> None:
-    """A local `--storage` must be a directory this process can write (created if absent)."""
-    if "://" in storage:
+    """`--storage` must be a URI pyarrow can reach, or a directory this process can write
+    (created if absent)."""
+    target = open_storage(storage)
+    if target.is_uri:
+        try:
+            target.filesystem.get_file_info(target.root)
+        except OSError as error:
+            raise UsageError(f"--storage {target.display()}: cannot reach it ({error})") \
+                from None
         return
     path = Path(storage)
     if path.exists() and not path.is_dir():

@@ -57,8 +57,11 @@ class Scaling:
                              resources_per_worker=resources)
 
 
-def make_trainable(loop_name: str, scaling: Scaling, train_storage: str | Path) -> Callable:
-    """A Tune function trainable running `LOOPS[loop_name]` on the path `scaling` picks."""
+def make_trainable(loop_name: str, scaling: Scaling, train_storage: str | Path,
+                   filesystem=None) -> Callable:
+    """A Tune function trainable running `LOOPS[loop_name]` on the path `scaling` picks.
+    Ray Train runs keep their checkpoints under `train_storage` in `filesystem` (a pyarrow
+    filesystem; None: the local disk)."""
     loop = LOOPS[loop_name]
     threads = scaling.cpus_per_worker
 
@@ -67,7 +70,8 @@ def make_trainable(loop_name: str, scaling: Scaling, train_storage: str | Path) 
 
     def trainable(config: dict[str, Any]) -> None:
         if scaling.in_process:
-            loop(expand_setup(config), TuneSession(num_threads=threads))
+            config = expand_setup(config)
+            loop(config, TuneSession(threads, config.get("report_seconds", 0.0)))
             return
         from ray import train, tune
         from ray.train.torch import TorchTrainer
@@ -80,7 +84,7 @@ def make_trainable(loop_name: str, scaling: Scaling, train_storage: str | Path) 
             scaling_config=scaling.scaling_config(),
             run_config=train.RunConfig(
                 name=f"train-{trial_id}",
-                storage_path=str(train_storage),
+                storage_path=str(train_storage), storage_filesystem=filesystem,
                 callbacks=[TuneReportCallback()],
                 checkpoint_config=train.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
                 failure_config=train.FailureConfig(max_failures=scaling.max_failures),
