@@ -92,7 +92,10 @@ def test_smoke_sweep_results_plots_and_wandb_offline_runs(tmp_path, sweep_env):
 
 
 def test_ddp_path_with_two_workers_matches_in_process_path(tmp_path, sweep_env):
-    common = ["--set", "batch_size=32", "--set", "model=gffn", "--wandb", "disabled"]
+    """Same training on both paths, and the same checkpoint retention: 6 epochs with a
+    checkpoint each leave the newest 3 (Tune's trial directory; Ray Train's run)."""
+    common = ["--set", "batch_size=32", "--set", "model=gffn", "--set", "epochs_b=6",
+              "--set", "checkpoint_every=1", "--wandb", "disabled"]
     ddp, ddp_dir = run_sweep(tmp_path / "ddp", sweep_env, *common, "--num-workers", "2")
     assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
     assert "TorchTrainer, 2 workers" in ddp.stdout
@@ -101,12 +104,15 @@ def test_ddp_path_with_two_workers_matches_in_process_path(tmp_path, sweep_env):
     assert "Trial status" in local.stdout  # --verbose: Tune's own progress tables
     a, b = trials(ddp_dir).iloc[0], trials(local_dir).iloc[0]
     assert a.status == b.status == "completed"
-    assert a.steps == b.steps == 1078 // 32
+    assert a.steps == b.steps == 6 * (1078 // 32)
     # Same global batches, same initial weights, a global-batch GFFN normalizer:
     # the two paths train the same model up to float32 summation order.
     assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4)
     assert a.test_acc == pytest.approx(b.test_acc, abs=0.01)
-    assert any((ddp_dir / "train").glob("train-*/checkpoint_*"))
+    ddp_checkpoints = [p for p in (ddp_dir / "train").glob("train-*/checkpoint_*") if p.is_dir()]
+    local_checkpoints = sorted(p for p in local_dir.glob("*/checkpoint_*") if p.is_dir())
+    assert len(ddp_checkpoints) == len(local_checkpoints) == 3
+    assert [p.name[-2:] for p in local_checkpoints] == ["03", "04", "05"]  # the newest 3
 
 
 def test_diverged_trial_is_reported_and_the_sweep_goes_on(tmp_path, sweep_env):

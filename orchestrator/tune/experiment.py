@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,10 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
         result_grid = tune.Tuner.restore(storage.path(run_name), trainable,
                                          storage_filesystem=storage.filesystem).get_results()
     wall = time.perf_counter() - started
+    # Collecting, tabulating and plotting the results needs no Ray (the results are in
+    # memory, the artifacts read through pyarrow): Ray shuts down meanwhile.
+    stopping = threading.Thread(target=ray.shutdown, name="ray-shutdown")
+    stopping.start()
 
     table, artifacts = collect_results(result_grid, storage.filesystem)
     out = write_results(table, artifacts, space, local_dir)
@@ -225,7 +230,8 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
     if note:
         print(note)
     statuses = table["status"].value_counts().to_dict() if "status" in table else {}
-    print(f"[sweep] status: {statuses}")
+    print(f"[sweep] status: {statuses}", flush=True)
+    stopping.join()
     if statuses.get("error") or statuses.get("incomplete"):
         print(f"[sweep] some trials did not finish; rerun with --resume to continue "
               f"{run_name}", file=sys.stderr)
