@@ -1,7 +1,7 @@
 """Benchmark: the `local` sweep on Ray against the machine's limit for the same trials.
 
 Measures, in one run on this machine:
-1. the fair limit: the same trials trained by the same workload code
+1. the fair limit: the same trials (one seed each: `--seeds 1`) trained by the same workload code
    (`train_classifier` + `LocalSession`) with no Ray, in one process per core with one
    torch thread each (the best a user could do by hand: every core busy, no threads
    competing), trials handed out longest first;
@@ -104,10 +104,10 @@ def main() -> None:
 
     # 1-2. The whole sweep against the machine's limit.
     limit = run_limit(configs, processes=min(cores, len(configs)))
-    sweep_wall, sweep_dir = run_sweep(out / "sweep", "--profile", args.profile,
-                                      "--wandb", "offline")
-    no_wandb_wall, _ = run_sweep(out / "sweep_no_wandb", "--profile", args.profile,
-                                 "--wandb", "disabled")
+    sweep_wall, sweep_dir = run_sweep(out / "sweep", "--profile", args.profile, "--seeds",
+                                      "1", "--wandb", "offline")
+    no_wandb_wall, _ = run_sweep(out / "sweep_no_wandb", "--profile", args.profile, "--seeds",
+                                 "1", "--wandb", "disabled")
     statuses = pd.read_csv(sweep_dir / "results" / "trials.csv")["status"]
     results.update(limit_wall_s=limit, sweep_wall_s=sweep_wall,
                    sweep_to_limit=sweep_wall / limit, sweep_no_wandb_wall_s=no_wandb_wall,
@@ -123,7 +123,7 @@ def main() -> None:
     sets = [f"--set={k}={v}" for k, v in THROUGHPUT_TRIAL.items()]
     for path, extra in {"in_process_1cpu": [], "ddp_2_workers": ["--num-workers", "2"]}.items():
         _, trial_dir = run_sweep(out / f"throughput_{path}", "--profile", args.profile,
-                                 "--wandb", "disabled", *sets, *extra)
+                                 "--seeds", "1", "--wandb", "disabled", *sets, *extra)
         rates[path] = epochs_per_second(sweep_trial_epochs(trial_dir))
     results["throughput_batch32"] = {
         "epochs_per_second": rates,

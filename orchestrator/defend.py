@@ -25,6 +25,7 @@ import json
 import sys
 import time
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -39,10 +40,12 @@ from orchestrator.cli import (
 from orchestrator.errors import UsageError
 from orchestrator.jobs.defense import defend_trials
 from orchestrator.jobs.profiles import PROFILES, DefenseProfile
-from orchestrator.jobs.trial import job_directory, read_trials
+from orchestrator.jobs.trial import job_directory, read_trials, record_provenance
 from orchestrator.pools.base import start_ray
 from orchestrator.pools.units import save_json
 from orchestrator.reports.job_plots import plot_defense_summary
+from orchestrator.reports.reproduction import FILE as REPRODUCTION_FILE
+from orchestrator.reports.reproduction import rewrite_reproduction, verdict_lines
 from orchestrator.reports.tables import defense_tables
 
 
@@ -115,7 +118,8 @@ def select_trials(table: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame
         chosen = chosen[chosen["alpha"].isin(alphas)]
     if chosen.empty:
         raise UsageError("no completed DIGLM trial matches --trial / --alpha")
-    return chosen.sort_values(["alpha", "dequantization", "trial_id"])
+    order = [k for k in ("alpha", "dequantization", "seed", "trial_id") if k in chosen]
+    return chosen.sort_values(order)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -131,6 +135,7 @@ def main(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot resume {out}: its settings differ in "
                              f"{', '.join(changed)}; run without --resume")
     out.mkdir(parents=True, exist_ok=True)
+    record_provenance(out, args.sweep_dir, args.data_dir)
     save_json({"profile": args.profile, **settings, "trials": list(trials.trial_id),
                "started": time.strftime("%Y-%m-%dT%H:%M:%S")}, out / "defense.json")
     start_ray()
@@ -142,6 +147,12 @@ def main(args: argparse.Namespace) -> int:
     plot_defense_summary(frame, out / "defense.png")
     print("\n" + markdown)
     print(f"[defend] results: {out}/tables.md, defense.csv, defense.png, <trial>/")
+    verdicts = [v for v in rewrite_reproduction(args.sweep_dir) if v.claim.data == "defense"]
+    if verdicts:
+        where = Path(args.sweep_dir) / REPRODUCTION_FILE
+        print(f"[defend] the thesis' defense claims ({where}):")
+        for line in verdict_lines(verdicts):
+            print(f"  {line}")
     return 0
 
 

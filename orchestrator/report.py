@@ -11,7 +11,15 @@ from pathlib import Path
 
 from orchestrator.cli import run_command
 from orchestrator.errors import UsageError
-from orchestrator.reports.collect import RESULTS_DIR, SWEEP_FILE, load_results, render_outputs
+from orchestrator.reports.collect import (
+    RESULTS_DIR,
+    SWEEP_FILE,
+    load_results,
+    recorded_settings,
+    render_outputs,
+)
+from orchestrator.reports.reproduction import FILE as REPRODUCTION_FILE
+from orchestrator.reports.reproduction import verdict_lines, write_reproduction
 from orchestrator.reports.tables import markdown_table
 from search_spaces import get_search_space
 
@@ -19,8 +27,11 @@ from search_spaces import get_search_space
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator.report",
-        description="Redraw the results tables (markdown) and plots (PNG) of a finished "
-                    "sweep from the files in SWEEP_DIR/results/.")
+        description="Redraw the results tables (markdown: per trial, and over seeds with "
+                    "95%% intervals) and plots (PNG) of a finished sweep from the files in "
+                    "SWEEP_DIR/results/, and write SWEEP_DIR/REPRODUCTION.md: a verdict on "
+                    "each claim of the documents the sweep tests, the documents' tables "
+                    "beside ours, and what produced the numbers.")
     parser.add_argument("sweep_dir", help="a sweep directory, e.g. runs/batch_size_gffn-local-...")
     return parser
 
@@ -31,13 +42,21 @@ def main(args: argparse.Namespace) -> int:
     if not (sweep_dir / RESULTS_DIR / "trials.csv").exists() or not meta_path.exists():
         raise UsageError(f"{sweep_dir} has no {SWEEP_FILE} and {RESULTS_DIR}/trials.csv: not "
                          f"a finished sweep directory")
-    space = get_search_space(json.loads(meta_path.read_text())["name"])
+    record = json.loads(meta_path.read_text())
+    space = get_search_space(record["name"])
     table, artifacts = load_results(sweep_dir)
     out = sweep_dir / RESULTS_DIR
-    render_outputs(table, artifacts, space, out)
+    settings = recorded_settings(record, space)
+    render_outputs(table, artifacts, space, out, settings)
+    verdicts = write_reproduction(space, sweep_dir, table, artifacts.ood, settings)
     print(markdown_table(table, space))
-    drawn = "trials.md, ood.md" if not artifacts.ood.empty else "trials.md"
+    drawn = "trials.md, aggregated.md" + (", ood.md" if not artifacts.ood.empty else "")
     print(f"\n[report] {out}: {drawn} and plots/ redrawn")
+    print(f"[report] {sweep_dir / REPRODUCTION_FILE}: " + (
+        f"{len(verdicts)} claims" if verdicts else "no claims declared; the documents' "
+        "tables and provenance"))
+    for line in verdict_lines(verdicts):
+        print(f"  {line}")
     return 0
 
 

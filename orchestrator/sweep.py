@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="KEY=VALUE",
                         help="override a config value; a comma-separated value sweeps it "
                              "(repeatable)")
+    parser.add_argument("--seeds", type=int, metavar="K",
+                        help="train every configuration with seeds 0..K-1 (model "
+                             "initialisation and data order; the data split stays fixed); "
+                             "same as --set seed=0,...,K-1 (default: the profile's count, "
+                             "see --list)")
     parser.add_argument("--num-workers", type=int, help="data-parallel workers per trial")
     parser.add_argument("--gpus-per-worker", type=float,
                         help="GPUs per worker (fractions share a GPU)")
@@ -77,7 +82,9 @@ def list_sweeps() -> str:
         space = get_search_space(name)
         lines.append(f"{name}: {space.description}")
         for pname, profile in space.profiles.items():
-            lines.append(f"    {pname:<6} {profile.num_trials():>4} trials  {profile.description}")
+            trials = profile.num_trials() * profile.seeds
+            seeds = f" ({profile.seeds} seeds)" if profile.seeds > 1 else ""
+            lines.append(f"    {pname:<6} {trials:>4} trials{seeds}  {profile.description}")
     return "\n".join(lines)
 
 
@@ -97,7 +104,16 @@ def main(args: argparse.Namespace) -> int:
     except KeyError:
         raise UsageError(f"unknown sweep '{args.name}'; valid names: "
                          f"{', '.join(sweep_names())}") from None
-    profile = apply_overrides(space, space.profile(args.profile), args.overrides)
+    base = space.profile(args.profile)
+    seeds = base.seeds if args.seeds is None else args.seeds
+    if seeds < 1:
+        raise UsageError("--seeds must be >= 1")
+    if args.seeds is not None and any(o.partition("=")[0].strip() == "seed"
+                                      for o in args.overrides):
+        raise UsageError("--seeds and --set seed=... both set the seeds: use one")
+    if seeds > 1 and not any(o.partition("=")[0].strip() == "seed" for o in args.overrides):
+        args.overrides = [*args.overrides, "seed=" + ",".join(map(str, range(seeds)))]
+    profile = apply_overrides(space, base, args.overrides)
     scaling = Scaling(
         num_workers=profile.num_workers if args.num_workers is None else args.num_workers,
         gpus_per_worker=(profile.gpus_per_worker if args.gpus_per_worker is None

@@ -27,6 +27,7 @@ class Profile:
     gpus_per_worker: float = 0.0   # fractional values share a GPU between workers
     cpus_per_worker: int = 1
     description: str = ""
+    seeds: int = 1                 # training runs per configuration (`--seeds` overrides)
 
     def num_trials(self) -> int:
         count = 1
@@ -40,6 +41,63 @@ class Profile:
         keys = list(self.grid)
         combos = itertools.product(*(self.grid[k] for k in keys)) if keys else [()]
         return [expand_setup({**self.config, **dict(zip(keys, values))}) for values in combos]
+
+
+# --- claims: what a document says, as a comparison over a sweep's results ------------------
+
+@dataclass(frozen=True)
+class Compare:
+    """`metric` is lower where `key` = `low` than where `key` = `high`, seed by seed, in every
+    cell of the other config values (`every`) or on average over the cells."""
+    metric: str
+    key: str
+    low: Any
+    high: Any
+    every: bool = True
+    where: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CompareMetrics:
+    """Metric `lower` is below metric `higher` in the same trials, in every configuration
+    (`every`) or on average over the configurations."""
+    lower: str
+    higher: str
+    every: bool = True
+    where: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Trend:
+    """`metric` falls (`direction` -1) or rises (+1) as `key` grows: the least-squares slope
+    of the metric on log2(key), per cell of the other config values and seed, averaged."""
+    metric: str
+    key: str
+    direction: int = -1
+    where: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """`metric` is below (`below`) or above `value`, in every configuration (`every`), in
+    at least one, or on average over the configurations (`mean`: a table's "average" row)."""
+    metric: str
+    value: float
+    below: bool = True
+    every: bool = True
+    where: dict[str, Any] = field(default_factory=dict)
+    mean: bool = False
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim of one of the documents that a sweep tests. `data` says whose results decide
+    it: the sweep's trials, or the `defense` job run on them."""
+    id: str
+    statement: str           # as the document puts it
+    source: str              # document file and table / figure / section
+    test: Compare | CompareMetrics | Trend | Threshold
+    data: str = "trials"
 
 
 @dataclass(frozen=True)
@@ -59,6 +117,7 @@ class SearchSpace:
     plot_metrics: tuple[str, ...] = ()   # one figure per metric
     choices: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # allowed values
     positive: tuple[str, ...] = ()       # numeric keys that must be > 0
+    claims: tuple[Claim, ...] = ()       # the documents' claims this sweep tests
 
     def profile(self, name: str) -> Profile:
         if name not in self.profiles:

@@ -6,11 +6,30 @@ head, Mahalanobis and GMM on z, log p(x), -AM). The final checkpoints keep the w
 the attack and Langevin-defense stage (`workloads.models.build_generative_model`).
 """
 
-from search_spaces import Profile, SearchSpace
+from search_spaces import Claim, Compare, CompareMetrics, Profile, SearchSpace, Threshold
 from search_spaces.alpha_flow import ALPHAS, CHOICES, POSITIVE
 from search_spaces.alpha_flow import BASE as FLOW_BASE
+from search_spaces.alpha_flow import CLAIMS as FLOW_CLAIMS
 
 BASE = {**FLOW_BASE, "model": "diglm", "beta": 0.1, "epochs": 60}
+
+THESIS_CH4 = "000_69df910f6efc69b5.txt (Chali 2024), ch. 4"
+CLAIMS = (
+    *FLOW_CLAIMS,
+    Claim("penalty_detects_apgd", "alpha = 2 detects APGD-CE inputs by AM far better than "
+          "alpha = 0 (detection AUROC).", f"{THESIS_CH4}, Table 4.1; NOTES.md C, H",
+          Compare("det_auroc", "alpha", 0.0, 2.0, every=True), data="defense"),
+    Claim("restoration_recovers_accuracy", "Langevin restoration recovers accuracy on the "
+          "adversarial inputs at alpha = 2 (from ~0% to 48.1% in the thesis; here: above "
+          "10%).", f"{THESIS_CH4}, Table 4.2; NOTES.md C, H",
+          Threshold("restored_accuracy", 0.10, below=False, every=True,
+                    where={"alpha": 2.0}), data="defense"),
+    Claim("defense_holds_against_adaptive", "The full defense holds against the adaptive "
+          "attack: Table 4.4 accuracy is not below Table 4.3's (alpha = 2).",
+          f"{THESIS_CH4}, Tables 4.3-4.4; NOTES.md C, H",
+          CompareMetrics("defense_accuracy", "adaptive_defense_accuracy", every=True,
+                         where={"alpha": 2.0}), data="defense"),
+)
 
 SPACE = SearchSpace(
     name="alpha_diglm",
@@ -26,11 +45,13 @@ SPACE = SearchSpace(
             description="2 trials, 2 epochs of a small DIGLM on digits",
         ),
         "local": Profile(
+            seeds=3,  # 3 seeds: intervals within minutes
             config=BASE,
             grid={"alpha": ALPHAS, "dequantization": ["centred", "start"]},
-            description="10 trials on digits: vector-flow DIGLM, alpha x dequantization",
+            description="10 configurations on digits: vector-flow DIGLM, alpha x dequantization",
         ),
         "paper": Profile(
+            seeds=3,  # 3 seeds, as the documents
             # MNIST; the thesis states no flow size or settings: the FashionMNIST preset
             # (same 28x28x1 shape) and its training settings.
             config={**BASE, "dataset": "mnist", "flow": "image", "flow_preset": "fashionmnist",
@@ -52,4 +73,5 @@ SPACE = SearchSpace(
     plot_metrics=("test_acc", "test_ece", "test_bpd", "auroc_log_px", "auroc_neg_am"),
     choices=CHOICES,
     positive=POSITIVE,
+    claims=CLAIMS,
 )

@@ -6,7 +6,7 @@ epochs, well past 100% training accuracy. Which budget is used decides whether G
 beats FFN's, so each trial also reports training accuracy and optimizer steps.
 """
 
-from search_spaces import Profile, SearchSpace
+from search_spaces import Claim, Compare, CompareMetrics, Profile, SearchSpace, Trend
 from workloads.data import DATASET_NAMES
 from workloads.losses import LOG_PARTITIONS, LOSSES
 from workloads.lr_scaling import LR_SCALING_RULES
@@ -25,12 +25,29 @@ BASE = {
     "max_epochs_a": 100,        # budget A: hard cap
     "epochs_b": 100,            # budget B: fixed number of epochs
     "num_bins": 15,
+    "ood_scores": "msp+lnz",    # OOD scores by name joined by "+" (workloads.scores)
     "checkpoint_every": 0,      # epochs between checkpoints; 0: every checkpoint_seconds
     "checkpoint_seconds": 30.0,  # of a trial between checkpoints (the end always saves)
     "report_seconds": 1.0,      # in-process trials send their epochs' metrics this often
     "seed": 0,
     "data_seed": 0,
 }
+
+KLINGER = "004_b1f0e3d02e62087d.txt (Klinger 2021), ch. 5"
+CLAIMS = (
+    Claim("accuracy_falls_with_batch", "Test accuracy falls as the batch size grows.",
+          f"{KLINGER}, accuracy figures; NOTES.md A, H",
+          Trend("test_acc", "batch_size", direction=-1)),
+    Claim("gffn_accuracy_at_least_ffn", "GFFN's test accuracy is at least FFN's (most cells).",
+          f"{KLINGER}, accuracy figures; NOTES.md A, H",
+          Compare("test_acc", "model", "ffn", "gffn", every=False)),
+    Claim("gffn_ece_below_ffn", "GFFN's test ECE is below FFN's at every batch size.",
+          f"{KLINGER}, ECE figures; NOTES.md A, H",
+          Compare("test_ece", "model", "gffn", "ffn", every=True)),
+    Claim("lnz_auroc_below_msp", "OOD AUROC of ln Z(x) (log p(x)) is below MSP's at every "
+          "batch size.", f"{KLINGER}, OOD figures; NOTES.md A, H",
+          CompareMetrics("auroc_lnz", "auroc_msp", every=True)),
+)
 
 SPACE = SearchSpace(
     name="batch_size_gffn",
@@ -45,6 +62,7 @@ SPACE = SearchSpace(
             description="4 trials, 1 epoch on digits",
         ),
         "local": Profile(
+            seeds=3,  # 3 seeds: intervals within minutes
             config={**BASE, "epochs_b": 150},
             grid={
                 "batch_size": [8, 32, 128, 512],
@@ -54,9 +72,10 @@ SPACE = SearchSpace(
                 # trials start first and the short budget-A trials fill the tail.
                 "budget": ["B", "A"],
             },
-            description="32 trials on digits: both budgets, FFN/GFFN, lr scaling none/sqrt",
+            description="32 configurations on digits: both budgets, FFN/GFFN, lr scaling none/sqrt",
         ),
         "paper": Profile(
+            seeds=3,  # 3 seeds, as the documents
             config={**BASE, "arch": "cnn", "patience": 5, "max_epochs_a": 100, "epochs_b": 100},
             grid={
                 "dataset": ["mnist", "fashionmnist", "svhn", "cifar10"],
@@ -88,4 +107,5 @@ SPACE = SearchSpace(
     },
     positive=("lr", "batch_size", "reference_batch_size", "patience", "max_epochs_a",
               "epochs_b", "num_bins", "checkpoint_seconds"),
+    claims=CLAIMS,
 )

@@ -24,15 +24,17 @@ SPACE = SearchSpace(
             description="4 trials, 1 epoch on digits",
         ),
         "local": Profile(
+            seeds=3,  # 3 seeds: intervals within minutes
             config=CONFIG,
             grid={
                 "batch_size": [8, 32, 128, 512],
                 "lr_scaling": ["none", "sqrt", "linear"],
                 "arch": ["mlp", "cnn"],
             },
-            description="24 trials on digits: MLP and CNN, 30 epochs each",
+            description="24 configurations on digits: MLP and CNN, 30 epochs each",
         ),
         "paper": Profile(
+            seeds=3,  # 3 seeds, as the documents
             config={**CONFIG, "epochs_b": 100},
             grid={
                 "dataset": ["mnist", "cifar10"],

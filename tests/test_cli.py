@@ -103,6 +103,18 @@ def test_unknown_ood_score_exits_2(sweep_env):
     assert "typo" in proc.stderr and "neg_am" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_score_the_model_cannot_serve_exits_2(sweep_env):
+    """ASH reshapes convolutional feature maps: the MLP has none, and a flow has no logits."""
+    proc = sweep("batch_size_gffn", "--profile", "smoke", "--set", "ood_scores=msp+ash",
+                 env=sweep_env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "'ash' needs feature_maps, which the mlp model" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = sweep("alpha_flow", "--profile", "smoke", "--set", "ood_scores=log_px+vim",
+                 env=sweep_env)
+    assert proc.returncode == 2 and "'vim' needs features, which the flow model" in proc.stderr
+
+
 def test_linked_setups_are_overridable_and_their_datasets_checked(sweep_env, tmp_path):
     space = get_search_space("alpha_flow")
     paper = space.profile("paper")

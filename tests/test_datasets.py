@@ -104,3 +104,24 @@ def test_one_class_split_keeps_one_class_and_makes_the_rest_ood():
     assert anomaly.levels == data.levels == 17
     with pytest.raises(ValueError, match="normal_class"):
         one_class_split(data, 10)
+
+
+def test_one_class_ood_half_is_a_seeded_random_sample_of_the_other_classes():
+    """The OOD evaluation takes the first len(test) OOD inputs: they must be drawn from
+    every other class (issue 13), the same for the same seed."""
+    from workloads.data import load_digits, one_class_split
+
+    data = load_digits()
+    others_in_file_order = data.x_test[data.y_test != 0]
+    n = int((data.y_test == 0).sum())
+    first = one_class_split(data, 0, seed=0).ood["other_classes"]
+    assert torch.equal(first, one_class_split(data, 0, seed=0).ood["other_classes"])
+    assert not torch.equal(first, one_class_split(data, 0, seed=1).ood["other_classes"])
+    assert not torch.equal(first[:n], others_in_file_order[:n])
+    # the same inputs, in another order
+    assert torch.equal(first.flatten(1).sort(0).values,
+                       others_in_file_order.flatten(1).sort(0).values)
+    # the sample the evaluation uses holds most of the other classes
+    labels = [int(data.y_test[(data.x_test == x).all(dim=tuple(range(1, x.dim() + 1)))][0])
+              for x in first[:n]]
+    assert len(set(labels)) >= 7 and 0 not in labels

@@ -44,6 +44,10 @@ def _worker(rank, world_size, port, out_path, kind):
                     "grads": [p.grad for p in model.module.parameters()]}, out_path)
     dist.barrier()
     dist.destroy_process_group()
+    # Skip interpreter teardown: gloo's threads can abort a finished worker at exit
+    # (SIGABRT, "terminate called without an active exception", seen about once in
+    # fifty suite runs); the results are already on disk.
+    os._exit(0)
 
 
 @pytest.mark.parametrize("kind", ["logsumexp", "softplus"])

@@ -1,5 +1,6 @@
 """End to end through real Ray Tune, Ray Train (gloo DDP) and W&B (offline)."""
 
+import json
 import math
 import subprocess
 import sys
@@ -69,6 +70,18 @@ def test_smoke_sweep_results_plots_and_wandb_offline_runs(tmp_path, sweep_env):
     logged = [p.name for p in summary.glob("files/media/images/plots/*.png")]
     for name in plots:  # W&B names an image <key>_<step>_<hash>.png
         assert any(f.startswith(Path(name).stem + "_") for f in logged), name
+    # ... with the table over seeds and the claims' verdicts (one seed: inconclusive), which
+    # the console and REPRODUCTION.md give too, beside the record of what produced them.
+    for key in ("aggregated", "claims"):
+        assert list(summary.glob(f"files/media/table/{key}_*.table.json")), key
+    assert runs[summary].summary["claims/gffn_ece_below_ffn"] == "inconclusive"
+    assert "inconclusive gffn_ece_below_ffn" in proc.stdout
+    assert (results / "aggregated.csv").exists()
+    reproduction = (sweep_dir / "REPRODUCTION.md").read_text()
+    assert "GFFN's test ECE is below FFN's" in reproduction and "**Provenance**" in reproduction
+    provenance = json.loads((sweep_dir / "provenance.json").read_text())
+    assert "orchestrator.sweep" in " ".join(provenance["command"])
+    assert provenance["packages"]["torch"] and provenance["datasets"]["digits"]
 
     # The console: a line per finished trial, not Tune's tables (2,835 lines before).
     for n in range(1, 5):

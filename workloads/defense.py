@@ -24,16 +24,6 @@ import torch
 
 from workloads.metrics import ood_metrics
 
-# The thesis' numbers (MNIST, APGD-CE, eps 8/255; NOTES.md C), by alpha.
-THESIS_TABLES = {
-    2.0: {"detection": {"auroc": 1.0, "aupr": 1.0, "tnr95": 1.0, "accuracy": 0.922},
-          "restored_accuracy": 0.481, "defense_accuracy": 0.608,
-          "adaptive_defense_accuracy": 0.619},
-    0.0: {"detection": {"auroc": 0.056, "aupr": 0.318, "tnr95": 0.0, "accuracy": 0.5},
-          "restored_accuracy": 0.107, "defense_accuracy": 0.329,
-          "adaptive_defense_accuracy": 0.331},
-}
-
 
 def split_test_set(n: int, val_fraction: float = 0.2, n_test: int | None = 1000,
                    seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

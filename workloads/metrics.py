@@ -101,3 +101,20 @@ def mann_whitney(scores_correct: np.ndarray, scores_wrong: np.ndarray) -> dict[s
     result = mannwhitneyu(scores_correct, scores_wrong, alternative="greater")
     return {"u": float(result.statistic), "p_value": float(result.pvalue),
             "auroc": float(result.statistic) / (len(scores_correct) * len(scores_wrong))}
+
+
+def failure_metrics(confidence: np.ndarray, correct: np.ndarray) -> dict[str, float]:
+    """How well a confidence separates a classifier's errors from its successes (failure
+    prediction, document 001; Corbiere et al. 2019), with errors as the positive class:
+    `aupr_error` (errors positive, ranked by -confidence), `aupr_success` (successes
+    positive, ranked by confidence), `auroc`, and `fpr95`: the fraction of successes flagged
+    as errors at the threshold that flags 95% of the errors."""
+    confidence = np.asarray(confidence, dtype=np.float64).ravel()
+    correct = np.asarray(correct, dtype=bool).ravel()
+    if correct.all() or not correct.any():
+        nan = float("nan")
+        return {"aupr_error": nan, "aupr_success": nan, "auroc": nan, "fpr95": nan}
+    success = ood_metrics(confidence[correct], confidence[~correct])
+    error = ood_metrics(-confidence[~correct], -confidence[correct])
+    return {"aupr_error": error["aupr_in"], "aupr_success": success["aupr_in"],
+            "auroc": error["auroc"], "fpr95": error["fpr95"]}

@@ -20,6 +20,7 @@ from torch import nn
 from workloads.data import Dataset
 from workloads.metrics import ood_metrics
 from workloads.scores import OOD_SCORES, applicable_scores, build_score, capabilities
+from workloads.uncertainty import OOD_INTERVAL_METRICS, bootstrap_ood_intervals
 
 # Scores whose raw values are kept for the report's histograms: (score, stored as, sign).
 HISTOGRAM_SCORES = {"log_px": ("log_px", 1.0), "neg_am": ("am", -1.0)}
@@ -35,8 +36,10 @@ class OODEvaluation:
         flat: dict[str, float] = {}
         aurocs: dict[str, list[float]] = {}
         for row in self.rows:
-            for key in ("auroc", "aupr_in", "aupr_out", "fpr95", "tnr95"):
-                flat[f"ood_{row['score']}_{row['ood_set']}_{key}"] = row[key]
+            for key in ("auroc", "aupr_in", "aupr_out", "fpr95", "tnr95",
+                        *(f"{m}_{end}" for m in OOD_INTERVAL_METRICS for end in ("lo", "hi"))):
+                if key in row:
+                    flat[f"ood_{row['score']}_{row['ood_set']}_{key}"] = row[key]
             aurocs.setdefault(row["score"], []).append(row["auroc"])
         for score, values in aurocs.items():
             flat[f"auroc_{score}"] = float(np.mean(values))
@@ -66,9 +69,12 @@ def resolve_scores(model: nn.Module, requested: str | list[str] = "all",
 
 
 def evaluate_ood(model: nn.Module, data: Dataset, scores: dict[str, dict],
-                 max_samples: int = 2000) -> OODEvaluation:
+                 max_samples: int = 2000, resamples: int = 1000,
+                 seed: int = 0) -> OODEvaluation:
     """Fit each score on the training split, then compare ID test inputs with every OOD set
-    of `data` on balanced counts. Keeps up to `max_samples` raw values per set of the
+    of `data` on balanced counts. Each row also holds a 95% bootstrap interval over the test
+    inputs of AUROC, AUPR-in, AUPR-out and FPR95 (`<metric>_lo`, `<metric>_hi`; `resamples`
+    seeded by `seed`, 0: none). Keeps up to `max_samples` raw values per set of the
     histogram scores (log p(x), AM)."""
     result = OODEvaluation()
     for name, score_params in scores.items():
@@ -78,6 +84,11 @@ def evaluate_ood(model: nn.Module, data: Dataset, scores: dict[str, dict],
             n = min(len(values["id"]), len(x_ood))
             values[ood_name] = score(model, x_ood[:n]).double().numpy()
             row = ood_metrics(values["id"][:n], values[ood_name])
+            if resamples:
+                intervals = bootstrap_ood_intervals(values["id"][:n], values[ood_name],
+                                                    resamples, seed)
+                for metric, (lo, hi) in intervals.items():
+                    row[f"{metric}_lo"], row[f"{metric}_hi"] = lo, hi
             result.rows.append({"score": name, "ood_set": ood_name, "n": n, **row})
         if name in HISTOGRAM_SCORES:
             key, sign = HISTOGRAM_SCORES[name]

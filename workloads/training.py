@@ -17,6 +17,7 @@ from workloads.data import Dataset, iterate_minibatches
 from workloads.metrics import accuracy, classifier_calibration, nll
 from workloads.ood_evaluation import evaluate_ood
 from workloads.scores import batched_logits
+from workloads.uncertainty import bootstrap_ece_interval
 
 # objective(model, x_batch, y_batch) -> (loss, {name: detached sum-able tensor})
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor],
@@ -108,11 +109,16 @@ def evaluate_split(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[s
 
 def classifier_test_metrics(model: nn.Module, data: Dataset,
                             num_bins: int = 15) -> tuple[dict[str, float], dict]:
-    """Test accuracy, NLL, ECE, MCE, and the reliability-diagram bins."""
+    """Test accuracy, NLL, ECE (with a 95% bootstrap interval over the test inputs), MCE,
+    and the reliability-diagram bins."""
     logits = batched_logits(model, data.x_test)
     calib = classifier_calibration(logits, data.y_test, num_bins)
+    confidence, prediction = logits.softmax(dim=1).max(dim=1)
+    ece_lo, ece_hi = bootstrap_ece_interval(confidence.numpy(),
+                                            (prediction == data.y_test).numpy(), num_bins)
     metrics = {"test_acc": accuracy(logits, data.y_test), "test_nll": nll(logits, data.y_test),
-               "test_ece": calib.ece, "test_mce": calib.mce}
+               "test_ece": calib.ece, "test_ece_lo": ece_lo, "test_ece_hi": ece_hi,
+               "test_mce": calib.mce}
     reliability = {"bin_edges": calib.bin_edges, "accuracy": calib.bin_accuracy,
                    "confidence": calib.bin_confidence, "count": calib.bin_count}
     return metrics, reliability

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from orchestrator.jobs.trial import job_directory, open_job_run
+from orchestrator.jobs.trial import job_directory, open_job_run, record_provenance
 from orchestrator.pools.attack import AttackPool, AttackResult
 from orchestrator.pools.base import start_ray
 from orchestrator.reports.job_plots import plot_attack
@@ -47,6 +47,7 @@ def attack_classifier(sweep_dir: Path, trial_id: str, model: nn.Module, data: Da
     x, y = data.x_test[:n], data.y_test[:n]
     name = f"{trial_id}-{config['attack']}"
     out = job_directory(sweep_dir, "attacks", name, resume)
+    record_provenance(out, sweep_dir, trial.get("data_dir"))
     run = open_job_run(wandb_mode, "attack", name, sweep_dir,
                        {**config, "trial": trial_id, "n": len(x), **pool_args}, out)
     start_ray()

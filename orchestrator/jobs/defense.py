@@ -173,11 +173,13 @@ def defend_trials(sweep_dir: Path, trials: pd.DataFrame, profile: DefenseProfile
           f"{profile_name} ({profile.description}) -> {out}", flush=True)
     for number, (_, trial) in enumerate(trials.iterrows(), 1):
         trial_id = trial.trial_id
-        label = f"{trial_id} (alpha={trial.alpha:g}, {trial.get('dequantization', '')})"
+        label = (f"{trial_id} (alpha={trial.alpha:g}, {trial.get('dequantization', '')}, "
+                 f"seed {int(trial.get('seed', 0))})")
         trial_out = out / trial_id
         result_path = trial_out / "result.json"
         keys = {"trial_id": trial_id, "alpha": float(trial.alpha),
-                "dequantization": trial.get("dequantization")}
+                "dequantization": trial.get("dequantization"),
+                "seed": int(trial.get("seed", 0))}
         if result_path.exists():
             print(f"[defend] {number}/{len(trials)} {label}: done earlier", flush=True)
             rows.append({**keys, **json.loads(result_path.read_text())})

@@ -24,7 +24,12 @@ import torch
 from torch import nn
 
 from orchestrator.errors import UsageError
-from orchestrator.jobs.trial import job_directory, open_job_run, trial_params
+from orchestrator.jobs.trial import (
+    job_directory,
+    open_job_run,
+    record_provenance,
+    trial_params,
+)
 from orchestrator.pools.attack import (
     AttackPool,
     ScoreAttack,
@@ -125,6 +130,7 @@ def attack_detectors(sweep_dir: Path, trial_id: str, model: nn.Module, data: Dat
         raise UsageError(str(error)) from None
     name = f"{trial_id}-ood"
     out = job_directory(sweep_dir, "attacks", name, resume)
+    record_provenance(out, sweep_dir)
     run = open_job_run(wandb_mode, "attack", name, sweep_dir,
                        {**config, "trial": trial_id, "target": "ood", "n": n,
                         "scores": list(plan.scores), **pool_args}, out)

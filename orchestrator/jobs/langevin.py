@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from orchestrator.errors import UsageError
-from orchestrator.jobs.trial import job_directory, open_job_run
+from orchestrator.jobs.trial import job_directory, open_job_run, record_provenance
 from orchestrator.pools.base import start_ray
 from orchestrator.pools.langevin import LangevinPool, LangevinResult
 from orchestrator.reports.job_plots import plot_am_trace
@@ -73,6 +73,7 @@ def restore_chains(sweep_dir: Path, trial_id: str, model: nn.Module, x: torch.Te
     in the job directory's name."""
     name = f"{trial_id}-{start_name}"
     out = job_directory(sweep_dir, "langevin", name, resume)
+    record_provenance(out, sweep_dir)
     run = open_job_run(wandb_mode, "langevin", name, sweep_dir,
                        {**config, "trial": trial_id, "from": origin, "chains": len(x),
                         **pool_args}, out)

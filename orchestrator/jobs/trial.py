@@ -19,6 +19,7 @@ from torch import nn
 from orchestrator.errors import UsageError
 from orchestrator.pools.units import fingerprint
 from orchestrator.reports.collect import RESULTS_DIR, SWEEP_FILE
+from orchestrator.reports.provenance import datasets_read, write_provenance
 from workloads.data import Dataset, DatasetMissingError, DatasetUnreadableError, load_trial_data
 from workloads.models import build_model
 
@@ -100,6 +101,16 @@ def job_directory(sweep_dir: Path, kind: str, name: str, resume: bool) -> Path:
             raise UsageError(f"--resume: no earlier run '{name}-*' in {base}")
         return earlier[-1]
     return base / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def record_provenance(out: Path, sweep_dir: Path, data_dir: str | None = None) -> None:
+    """`out/provenance.json`: what produced the job's files (`reports.provenance`), with
+    the sweep's datasets hashed where this job reads them."""
+    trials = read_trials(sweep_dir)
+    names = trials["dataset"].dropna().unique().tolist() if "dataset" in trials else []
+    if data_dir is None and len(trials):
+        data_dir = trial_params(sweep_dir, trials.trial_id.iloc[0]).get("data_dir")
+    write_provenance(out, datasets_read(names), data_dir)
 
 
 def open_job_run(requested_mode: str | None, kind: str, name: str, sweep_dir: Path,

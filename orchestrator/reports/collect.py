@@ -19,6 +19,12 @@ from typing import Any
 import pandas as pd
 import pyarrow.fs
 
+from orchestrator.reports.aggregate import (
+    SEED,
+    aggregate_over_seeds,
+    aggregated_markdown,
+    config_columns,
+)
 from orchestrator.reports.plots import plot_metrics, plot_reliability, plot_score_histograms
 from orchestrator.reports.tables import markdown_table, ood_markdown, sort_table
 from orchestrator.tune.session import FINAL_FILE
@@ -87,40 +93,62 @@ def collect_results(result_grid, filesystem=None) -> tuple[pd.DataFrame, Artifac
     return pd.DataFrame(rows), artifacts
 
 
-def ood_long_table(table: pd.DataFrame, ood: pd.DataFrame, space: SearchSpace) -> pd.DataFrame:
-    """The OOD rows with the trial's key columns in front: trial x score x OOD set."""
+def ood_long_table(table: pd.DataFrame, ood: pd.DataFrame, space: SearchSpace,
+                   settings: dict[str, Any]) -> pd.DataFrame:
+    """The OOD rows with the trial's key columns, every other config value that varies
+    across the sweep, and its seed in front: trial x score x OOD set."""
     if ood.empty:
         return ood
-    keys = [k for k in ("trial_id", *space.table_keys) if k in table.columns]
+    varying = [c for c in config_columns(table, settings) if table[c].nunique() > 1]
+    keys = list(dict.fromkeys(k for k in ("trial_id", *space.table_keys, *varying, SEED)
+                              if k in table.columns))
     return table[keys].merge(ood, on="trial_id", how="right")
 
 
 def write_results(table: pd.DataFrame, artifacts: Artifacts, space: SearchSpace,
-                  sweep_dir: str | Path) -> Path:
-    """Write trials.csv, ood.csv, reliability.json, samples.json, the markdown tables and
-    the plots; return the results dir."""
+                  sweep_dir: str | Path, settings: dict[str, Any]) -> Path:
+    """Write trials.csv, ood.csv, reliability.json, samples.json, aggregated.csv (over
+    seeds), the markdown tables and the plots; return the results dir. `settings`: the
+    sweep's config keys and values (sweep.json), which tell configuration from results."""
     out = Path(sweep_dir) / RESULTS_DIR
     out.mkdir(parents=True, exist_ok=True)
     table = sort_table(table, space)
     table.to_csv(out / "trials.csv", index=False)
     (out / "reliability.json").write_text(json.dumps(artifacts.reliability))
     if not artifacts.ood.empty:
-        artifacts.ood = ood_long_table(table, artifacts.ood, space)
+        artifacts.ood = ood_long_table(table, artifacts.ood, space, settings)
         artifacts.ood.to_csv(out / "ood.csv", index=False)
         (out / "samples.json").write_text(json.dumps(artifacts.samples))
-    render_outputs(table, artifacts, space, out)
+    render_outputs(table, artifacts, space, out, settings)
     return out
 
 
 def render_outputs(table: pd.DataFrame, artifacts: Artifacts, space: SearchSpace,
-                   out: Path) -> None:
-    """The markdown tables and the plots, from the table and artifacts alone."""
+                   out: Path, settings: dict[str, Any]) -> pd.DataFrame:
+    """The aggregated table, the markdown tables and the plots, from the table and
+    artifacts alone; returns the aggregated table."""
     (out / "trials.md").write_text(f"# {space.name}\n\n{markdown_table(table, space)}\n")
+    aggregated = aggregate_over_seeds(table, settings)
+    aggregated.to_csv(out / "aggregated.csv", index=False)
+    keys = [k for k in space.table_keys if k in aggregated.columns]
+    (out / "aggregated.md").write_text(
+        f"# {space.name}: over seeds (mean [95% t-interval])\n\n"
+        f"{aggregated_markdown(aggregated, keys, list(space.table_metrics))}\n")
     plot_metrics(table, space, out / "plots")
     plot_reliability(table, artifacts.reliability, space, out / "plots")
     if not artifacts.ood.empty:
         (out / "ood.md").write_text(ood_markdown(table, artifacts.ood, space))
         plot_score_histograms(table, artifacts.samples, space, out / "plots")
+    return aggregated
+
+
+def recorded_settings(record: dict[str, Any], space: SearchSpace) -> dict[str, Any]:
+    """The config keys and values of a sweep (its sweep.json `settings`; for a sweep from
+    before they were recorded, its profile's)."""
+    if record.get("settings"):
+        return record["settings"]
+    profile = space.profile(record.get("profile", "local"))
+    return {**profile.config, **profile.grid, "seed": 0}
 
 
 def load_results(sweep_dir: str | Path) -> tuple[pd.DataFrame, Artifacts]:

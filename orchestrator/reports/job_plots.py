@@ -9,8 +9,8 @@ from typing import Any
 import pandas as pd
 import torch
 
+from orchestrator.reports import published
 from orchestrator.reports.plots import pyplot, save_figure
-from workloads import defense as D
 
 
 def plot_defense_trial(row: dict[str, Any], details: dict[str, Any], chains, path: Path) -> Path:
@@ -57,7 +57,7 @@ def plot_defense_summary(table: pd.DataFrame, path: Path) -> Path | None:
         for convention, group in done.groupby("dequantization"):
             group = group.sort_values("alpha")
             ax.plot(group.alpha, group[key], "o-", label=f"{convention}")
-        for alpha, numbers in D.THESIS_TABLES.items():
+        for alpha, numbers in published.TABLES_4.items():
             value = numbers
             for part in thesis_key.split("."):
                 value = value[part]

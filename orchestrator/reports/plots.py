@@ -11,6 +11,7 @@ import pandas as pd
 
 from orchestrator.reports.tables import trial_label
 from search_spaces import SearchSpace
+from workloads.uncertainty import t_interval
 
 
 def pyplot():
@@ -43,9 +44,17 @@ def _label(pairs) -> str:
     return ", ".join(f"{k}={v}" for k, v in pairs) or "all trials"
 
 
+def _over_seeds(line: pd.DataFrame, x: str, metric: str) -> pd.DataFrame:
+    """x, mean, lo, hi of `metric` at each x of one plotted line (its trials: one per seed)."""
+    rows = [{"x": value, **t_interval(group[metric].to_numpy())}
+            for value, group in line.groupby(x, sort=True)]
+    return pd.DataFrame(rows, columns=["x", "mean", "std", "lo", "hi", "n"])
+
+
 def plot_metrics(table: pd.DataFrame, space: SearchSpace, out: Path) -> list[Path]:
     """One PNG per plot metric: metric against `plot_x`, a panel per `plot_panels` value,
-    a line per `plot_lines` value (colour by the first key, line style by the rest)."""
+    a line per `plot_lines` value (colour by the first key, line style by the rest); with
+    several seeds, the line is their mean and a band their 95% t-interval."""
     plt = pyplot()
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -66,12 +75,15 @@ def plot_metrics(table: pd.DataFrame, space: SearchSpace, out: Path) -> list[Pat
         for ax, (panel, group) in zip(axes.flat, panels):
             for pairs, line in _groups(group, tuple(line_keys)):
                 values = dict(pairs)
-                line = line.sort_values(space.plot_x)
+                points = _over_seeds(line, space.plot_x, metric)
                 colour = (f"C{colour_values.index(values[line_keys[0]])}" if line_keys else "C0")
                 style_key = tuple(values[k] for k in line_keys[1:])
                 style = styles[style_values.index(style_key) % len(styles)]
-                ax.plot(line[space.plot_x], line[metric], style, color=colour, marker="o",
+                ax.plot(points.x, points["mean"], style, color=colour, marker="o",
                         markersize=3, label=_label(pairs))
+                if points["lo"].notna().any():  # several seeds: their 95% t-interval
+                    ax.fill_between(points.x, points["lo"], points["hi"], color=colour,
+                                    alpha=0.15, linewidth=0)
             if space.plot_log_x:
                 ax.set_xscale("log", base=2)
             ax.set_title(_label(panel), fontsize=9)
@@ -92,10 +104,24 @@ def plot_metrics(table: pd.DataFrame, space: SearchSpace, out: Path) -> list[Pat
     return written
 
 
+def _pooled_bins(trials: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+    """Bin edges and accuracy per bin of several trials' reliability data pooled: counts
+    summed, each bin's accuracy weighted by its count (0 where a bin is empty)."""
+    import numpy as np
+
+    counts = np.array([t["count"] for t in trials], dtype=float)
+    accuracy = np.nan_to_num(np.array([[np.nan if a is None else a for a in t["accuracy"]]
+                                       for t in trials], dtype=float))
+    total = counts.sum(axis=0)
+    pooled = np.divide((counts * accuracy).sum(axis=0), total, out=np.zeros_like(total),
+                       where=total > 0)
+    return trials[0]["bin_edges"], pooled.tolist()
+
+
 def plot_reliability(table: pd.DataFrame, reliability: dict[str, Any], space: SearchSpace,
                      out: Path) -> list[Path]:
     """Reliability diagrams, one PNG per panel: rows by the first line key (e.g. model),
-    columns by `plot_x`; where several trials share a cell, the first in table order."""
+    columns by `plot_x`; the trials that share a cell (seeds) are pooled, bin by bin."""
     plt = pyplot()
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -118,15 +144,13 @@ def plot_reliability(table: pd.DataFrame, reliability: dict[str, Any], space: Se
                     cell = cell[cell[row_key] == row_value]
                 ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
                 if not cell.empty:
-                    trial = cell.iloc[0]
-                    bins = reliability[trial["trial_id"]]
-                    edges = bins["bin_edges"]
-                    width = edges[1] - edges[0]
-                    acc = [0.0 if a is None or a != a else a for a in bins["accuracy"]]
-                    ax.bar(edges[:-1], acc, width=width, align="edge", edgecolor="black",
-                           linewidth=0.4, alpha=0.8)
-                    ece = trial.get("test_ece", float("nan"))
-                    ax.text(0.04, 0.88, f"ECE {ece:.3f}", fontsize=7, transform=ax.transAxes)
+                    edges, acc = _pooled_bins([reliability[t] for t in cell["trial_id"]])
+                    ax.bar(edges[:-1], acc, width=edges[1] - edges[0], align="edge",
+                           edgecolor="black", linewidth=0.4, alpha=0.8)
+                    ece = cell["test_ece"].mean() if "test_ece" in cell else float("nan")
+                    seeds = f" ({len(cell)} seeds)" if len(cell) > 1 else ""
+                    ax.text(0.04, 0.88, f"ECE {ece:.3f}{seeds}", fontsize=7,
+                            transform=ax.transAxes)
                 ax.set_xlim(0, 1)
                 ax.set_ylim(0, 1)
                 ax.tick_params(labelsize=6)
@@ -143,14 +167,18 @@ def plot_reliability(table: pd.DataFrame, reliability: dict[str, Any], space: Se
 
 def plot_score_histograms(table: pd.DataFrame, samples: dict[str, Any], space: SearchSpace,
                           out: Path) -> list[Path]:
-    """One PNG per trial: rows log p(x) and AM (log10), a column per OOD set, each panel
-    the ID test values against that set's."""
+    """One PNG per trial (with several seeds, the trials of the first seed): rows log p(x)
+    and AM (log10), a column per OOD set, each panel the ID test values against that
+    set's."""
     import numpy as np
 
     plt = pyplot()
     out.mkdir(parents=True, exist_ok=True)
     written = []
     by_id = table.set_index("trial_id") if "trial_id" in table.columns else None
+    if by_id is not None and "seed" in by_id.columns and by_id["seed"].nunique() > 1:
+        first = set(by_id.index[by_id["seed"] == by_id["seed"].min()])
+        samples = {k: v for k, v in samples.items() if k in first}
     labels = {"log_px": "log p(x) [nats]", "am": "log10 AM(x)"}
     for trial_id, per_score in samples.items():
         scores = [s for s in ("log_px", "am") if s in per_score]

@@ -8,28 +8,40 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from orchestrator.reports import published
+from orchestrator.reports.aggregate import SEED, interval_text
 from search_spaces import SearchSpace
-from workloads import defense as D
+from workloads.uncertainty import t_interval
 
 if TYPE_CHECKING:
     from orchestrator.jobs.profiles import DefenseProfile
 
 
-def sort_table(table: pd.DataFrame, space: SearchSpace) -> pd.DataFrame:
+def trial_keys(table: pd.DataFrame, space: SearchSpace) -> list[str]:
+    """The columns that name a trial in reports: the space's key columns, and the seed
+    where the sweep ran several."""
     keys = [k for k in space.table_keys if k in table.columns]
+    if SEED in table.columns and table[SEED].nunique() > 1:
+        keys.append(SEED)
+    return keys
+
+
+def sort_table(table: pd.DataFrame, space: SearchSpace) -> pd.DataFrame:
+    keys = trial_keys(table, space)
     return table.sort_values(keys, kind="stable").reset_index(drop=True) if keys else table
 
 
 def markdown_table(table: pd.DataFrame, space: SearchSpace) -> str:
     """The key columns of every trial as a markdown table (floats to 4 digits)."""
-    columns = [k for k in space.table_keys if k in table.columns]
+    columns = trial_keys(table, space)
     columns += [m for m in space.table_metrics if m in table.columns]
     columns += [c for c in ("status", "diverged_epoch", "error") if c in table.columns]
     return sort_table(table, space)[columns].to_markdown(index=False, floatfmt=".4f")
 
 
 def trial_label(trial: pd.Series, space: SearchSpace) -> str:
-    return ", ".join(f"{k}={trial[k]}" for k in space.table_keys if k in trial.index)
+    keys = [*space.table_keys, SEED]
+    return ", ".join(f"{k}={trial[k]}" for k in keys if k in trial.index)
 
 
 def _cell(row: pd.Series) -> str:
@@ -43,18 +55,34 @@ def _cell(row: pd.Series) -> str:
     return "/".join(short(row[m]) for m in ("auroc", "aupr_in", "tnr95"))
 
 
+def _auroc_cell(rows: pd.DataFrame) -> str:
+    """AUROC of one configuration, score and OOD set: over seeds, the mean and 95%
+    t-interval; with one seed, the value and its 95% bootstrap interval over test inputs."""
+    if len(rows) > 1:
+        stats = t_interval(rows["auroc"].to_numpy())
+        return interval_text(stats["mean"], stats["lo"], stats["hi"])
+    row = rows.iloc[0]
+    return interval_text(row["auroc"], row.get("auroc_lo", math.nan),
+                         row.get("auroc_hi", math.nan))
+
+
 def ood_markdown(table: pd.DataFrame, ood: pd.DataFrame, space: SearchSpace) -> str:
-    """Table-3.1-style report: per trial, rows ID -> OOD set, columns scores, cells
-    AUROC/AUPR-in/TNR95; first a summary of AUROC for every trial and OOD set."""
+    """Table-3.1-style report: AUROC per configuration and OOD set (over seeds, or with its
+    bootstrap interval), then per trial rows ID -> OOD set, columns scores, cells
+    AUROC/AUPR-in/TNR95."""
     if ood.empty:
         return ""
     keys = [k for k in space.table_keys if k in ood.columns]
-    summary = ood.pivot_table(index=[*keys, "ood_set"], columns="score", values="auroc",
-                              sort=True).reset_index()
+    seeds = ood[SEED].nunique() if SEED in ood.columns else 1
+    summary = (ood.groupby([*keys, "ood_set", "score"], sort=True, dropna=False)
+               .apply(_auroc_cell, include_groups=False).unstack("score").reset_index())
+    summary.columns.name = None
+    what = (f"mean over {seeds} seeds [95% t-interval]" if seeds > 1 else
+            "[95% bootstrap interval over the test inputs]")
     parts = [f"# {space.name}: OOD detection\n",
              "In-distribution is the positive class; every pair uses balanced ID/OOD counts.\n",
-             "## AUROC per trial and OOD set\n", summary.to_markdown(index=False,
-                                                                    floatfmt=".3f"),
+             f"## AUROC per configuration and OOD set ({what})\n",
+             summary.to_markdown(index=False, disable_numparse=True),
              "\n## Per trial: AUROC/AUPR-in/TNR95 (columns: scores)\n"]
     by_id = table.set_index("trial_id") if "trial_id" in table.columns else None
     for trial_id, rows in ood.groupby("trial_id", sort=False):
@@ -79,7 +107,7 @@ def _fmt(value: Any) -> str:
 
 
 def _thesis(alpha: float, *keys: str) -> str:
-    numbers = D.THESIS_TABLES.get(float(alpha))
+    numbers = published.TABLES_4.get(float(alpha))
     if numbers is None:
         return "–"
     values = []
@@ -99,10 +127,11 @@ def defense_tables(table: pd.DataFrame, profile: DefenseProfile, dataset: str) -
             f"{profile.eta:g}), {profile.val_fraction:.0%} of the test set for validation. "
             f"Thesis columns: MNIST, eps 8/255, chains of up to 1e6 steps (Tables 4.1-4.4). "
             f"A pair is a test input classified correctly whose APGD-CE input is not.\n")
-    keys = ["alpha", "dequantization", "trial_id"]
+    keys = ["alpha", "dequantization", "seed", "trial_id"]
     rows = {"4.1": [], "4.2": [], "4.3": [], "4.4": []}
     for _, r in table.iterrows():
-        key = [f"{r.alpha:g}", _fmt(r.get("dequantization")), _fmt(r.get("trial_id"))]
+        key = [f"{r.alpha:g}", _fmt(r.get("dequantization")), str(int(r.get("seed", 0))),
+               _fmt(r.get("trial_id"))]
         if r.get("status") != "completed":
             for name in rows:
                 rows[name].append([*key, r.get("status", "?")])

@@ -13,6 +13,13 @@ from typing import Any
 from ray.tune import Callback
 
 
+def console_keys(table_keys: tuple[str, ...], settings: dict[str, Any]) -> tuple[str, ...]:
+    """The config keys that name a trial on the console: the space's table keys, and the
+    seed when the sweep runs several."""
+    seeds = settings.get("seed")
+    return (*table_keys, "seed") if isinstance(seeds, list) and len(seeds) > 1 else table_keys
+
+
 class ConsoleReporter(Callback):
     def __init__(self, keys: tuple[str, ...], metrics: tuple[str, ...], total: int,
                  interval: float = 10.0, headline: int = 3):

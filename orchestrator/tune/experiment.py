@@ -20,6 +20,13 @@ from typing import Any
 
 from orchestrator.errors import UsageError
 from orchestrator.reports.collect import SWEEP_FILE, collect_results, write_results
+from orchestrator.reports.provenance import datasets_read, write_provenance
+from orchestrator.reports.reproduction import FILE as REPRODUCTION_FILE
+from orchestrator.reports.reproduction import (
+    verdict_frame,
+    verdict_lines,
+    write_reproduction,
+)
 from orchestrator.reports.tables import markdown_table
 from orchestrator.tracking import runs as tracking
 from orchestrator.tune.storage import Storage, open_storage
@@ -88,20 +95,29 @@ def concurrent_trials(capacity: dict[str, float], need: dict[str, float], on_clu
 
 
 def summary_run(mode: str, run_name: str, record: dict[str, Any], table, artifacts,
-                results: Path) -> None:
+                results: Path, verdicts: list | None = None) -> None:
     """The sweep's results in W&B, where it is monitored: one run in the sweep's group
-    (job_type "summary") with the trials table, the OOD table and every plot. A resumed
-    sweep updates the same run."""
+    (job_type "summary") with the trials table, the table over seeds (`aggregated`), the OOD
+    table, the claims' verdicts
+    (table `claims`, summary `claims/<id>`) and every plot. A resumed sweep updates the
+    same run."""
     run_id = "summary-" + hashlib.sha1(run_name.encode()).hexdigest()[:12]
     run = tracking.JobRun(mode, "summary", f"{run_name}-summary", run_name, record,
                           results.parent / "summary", run_id=run_id)
     run.table("trials", table)
+    if (results / "aggregated.csv").exists():
+        import pandas as pd
+
+        run.table("aggregated", pd.read_csv(results / "aggregated.csv"))
     if not artifacts.ood.empty:
         run.table("ood", artifacts.ood)
     for plot in sorted((results / "plots").glob("*.png")):
         run.image(f"plots/{plot.stem}", plot)
+    if verdicts:
+        run.table("claims", verdict_frame(verdicts))
     statuses = table["status"].value_counts().to_dict() if "status" in table else {}
-    run.finish({"trials": len(table), **{f"status/{k}": v for k, v in statuses.items()}})
+    run.finish({"trials": len(table), **{f"status/{k}": v for k, v in statuses.items()},
+                **{f"claims/{v.claim.id}": v.verdict for v in verdicts or []}})
 
 
 def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: Scaling,
@@ -175,12 +191,12 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
         from ray.tune.logger import JsonLoggerCallback
 
         from orchestrator.tune.checkpoint_retention import CheckpointRetention
-        from orchestrator.tune.console import ConsoleReporter
+        from orchestrator.tune.console import ConsoleReporter, console_keys
 
         callbacks = [JsonLoggerCallback(), CheckpointRetention(keep=KEEP_CHECKPOINTS)]
         if not verbose:
-            callbacks.append(ConsoleReporter(space.table_keys, space.table_metrics,
-                                             profile.num_trials()))
+            callbacks.append(ConsoleReporter(console_keys(space.table_keys, settings),
+                                             space.table_metrics, profile.num_trials()))
         callbacks += [cb for cb in [tracking.wandb_callback(
             mode, group=run_name, local_dir=str(local_dir))] if cb]
         tuner = tune.Tuner(
@@ -206,6 +222,7 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
     if storage.is_uri:  # the results directory of a sweep on a URI is ./runs/<run>
         local_dir.mkdir(parents=True, exist_ok=True)
         (local_dir / SWEEP_FILE).write_text(json.dumps(record, indent=2))
+    write_provenance(local_dir, datasets_read(settings.get("dataset", [])), data_dir)
     started = time.perf_counter()
     try:
         result_grid = tuner.fit()
@@ -220,12 +237,18 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
     stopping.start()
 
     table, artifacts = collect_results(result_grid, storage.filesystem)
-    out = write_results(table, artifacts, space, local_dir)
+    out = write_results(table, artifacts, space, local_dir, settings)
+    verdicts = write_reproduction(space, local_dir, table, artifacts.ood, settings)
     print(f"\n[sweep] {space.name} / {profile_name}: {len(table)} trials in {wall:.1f} s\n")
     print(markdown_table(table, space))
-    written = "trials.csv, trials.md" + (", ood.csv, ood.md" if not artifacts.ood.empty else "")
+    written = "trials.csv, trials.md, aggregated.csv, aggregated.md" + (
+        ", ood.csv, ood.md" if not artifacts.ood.empty else "")
     print(f"\n[sweep] results: {out}/{{{written}}}, plots/")
-    summary_run(mode, run_name, record, table, artifacts, out)
+    if verdicts:
+        print(f"[sweep] the documents' claims ({local_dir / REPRODUCTION_FILE}):")
+        for line in verdict_lines(verdicts):
+            print(f"  {line}")
+    summary_run(mode, run_name, record, table, artifacts, out, verdicts)
     note = tracking.sync_instructions(local_dir)
     if note:
         print(note)

@@ -140,8 +140,10 @@ def train_classifier(config: dict[str, Any], session: Session) -> None:
         if budget == "A":
             evaluated = copy.deepcopy(evaluated)
             evaluated.load_state_dict(state["best_model"])
+        scores = resolve_scores(evaluated, config.get("ood_scores", "msp+lnz"),
+                                {"lnz": {"kind": kind}})
         final, reliability = final_evaluation(evaluated, data, num_bins=config["num_bins"],
-                                              scores={"msp": {}, "lnz": {"kind": kind}})
+                                              scores=scores)
         train = evaluate_split(evaluated, data.x_train, data.y_train)
         metrics.update(final, train_acc=train["acc"],
                        loop_seconds=time.perf_counter() - loop_started)

@@ -73,17 +73,30 @@ def profile_values(profile: Profile, key: str) -> list[Any]:
 
 
 def check_scores(profile: Profile) -> None:
-    """`ood_scores` is "all" or registered score names joined by "+"."""
+    """`ood_scores` is "all" or registered score names joined by "+", each one that the
+    trial's model can serve (a score's `requires` within the model's `provides`)."""
+    from workloads.models import GENERATIVE_MODELS, model_provides
     from workloads.scores import OOD_SCORES
 
-    for value in profile_values(profile, "ood_scores"):
+    for config in profile.trial_configs():
+        value = config.get("ood_scores")
         if value is None or value == "all":
             continue
-        unknown = [n for n in str(value).split("+") if n not in OOD_SCORES]
+        names = str(value).split("+")
+        unknown = [n for n in names if n not in OOD_SCORES]
         if unknown:
             raise UsageError(f"--set ood_scores={value}: unknown score {', '.join(unknown)}; "
                              f"use 'all' or names joined by '+' from: "
                              f"{', '.join(OOD_SCORES)}")
+        offered = set(model_provides(config))
+        for name in names:
+            missing = set(OOD_SCORES[name].requires) - offered
+            if missing:
+                model = (config["model"] if config["model"] in GENERATIVE_MODELS
+                         else config["arch"])
+                raise UsageError(f"--set ood_scores={value}: '{name}' needs "
+                                 f"{', '.join(sorted(missing))}, which the {model} model of "
+                                 f"this sweep does not provide")
 
 
 def check_datasets(profile: Profile, data_dir: str, download: bool) -> None:

@@ -8,6 +8,7 @@ from workloads.data.datasets import (
     DatasetMissingError,
     DatasetUnreadableError,
     check_idx_file,
+    dataset_files,
     ensure_dataset,
     iterate_minibatches,
     load_dataset,
@@ -25,8 +26,8 @@ from workloads.data.ood_sets import (
 
 __all__ = [
     "CROSS_DATASET_OOD", "DATASET_NAMES", "DIGITS", "IMAGE_DATASETS", "Dataset",
-    "DatasetMissingError", "DatasetUnreadableError", "check_idx_file", "ensure_dataset",
-    "iterate_minibatches", "load_dataset",
-    "load_digits", "load_image_dataset", "load_trial_data", "match_shape",
-    "natural_image_patches", "noise_ood_sets", "one_class_split",
+    "DatasetMissingError", "DatasetUnreadableError", "check_idx_file", "dataset_files",
+    "ensure_dataset", "iterate_minibatches", "load_dataset", "load_digits",
+    "load_image_dataset", "load_trial_data", "match_shape", "natural_image_patches",
+    "noise_ood_sets", "one_class_split",
 ]

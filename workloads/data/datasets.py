@@ -249,30 +249,52 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
     return data
 
 
+# Where each dataset's files sit under the data directory (what `dataset_files` lists).
+FILE_PATTERNS = {"mnist": "MNIST/raw/*-ubyte", "fashionmnist": "FashionMNIST/raw/*-ubyte",
+                 "kmnist": "KMNIST/raw/*-ubyte", "svhn": "*_32x32.mat",
+                 "cifar10": "cifar-10-batches-py/*_batch*"}
+
+
+def dataset_files(name: str, data_dir: str | Path | None = None) -> list[Path]:
+    """The files `name` is read from, those present: scikit-learn's bundled digits file, or
+    the torchvision files under `data_dir` (what a provenance record hashes)."""
+    if name == DIGITS:
+        from importlib.resources import files
+
+        return [Path(str(files("sklearn.datasets") / "data" / "digits.csv.gz"))]
+    if name not in FILE_PATTERNS or data_dir is None:
+        return []
+    return sorted(p for p in Path(data_dir).expanduser().glob(FILE_PATTERNS[name])
+                  if p.is_file())
+
+
 def load_trial_data(config: dict) -> Dataset:
     """The dataset of a trial's config (`dataset`, `data_dir`, `data_seed`); with
     `normal_class` >= 0, its one-class anomaly version."""
     data = load_dataset(config["dataset"], config.get("data_dir"), download=False,
                         seed=config["data_seed"])
     if config.get("normal_class", -1) >= 0:
-        data = one_class_split(data, config["normal_class"])
+        data = one_class_split(data, config["normal_class"], seed=config["data_seed"])
     return data
 
 
-def one_class_split(data: Dataset, normal_class: int) -> Dataset:
+def one_class_split(data: Dataset, normal_class: int, seed: int = 0) -> Dataset:
     """Class anomaly detection (NOTES.md B, Tables 3.2/3.3): train, validate and test on
-    `normal_class` alone; the test examples of every other class are the one OOD set,
-    `other_classes`."""
+    `normal_class` alone; the test examples of every other class, in an order drawn with
+    `seed`, are the one OOD set, `other_classes`. The OOD evaluation compares the ID test
+    set with as many OOD inputs, the first ones: a seeded random sample of the other
+    classes, not the first classes of the file."""
     if not 0 <= normal_class < data.num_classes:
         raise ValueError(f"normal_class must be in 0..{data.num_classes - 1}, got {normal_class}")
 
     def keep(x, y):
         return x[y == normal_class], y[y == normal_class]
 
+    others = data.x_test[data.y_test != normal_class]
+    order = torch.randperm(len(others), generator=torch.Generator().manual_seed(seed))
     return Dataset(f"{data.name}-class{normal_class}", *keep(data.x_train, data.y_train),
                    *keep(data.x_val, data.y_val), *keep(data.x_test, data.y_test),
-                   num_classes=data.num_classes,
-                   ood={"other_classes": data.x_test[data.y_test != normal_class]},
+                   num_classes=data.num_classes, ood={"other_classes": others[order]},
                    levels=data.levels)
 
 

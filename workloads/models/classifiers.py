@@ -38,7 +38,8 @@ class SmallCNN(nn.Module):
     Works for 28x28 and 32x32 inputs with any channel count; no batch norm, no dropout.
     """
 
-    provides = ("logits", "features")
+    provides = ("logits", "features", "feature_maps")
+    MAPS = 6  # self.features[:MAPS] is the convolutional part (feature maps B x 64 x H/4 x W/4)
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, width: int = 128):
         super().__init__()
@@ -53,6 +54,14 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+    def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """The last convolutional block's output (what ASH, SCALE and RankFeat reshape)."""
+        return self.features[:self.MAPS](x)
+
+    def head_from_feature_maps(self, maps: torch.Tensor) -> torch.Tensor:
+        """The logits from `feature_maps(x)`: head(features) = head_from_feature_maps(maps)."""
+        return self.head(self.features[self.MAPS:](maps))
 
 
 CLASSIFIERS = {"mlp": MLPClassifier, "cnn": SmallCNN}

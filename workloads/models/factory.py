@@ -10,8 +10,9 @@ from typing import Any
 from torch import nn
 
 from workloads.data.datasets import Dataset
-from workloads.models.classifiers import build_classifier
+from workloads.models.classifiers import CLASSIFIERS, build_classifier
 from workloads.models.diglm import DIGLM
+from workloads.models.flows.density import Flow
 from workloads.models.flows.presets import build_flow
 
 GENERATIVE_MODELS = ("flow", "diglm")
@@ -38,3 +39,11 @@ def build_model(config: dict[str, Any], data: Dataset) -> nn.Module:
     if config["model"] in GENERATIVE_MODELS:
         return build_generative_model(config, data.input_shape, data.levels, data.num_classes)
     return build_classifier(config["arch"], data.input_shape, data.num_classes)
+
+
+def model_provides(config: dict[str, Any]) -> tuple[str, ...]:
+    """What the model of a trial's `config` offers to OOD scores (its class's `provides`),
+    known without building it or reading data."""
+    if config["model"] in GENERATIVE_MODELS:
+        return (Flow if config["model"] == "flow" else DIGLM).provides
+    return CLASSIFIERS[config["arch"]].provides

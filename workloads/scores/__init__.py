@@ -9,7 +9,8 @@ A score is built by name with its parameters, fitted once on in-distribution tra
 
 The interface and registry are in `base`; one module per family registers its scores:
 `softmax` (msp, max_logit, energy, lnz, odin), `features` (mahalanobis, gmm), `density`
-(log_px, neg_am), `dropout` (mc_dropout).
+(log_px, neg_am), `dropout` (mc_dropout); `pytorch_ood_detectors` adapts pytorch-ood's
+post-hoc detectors (vim, knn, react, ash, dice, gradnorm, ...; asked for by name).
 """
 
 # isort: off
@@ -19,6 +20,7 @@ from workloads.scores import softmax  # noqa: F401
 from workloads.scores import features  # noqa: F401
 from workloads.scores import dropout  # noqa: F401
 from workloads.scores import density  # noqa: F401
+from workloads.scores import pytorch_ood_detectors  # noqa: F401  (asked for by name)
 # isort: on
 from workloads.scores.base import (
     OOD_SCORES,

@@ -1,0 +1,82 @@
+"""The documents' published numbers, each cited by document file and table, for the reports
+that print ours beside them (NOTES.md B, C, D, G; the texts in ../shared/research/seeds/).
+
+Values are as printed: AUROC / AUPR / TNR at 95% TPR as fractions, accuracies as fractions.
+"""
+
+from __future__ import annotations
+
+THESIS = "000_69df910f6efc69b5.txt (Chali 2024)"
+FEATURE_GMM = "003_455f8143a7d4c424.txt (Shao, Song, Ermon)"
+
+# Thesis Table 3.1: OOD detection, ID -> OOD: method -> (AUROC, AUPR, TNR95).
+TABLE_3_1_SOURCE = f"{THESIS}, Table 3.1"
+TABLE_3_1_METHODS = ("G-ODIN", "Mahalanobis", "Energy", "approx. mass")
+TABLE_3_1: dict[tuple[str, str], dict[str, tuple[float, float, float]]] = {
+    ("cifar10", "svhn"): {"G-ODIN": (.810, .804, .355), "Mahalanobis": (.936, .926, .758),
+                          "Energy": (.999, 1.0, 1.0), "approx. mass": (.969, .969, 1.0)},
+    ("cifar10", "inaturalist"): {"G-ODIN": (.581, .552, .124),
+                                 "Mahalanobis": (.745, .715, .290),
+                                 "Energy": (.647, .902, .872),
+                                 "approx. mass": (.968, .906, .994)},
+    ("cifar10", "dtd"): {"G-ODIN": (.882, .887, .53), "Mahalanobis": (.857, .788, .576),
+                         "Energy": (.734, .912, .341), "approx. mass": (.978, .979, 1.0)},
+    ("cifar10", "places365"): {"G-ODIN": (.616, .577, .157), "Mahalanobis": (.522, .518, .08),
+                               "Energy": (.753, .937, .177),
+                               "approx. mass": (.968, .936, .978)},
+    ("cifar10", "gtsrb"): {"G-ODIN": (.411, .450, .072), "Mahalanobis": (.764, .681, .356),
+                           "Energy": (.890, .975, .582), "approx. mass": (.970, .970, 1.0)},
+    ("fashionmnist", "mnist"): {"G-ODIN": (.535, .611, .008),
+                                "Mahalanobis": (.995, .995, .994),
+                                "Energy": (1.0, 1.0, 1.0), "approx. mass": (.994, .971, 1.0)},
+    ("fashionmnist", "emnist"): {"G-ODIN": (.870, .885, .425),
+                                 "Mahalanobis": (.995, .995, .982),
+                                 "Energy": (.990, .998, .955),
+                                 "approx. mass": (.969, .969, 1.0)},
+    ("fashionmnist", "kmnist"): {"G-ODIN": (.328, .391, .019),
+                                 "Mahalanobis": (.990, .990, .948),
+                                 "Energy": (.981, .995, .917),
+                                 "approx. mass": (1.0, .996, 1.0)},
+}
+# Our score for each Table 3.1 column (G-ODIN has no counterpart among our scores yet).
+TABLE_3_1_SCORES = {"Mahalanobis": "mahalanobis", "Energy": "energy",
+                    "approx. mass": "neg_am"}
+
+# Thesis Tables 3.2 (MNIST) and 3.3 (CIFAR-10): class anomaly detection, AUROC per normal
+# class; the thesis' approximate mass (penalized RealNVP) and the baselines it quotes.
+TABLE_3_2_SOURCE = f"{THESIS}, Table 3.2 (MNIST)"
+TABLE_3_3_SOURCE = f"{THESIS}, Table 3.3 (CIFAR-10)"
+CLASS_ANOMALY: dict[str, dict[str, tuple[float, ...]]] = {
+    "mnist": {"GradCon": (.995, .999, .952, .973, .969, .977, .994, .979, .919, .973),
+              "OCGAN": (.998, .999, .942, .963, .975, .980, .991, .981, .939, .981),
+              "approx. mass": (.969, .064, .629, .924, .796, .946, .977, .682, .969, .572)},
+    "cifar10": {"GradCon": (.760, .598, .648, .586, .733, .603, .684, .567, .784, .678),
+                "OCGAN": (.757, .531, .640, .620, .723, .620, .723, .575, .820, .554),
+                "approx. mass": (.855, .605, .756, .835, .574, .801, .797, .862, .871,
+                                 .656)},
+}
+CLASS_ANOMALY_AVERAGE = {"mnist": {"GradCon": .973, "OCGAN": .975, "approx. mass": .752},
+                         "cifar10": {"GradCon": .664, "OCGAN": .657, "approx. mass": .761}}
+
+# Thesis Tables 4.1-4.4 (MNIST, APGD-CE, eps 8/255), by alpha.
+TABLES_4_SOURCE = f"{THESIS}, Tables 4.1-4.4"
+TABLES_4 = {
+    2.0: {"detection": {"auroc": 1.0, "aupr": 1.0, "tnr95": 1.0, "accuracy": 0.922},
+          "restored_accuracy": 0.481, "defense_accuracy": 0.608,
+          "adaptive_defense_accuracy": 0.619},
+    0.0: {"detection": {"auroc": 0.056, "aupr": 0.318, "tnr95": 0.0, "accuracy": 0.5},
+          "restored_accuracy": 0.107, "defense_accuracy": 0.329,
+          "adaptive_defense_accuracy": 0.331},
+}
+
+# Document 003, OOD detection AUROC (%) with DenseNet-100 features: GMM-1000, Mahalanobis,
+# calibrated MSP (its Tables 1-3, as digested in NOTES.md D).
+FEATURE_GMM_OOD_SOURCE = f"{FEATURE_GMM}, Tables 1-3 (DenseNet-100)"
+FEATURE_GMM_OOD = {
+    ("cifar100", "svhn"): (95.70, 94.38, 80.58),
+    ("cifar100", "tinyimagenet"): (96.75, 95.26, 74.00),
+    ("cifar100", "fashionmnist"): (93.23, 94.48, 85.92),
+    ("cifar100", "gaussian"): (100.0, 100.0, 70.04),
+    ("cifar10", "svhn"): (99.35, 98.82, 92.00),
+    ("cifar10", "tinyimagenet"): (98.88, 98.03, 94.66),
+}
