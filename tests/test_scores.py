@@ -12,7 +12,7 @@ from workloads.data import load_digits, noise_ood_sets
 from workloads.metrics import mann_whitney, ood_metrics
 from workloads.models import DIGLM, MLPClassifier
 from workloads.models.flows import VectorRealNVP, build_flow, flow_objective
-from workloads.scores import OOD_SCORES, applicable_scores, build_score
+from workloads.scores import OOD_SCORES, applicable_scores, build_score, fit_score
 from workloads.training import fit_classifier, train_epoch
 
 
@@ -99,7 +99,7 @@ def trained():
     return model, data, ood
 
 
-SCORE_PARAMS = {"msp": {}, "max_logit": {}, "energy": {}, "lnz": {},
+SCORE_PARAMS = {"msp": {}, "msp_calibrated": {}, "max_logit": {}, "energy": {}, "lnz": {},
                 "odin": {"temperature": 1000.0, "epsilon": 0.002},
                 "mahalanobis": {"epsilon": 0.001},  # with input preprocessing
                 "mc_dropout": {"passes": 10}, "gmm": {"components": 10}}
@@ -174,7 +174,7 @@ def test_density_score_ranks_in_distribution_above_noise(trained_flow, name):
 @pytest.mark.parametrize("name", sorted(SCORE_PARAMS))
 def test_score_ranks_in_distribution_above_noise(trained, name):
     model, data, ood = trained
-    score = build_score(name, **SCORE_PARAMS[name]).fit(model, data.x_train, data.y_train)
+    score = fit_score(name, SCORE_PARAMS[name], model, data)
     score_id, score_ood = score(model, data.x_test), score(model, ood)
     assert score_id.shape == (len(data.x_test),)
     assert torch.isfinite(score_id).all() and torch.isfinite(score_ood).all()

@@ -19,7 +19,7 @@ from torch import nn
 
 from workloads.data import Dataset
 from workloads.metrics import ood_metrics
-from workloads.scores import OOD_SCORES, applicable_scores, build_score, capabilities
+from workloads.scores import OOD_SCORES, applicable_scores, capabilities, fit_score
 from workloads.uncertainty import OOD_INTERVAL_METRICS, bootstrap_ood_intervals
 
 # Scores whose raw values are kept for the report's histograms: (score, stored as, sign).
@@ -78,7 +78,7 @@ def evaluate_ood(model: nn.Module, data: Dataset, scores: dict[str, dict],
     histogram scores (log p(x), AM)."""
     result = OODEvaluation()
     for name, score_params in scores.items():
-        score = build_score(name, **score_params).fit(model, data.x_train, data.y_train)
+        score = fit_score(name, score_params, model, data)
         values = {"id": score(model, data.x_test).double().numpy()}
         for ood_name, x_ood in data.ood.items():
             n = min(len(values["id"]), len(x_ood))

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -44,6 +45,18 @@ def _resample_counts(n: int, resamples: int, rng: np.random.Generator) -> np.nda
         .astype(np.float64)
 
 
+@functools.lru_cache(maxsize=4)
+def _paired_counts(n_id: int, n_ood: int, resamples: int,
+                   seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ID and OOD resample counts of `seed` (drawn in that order): every (score, OOD
+    set) of a trial with the same sizes reuses them (read-only)."""
+    rng = np.random.default_rng(seed)
+    counts = (_resample_counts(n_id, resamples, rng), _resample_counts(n_ood, resamples, rng))
+    for c in counts:
+        c.flags.writeable = False
+    return counts
+
+
 def _ratio(part: np.ndarray, whole: np.ndarray) -> np.ndarray:
     """part / whole, 0 where whole is 0 (a precision where no input is yet accepted)."""
     return np.divide(part, whole, out=np.zeros_like(part), where=whole > 0)
@@ -69,8 +82,10 @@ def ood_metrics_of_weights(score_id: np.ndarray, score_ood: np.ndarray,
     starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])  # distinct values
 
     def by_value(weight: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        sorted_weight = np.zeros((len(weight), len(scores)))
+        sorted_weight = np.zeros((len(weight), len(scores)), dtype=weight.dtype)
         sorted_weight[:, positions] = weight
+        if len(starts) == len(scores):  # no ties: each value is one input
+            return sorted_weight
         return np.add.reduceat(sorted_weight, starts, axis=1)
 
     id_mass, ood_mass = by_value(weight_id, rank[:n1]), by_value(weight_ood, rank[n1:])
@@ -94,10 +109,9 @@ def bootstrap_ood_intervals(score_id, score_ood, resamples: int = 1000, seed: in
     score_ood = np.asarray(score_ood, dtype=np.float64).ravel()
     if not (np.isfinite(score_id).all() and np.isfinite(score_ood).all()):
         return {m: (math.nan, math.nan) for m in OOD_INTERVAL_METRICS}
-    rng = np.random.default_rng(seed)
     rows = ood_metrics_of_weights(score_id, score_ood,
-                                  _resample_counts(len(score_id), resamples, rng),
-                                  _resample_counts(len(score_ood), resamples, rng))
+                                  *_paired_counts(len(score_id), len(score_ood), resamples,
+                                                  seed))
     tail = 100 * (1 - confidence) / 2
     return {m: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail)))
             for m, v in rows.items()}

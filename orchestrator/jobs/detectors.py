@@ -41,7 +41,7 @@ from orchestrator.reports.job_plots import plot_detectors
 from orchestrator.reports.tables import detector_markdown
 from workloads.data import Dataset
 from workloads.ood_evaluation import ood_metrics_under_attack, resolve_scores
-from workloads.scores import OODScore, build_score, capabilities
+from workloads.scores import OODScore, capabilities, fit_score
 
 ID = "id"  # the name of the in-distribution test inputs among the attacked sets
 
@@ -76,7 +76,7 @@ def plan_detector_attacks(model: nn.Module, data: Dataset, requested: str,
     inputs = {ID: data.x_test[:n], **{k: v[:n] for k, v in data.ood.items()}}
     if len(inputs) == 1:
         raise ValueError(f"dataset '{data.name}' has no OOD sets to attack the detectors with")
-    scores = {name: build_score(name, **p).fit(model, data.x_train, data.y_train)
+    scores = {name: fit_score(name, p, model, data)
               for name, p in names.items()}
     skipped = {name: score.not_differentiable for name, score in scores.items()
                if score.not_differentiable}

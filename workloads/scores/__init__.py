@@ -8,9 +8,11 @@ A score is built by name with its parameters, fitted once on in-distribution tra
     score.forward(model, x)           # one batch, differentiable in x (attacks follow it)
 
 The interface and registry are in `base`; one module per family registers its scores:
-`softmax` (msp, max_logit, energy, lnz, odin), `features` (mahalanobis, gmm), `density`
-(log_px, neg_am), `dropout` (mc_dropout); `pytorch_ood_detectors` adapts pytorch-ood's
-post-hoc detectors (vim, knn, react, ash, dice, gradnorm, ...; asked for by name).
+`softmax` (msp, msp_calibrated, max_logit, energy, lnz, odin), `features` (mahalanobis,
+gmm), `density` (log_px, neg_am), `dropout` (mc_dropout); `pytorch_ood_detectors` adapts
+pytorch-ood's post-hoc detectors (vim, knn, react, ash, dice, gradnorm, ...; by name).
+A score fits on the training split, or on the validation split where it says so
+(`fit_split`, msp_calibrated); `fit_score` picks it.
 """
 
 # isort: off
@@ -29,6 +31,7 @@ from workloads.scores.base import (
     batched_logits,
     build_score,
     capabilities,
+    fit_score,
     input_step,
     penultimate_features,
     register_score,
@@ -36,5 +39,5 @@ from workloads.scores.base import (
 
 __all__ = [
     "OOD_SCORES", "OODScore", "applicable_scores", "batched_logits", "build_score",
-    "capabilities", "input_step", "penultimate_features", "register_score",
+    "capabilities", "fit_score", "input_step", "penultimate_features", "register_score",
 ]

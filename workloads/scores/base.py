@@ -25,6 +25,7 @@ class OODScore:
 
     name = ""
     requires: tuple[str, ...] = ("logits",)
+    fit_split = "train"    # the split `fit` takes: "train", or "validation" (held-out data)
     in_default_set = True  # part of "every applicable score"
     batch_size = 1024      # inputs per chunk in __call__
     not_differentiable: str | None = None
@@ -58,6 +59,15 @@ def build_score(name: str, **params) -> OODScore:
     if name not in OOD_SCORES:
         raise KeyError(f"unknown OOD score '{name}'; known: {', '.join(sorted(OOD_SCORES))}")
     return OOD_SCORES[name](**params)
+
+
+def fit_score(name: str, params: dict, model: nn.Module, data) -> OODScore:
+    """Score `name` built with `params` and fitted on the split of `data` (a
+    `workloads.data.Dataset`) it declares in `fit_split`."""
+    score = build_score(name, **params)
+    if score.fit_split == "validation":
+        return score.fit(model, data.x_val, data.y_val)
+    return score.fit(model, data.x_train, data.y_train)
 
 
 def capabilities(model: nn.Module) -> set[str]:

@@ -73,9 +73,13 @@ class FeatureGMM(OODScore):
         return self
 
     def forward(self, model, x):
+        return self.log_density(model.features(x)).float()
+
+    def log_density(self, features: torch.Tensor) -> torch.Tensor:
+        """log p(features) under the mixture (float64, differentiable in the features)."""
         if self.mixture is None:
             raise RuntimeError("GMM score used before fit()")
-        f = model.features(x).double().flatten(1)
+        f = features.double().flatten(1)
         means = torch.tensor(self.mixture.means_).to(f)            # (K, D)
         precisions = torch.tensor(self.mixture.precisions_).to(f)  # (K, D), 1 / var
         weights = torch.tensor(self.mixture.weights_).to(f)
@@ -84,4 +88,4 @@ class FeatureGMM(OODScore):
             + (means ** 2 * precisions).sum(1)
         log_gauss = -0.5 * (f.shape[1] * math.log(2 * math.pi) + squared) \
             + 0.5 * precisions.log().sum(1)
-        return torch.logsumexp(log_gauss + weights.log(), dim=1).float()
+        return torch.logsumexp(log_gauss + weights.log(), dim=1)

@@ -1,4 +1,5 @@
-"""Scores on a classifier's logits (NOTES.md E): MSP, max logit, energy, ln Z, ODIN."""
+"""Scores on a classifier's logits (NOTES.md E): MSP, temperature-scaled MSP, max logit,
+energy, ln Z, ODIN."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from workloads.losses import log_partition
-from workloads.scores.base import OODScore, input_step, register_score
+from workloads.scores.base import OODScore, batched_logits, input_step, register_score
+from workloads.temperature import fit_temperature
 
 
 @register_score("msp")
@@ -15,6 +17,28 @@ class MaxSoftmaxProbability(OODScore):
 
     def forward(self, model, x):
         return model(x).softmax(dim=1).max(dim=1).values
+
+
+@register_score("msp_calibrated")
+class CalibratedMSP(OODScore):
+    """MSP after temperature scaling (Guo et al. 2017): max_k softmax(f(x) / T)_k with T
+    fitted on the validation split's NLL (`workloads.temperature`); the "calibrated MSP"
+    baseline of document 003 (NOTES.md D). Asked for by name."""
+
+    in_default_set = False
+    fit_split = "validation"
+
+    def __init__(self):
+        self.temperature: float | None = None
+
+    def fit(self, model, x_val, y_val):
+        self.temperature = fit_temperature(batched_logits(model, x_val), y_val)
+        return self
+
+    def forward(self, model, x):
+        if self.temperature is None:
+            raise RuntimeError("msp_calibrated must be fitted on validation data first")
+        return (model(x) / self.temperature).softmax(dim=1).max(dim=1).values
 
 
 @register_score("max_logit")

@@ -1,0 +1,77 @@
+"""Feature purification (003 Appendix B, eq. 9) against a step computed by hand."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from workloads.data import load_dataset
+from workloads.models import build_classifier
+from workloads.purification import bits_per_dim, purification_effect, purify_features
+from workloads.scores import build_score
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    data = load_dataset("digits")
+    model = build_classifier("mlp", data.input_shape, data.num_classes, width=32)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    for _ in range(10):
+        for i in range(0, len(data.x_train), 64):
+            optimizer.zero_grad()
+            F.cross_entropy(model(data.x_train[i:i + 64]), data.y_train[i:i + 64]).backward()
+            optimizer.step()
+    return model.eval(), data
+
+
+def test_one_step_is_eq_9_by_hand(trained):
+    """With one diagonal Gaussian (mu, precision p), grad_F BPD = p (F - mu) / (D ln 2); the
+    first step from F = F_ref has no proximity term: F_1 = F_ref - eps p (F_ref - mu)/(D ln 2)."""
+    model, data = trained
+    gmm = build_score("gmm", components=1).fit(model, data.x_train, data.y_train)
+    with torch.no_grad():
+        reference = model.features(data.x_test[:20]).double()
+    mu = torch.tensor(gmm.mixture.means_[0])
+    precision = torch.tensor(gmm.mixture.precisions_[0])
+    dim, eps = reference.shape[1], 0.1
+    expected = reference - eps * precision * (reference - mu) / (dim * math.log(2))
+    got = purify_features(reference, gmm.log_density, eps=eps, nu=0.5, steps=1)
+    assert torch.allclose(got, expected, rtol=1e-10, atol=1e-12)
+    # a second step adds the pull back to F_ref: 2 nu (F_1 - F_ref)
+    second = expected - eps * (precision * (expected - mu) / (dim * math.log(2))
+                               + 2 * 0.5 * (expected - reference))
+    assert torch.allclose(purify_features(reference, gmm.log_density, eps, 0.5, steps=2),
+                          second, rtol=1e-10, atol=1e-12)
+
+
+def test_purification_lowers_bpd_and_nu_keeps_features_close(trained):
+    model, data = trained
+    gmm = build_score("gmm", components=5).fit(model, data.x_train, data.y_train)
+    with torch.no_grad():
+        reference = model.features(data.x_test).double()
+    dim = reference.shape[1]
+    free = purify_features(reference, gmm.log_density, eps=0.01, nu=0.0)
+    held = purify_features(reference, gmm.log_density, eps=0.01, nu=1.0)
+    bpd = {name: bits_per_dim(gmm.log_density(f), dim).mean().item()
+           for name, f in (("ref", reference), ("free", free), ("held", held))}
+    assert bpd["free"] < bpd["held"] < bpd["ref"]
+    assert (held - reference).norm() < (free - reference).norm()
+
+
+def test_purification_effect_counts_fixes_and_new_mistakes(trained):
+    model, data = trained
+    gmm = build_score("gmm", components=5).fit(model, data.x_train, data.y_train)
+    effect = purification_effect(model, gmm.log_density, data.x_test, data.y_test,
+                                 eps=0.1, nu=0.01)
+    n = len(data.y_test)
+    assert effect["accuracy_after"] - effect["accuracy_before"] == pytest.approx(
+        (effect["fixed"] - effect["broken"]) / n)
+    with torch.no_grad():
+        assert effect["accuracy_before"] == pytest.approx(
+            (model(data.x_test).argmax(1) == data.y_test).double().mean().item())
+    # no steps: nothing moves
+    still = purification_effect(model, gmm.log_density, data.x_test, data.y_test, 0.1, 0.01,
+                                steps=0)
+    assert still["fixed"] == still["broken"] == 0
