@@ -36,6 +36,8 @@ BASE = {
     "ood_scores": "all",         # every applicable score, or names joined by "+"
     "score_params": {"gmm": {"components": 10}},
     "num_bins": 15,
+    "diagnostic_every": 5,       # epochs between AUROC snapshots of log p(x), -AM (0: off)
+    "diagnostic_samples": 256,   # ID and OOD inputs per set in a snapshot
     "checkpoint_every": 0,       # epochs between checkpoints; 0: every checkpoint_seconds
     "checkpoint_seconds": 30.0,  # of a trial between checkpoints (the end always saves)
     "report_seconds": 1.0,       # in-process trials send their epochs' metrics this often
@@ -59,7 +61,8 @@ CHOICES = {
     "dequantization": DEQUANTIZATIONS,
 }
 POSITIVE = ("num_couplings", "depth", "num_scales", "num_blocks", "hidden", "logit_lambda",
-            "lr", "batch_size", "epochs", "max_grad_norm", "num_bins", "checkpoint_seconds")
+            "lr", "batch_size", "epochs", "max_grad_norm", "num_bins", "checkpoint_seconds",
+            "diagnostic_samples")
 
 THESIS_CH3 = "000_69df910f6efc69b5.txt (Chali 2024), ch. 3"
 # OOD detection claims: on the dataset's OOD sets, not in class anomaly runs (normal_class).
@@ -97,7 +100,8 @@ SPACE = SearchSpace(
     mode="min",
     profiles={
         "smoke": Profile(
-            config={**BASE, "num_couplings": 4, "hidden": 32, "epochs": 2},
+            config={**BASE, "num_couplings": 4, "hidden": 32, "epochs": 2,
+                    "diagnostic_every": 1},
             grid={"alpha": [0.0, 2.0]},
             description="2 trials, 2 epochs of a small vector RealNVP on digits",
         ),

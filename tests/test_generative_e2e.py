@@ -78,16 +78,34 @@ def test_alpha_flow_smoke_with_class_anomaly_option(tmp_path, sweep_env):
     assert set(anomaly.ood_set) == {"other_classes"}
     assert (anomaly.n == 36).all()  # digits test has 36 ones: balanced against 36 others
 
+    # The training-time diagnostic (smoke: every epoch): AUROC of log p(x) and -AM per
+    # epoch, score and OOD set, in the trial's W&B history, diagnostic.csv and a plot.
+    diagnostic = pd.read_csv(sweep_dir / "results" / "diagnostic.csv")
+    assert len(diagnostic) == sum(2 * 2 * n for n in sets.values())  # epochs x scores x sets
+    assert set(diagnostic.epoch) == {1, 2} and set(diagnostic.score) == {"log_px", "neg_am"}
+    assert diagnostic.auroc.between(0, 1).all() and "alpha" in diagnostic
+    for score in ("log_px", "neg_am"):
+        assert (sweep_dir / "results" / "plots" / f"diagnostic_{score}.png").exists()
+    history = {run.run_id: run.history for run in map(read_offline_run,
+                                                       find_offline_runs(sweep_dir))}
+    row = diagnostic[(diagnostic.epoch == 2) & (diagnostic.score == "neg_am")].iloc[0]
+    logged = [h for h in history[row.trial_id]
+              if h.get(f"diag_auroc_neg_am_{row.ood_set}") is not None]
+    assert [h["epoch"] for h in logged] == [1, 2]
+    assert logged[-1][f"diag_auroc_neg_am_{row.ood_set}"] == pytest.approx(row.auroc)
+
     # The report redraws ood.md and the histograms from the saved files alone.
     results = sweep_dir / "results"
     (results / "ood.md").unlink()
-    for png in (results / "plots").glob("hist_*.png"):
+    for png in [*(results / "plots").glob("hist_*.png"),
+                *(results / "plots").glob("diagnostic_*.png")]:
         png.unlink()
     report = subprocess.run([sys.executable, "-m", "orchestrator.report", str(sweep_dir)],
                             capture_output=True, text=True, env=sweep_env, timeout=120)
     assert report.returncode == 0, report.stderr
     assert (results / "ood.md").read_text().count("### ") == 4
     assert len(list((results / "plots").glob("hist_*.png"))) == 4
+    assert len(list((results / "plots").glob("diagnostic_*.png"))) == 2
 
 
 def test_alpha_diglm_smoke_on_ray_train_ddp_keeps_checkpoints(tmp_path, sweep_env):

@@ -64,3 +64,34 @@ def test_ood_markdown_prints_the_thesis_table_format():
     text = ood_markdown(table, ood, space)
     assert "| digits -> uniform_noise | .969/.969/1.0 | 1.0/.969/1.0 |" in text
     assert "alpha=2.0" in text and text.count("### ") == 1
+
+
+def test_training_time_diagnostic_every_k_epochs_equals_the_ood_metrics():
+    """`diagnostic_every` = 2 over 4 epochs: snapshots after epochs 2 and 4, each the AUROC
+    of log p(x) and -AM on the first `diagnostic_samples` inputs; the last one is the final
+    model's, so it equals `ood_metrics` on those inputs."""
+    from workloads.data import load_trial_data
+    from workloads.metrics import ood_metrics
+    from workloads.models import build_generative_model
+    from workloads.scores import build_score
+
+    config = smoke_config("alpha_flow", epochs=4, diagnostic_every=2, diagnostic_samples=50)
+    session = LocalSession(num_threads=1)
+    train_generative(config, session)
+    rows = pd.DataFrame(session.final["diagnostic"])
+    data = load_trial_data(config)
+    assert sorted(rows.epoch.unique()) == [2, 4]
+    assert len(rows) == 2 * 2 * len(data.ood)
+    per_epoch = {r["epoch"]: r for r in session.reports if "diag_auroc_log_px_uniform_noise" in r}
+    assert sorted(per_epoch) == [2, 4]
+    model = build_generative_model(config, data.input_shape, data.levels, data.num_classes)
+    model.load_state_dict(session._state["model"])
+    model.eval()
+    for score in ("log_px", "neg_am"):
+        values = build_score(score)
+        expected = ood_metrics(values(model, data.x_test[:50]).double().numpy(),
+                               values(model, data.ood["uniform_noise"][:50]).double().numpy())
+        got = rows[(rows.epoch == 4) & (rows.score == score)
+                   & (rows.ood_set == "uniform_noise")].auroc.item()
+        assert got == pytest.approx(expected["auroc"], abs=1e-12), score
+        assert per_epoch[4][f"diag_auroc_{score}_uniform_noise"] == pytest.approx(got)

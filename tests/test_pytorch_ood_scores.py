@@ -167,3 +167,18 @@ def test_the_ood_stage_runs_adapted_detectors_by_name():
     assert {(r["score"], r["ood_set"]) for r in result.rows} == {
         (s, o) for s in ("msp", "vim", "ash") for o in data.ood}
     assert all(r["auroc_lo"] <= r["auroc"] <= r["auroc_hi"] for r in result.rows)
+
+
+def test_gradnorm_is_the_closed_form_on_the_last_layer(trained):
+    """GradNorm (Huang et al. 2021) on the final layer only: the gradient of the cross-entropy
+    to the uniform distribution, CE_u = -(1/K) sum_k log softmax(f/T)_k, by the head's
+    weight and bias is ((p - 1/K)/T) h^T and (p - 1/K)/T, so its L1 norm is
+    sum_k |p_k - 1/K| / T * (||h||_1 + 1); higher = more in-distribution."""
+    model, x_train, y_train, x_test, _ = trained
+    x = x_test[:40]
+    with torch.no_grad():
+        h = model.features(x)
+        p = model.head(h).softmax(dim=1)
+    expected = (p - 1 / p.shape[1]).abs().sum(1) * (h.abs().sum(1) + 1)
+    ours = build_score("gradnorm").fit(model, x_train, y_train)(model, x)
+    assert torch.allclose(ours, expected, rtol=1e-4)

@@ -113,7 +113,8 @@ def test_every_registered_score_is_covered():
     from workloads.scores.pytorch_ood_detectors import PytorchOODScore
 
     ours = {n for n, cls in OOD_SCORES.items() if not issubclass(cls, PytorchOODScore)}
-    assert set(SCORE_PARAMS) | set(DENSITY_SCORE_PARAMS) == ours
+    corrections = {"input_complexity", "typicality"}  # tests/test_likelihood_corrections.py
+    assert set(SCORE_PARAMS) | set(DENSITY_SCORE_PARAMS) | corrections == ours
 
 
 def test_density_scores_match_a_standard_normal():
@@ -213,7 +214,9 @@ def test_every_differentiable_score_has_an_input_gradient_and_forward_equals_cal
     assert OOD_SCORES["mc_dropout"].not_differentiable
     from workloads.scores.pytorch_ood_detectors import PytorchOODScore
 
+    assert OOD_SCORES["input_complexity"].not_differentiable
     assert all(cls.not_differentiable is None for n, cls in OOD_SCORES.items()
-               if n != "mc_dropout" and not issubclass(cls, PytorchOODScore))
+               if n not in ("mc_dropout", "input_complexity")
+               and not issubclass(cls, PytorchOODScore))
     assert all(cls.not_differentiable for cls in OOD_SCORES.values()
                if issubclass(cls, PytorchOODScore))

@@ -19,7 +19,13 @@ from torch import nn
 
 from workloads.data import Dataset
 from workloads.metrics import ood_metrics
-from workloads.scores import OOD_SCORES, applicable_scores, capabilities, fit_score
+from workloads.scores import (
+    OOD_SCORES,
+    OODScore,
+    applicable_scores,
+    capabilities,
+    fit_score,
+)
 from workloads.uncertainty import OOD_INTERVAL_METRICS, bootstrap_ood_intervals
 
 # Scores whose raw values are kept for the report's histograms: (score, stored as, sign).
@@ -96,6 +102,22 @@ def evaluate_ood(model: nn.Module, data: Dataset, scores: dict[str, dict],
                                    for k, v in values.items()}
     return result
 
+
+
+def ood_auroc_snapshot(model: nn.Module, data: Dataset, scores: dict[str, OODScore],
+                       samples: int = 256) -> list[dict[str, float | str]]:
+    """AUROC of each (fitted) score against each OOD set on a fixed subsample: the first
+    `samples` ID test inputs and OOD inputs of each set (no intervals). Cheap enough to run
+    during training: the training-time diagnostic of thesis Fig. 3.3 / 3.17, whose AM
+    ordering changes between epochs."""
+    rows = []
+    for name, score in scores.items():
+        score_id = score(model, data.x_test[:samples]).double().numpy()
+        for ood_name, x_ood in data.ood.items():
+            score_ood = score(model, x_ood[:samples]).double().numpy()
+            rows.append({"score": name, "ood_set": ood_name,
+                         "auroc": ood_metrics(score_id, score_ood)["auroc"]})
+    return rows
 
 
 def ood_metrics_under_attack(id_clean: np.ndarray, id_attacked: np.ndarray,

@@ -4,7 +4,8 @@ Files in `<sweep_dir>/results/`: `trials.csv` (every config column and final met
 `trials.md` (the search space's key columns), `reliability.json` (reliability-diagram bins
 per trial), and for sweeps with an OOD stage `ood.csv` (long format: trial x score x OOD
 set), `ood.md` (Table-3.1-style tables) and `samples.json` (log p(x) and AM values for the
-histograms); PNGs in `plots/`. `python -m orchestrator.report SWEEP_DIR` redraws the
+histograms), and with the training-time diagnostic `diagnostic.csv` (trial x epoch x score x
+OOD set); PNGs in `plots/`. `python -m orchestrator.report SWEEP_DIR` redraws the
 tables and plots from these files alone.
 """
 
@@ -25,7 +26,12 @@ from orchestrator.reports.aggregate import (
     aggregated_markdown,
     config_columns,
 )
-from orchestrator.reports.plots import plot_metrics, plot_reliability, plot_score_histograms
+from orchestrator.reports.plots import (
+    plot_diagnostic,
+    plot_metrics,
+    plot_reliability,
+    plot_score_histograms,
+)
 from orchestrator.reports.tables import markdown_table, ood_markdown, sort_table
 from orchestrator.tune.session import FINAL_FILE
 from orchestrator.tune.storage import read_final_artifacts
@@ -47,6 +53,7 @@ class Artifacts:
     reliability: dict[str, Any] = field(default_factory=dict)  # trial_id -> bins
     ood: pd.DataFrame = field(default_factory=pd.DataFrame)     # long format
     samples: dict[str, Any] = field(default_factory=dict)      # trial_id -> score -> set
+    diagnostic: pd.DataFrame = field(default_factory=pd.DataFrame)  # trial x epoch x score x set
 
 
 def _final_artifacts(result, filesystem) -> dict | None:
@@ -66,7 +73,7 @@ def collect_results(result_grid, filesystem=None) -> tuple[pd.DataFrame, Artifac
     Status is the loop's own (`completed`, `diverged`), `error` when the trial raised
     (after its retries), and `incomplete` when it stopped without a final report.
     """
-    rows, artifacts, ood_rows = [], Artifacts(), []
+    rows, artifacts, ood_rows, diagnostic_rows = [], Artifacts(), [], []
     for result in result_grid:
         config = {k: v for k, v in expand_setup(result.config or {}).items()
                   if k not in HIDDEN_CONFIG and not isinstance(v, dict)}
@@ -89,14 +96,16 @@ def collect_results(result_grid, filesystem=None) -> tuple[pd.DataFrame, Artifac
         if final.get("samples"):
             artifacts.samples[trial_id] = final["samples"]
         ood_rows += [{"trial_id": trial_id, **r} for r in final.get("ood", [])]
+        diagnostic_rows += [{"trial_id": trial_id, **r} for r in final.get("diagnostic", [])]
     artifacts.ood = pd.DataFrame(ood_rows)
+    artifacts.diagnostic = pd.DataFrame(diagnostic_rows)
     return pd.DataFrame(rows), artifacts
 
 
 def ood_long_table(table: pd.DataFrame, ood: pd.DataFrame, space: SearchSpace,
                    settings: dict[str, Any]) -> pd.DataFrame:
-    """The OOD rows with the trial's key columns, every other config value that varies
-    across the sweep, and its seed in front: trial x score x OOD set."""
+    """The OOD rows (or the diagnostic's) with the trial's key columns, every other config
+    value that varies across the sweep, and its seed in front: trial x score x OOD set."""
     if ood.empty:
         return ood
     varying = [c for c in config_columns(table, settings) if table[c].nunique() > 1]
@@ -119,6 +128,9 @@ def write_results(table: pd.DataFrame, artifacts: Artifacts, space: SearchSpace,
         artifacts.ood = ood_long_table(table, artifacts.ood, space, settings)
         artifacts.ood.to_csv(out / "ood.csv", index=False)
         (out / "samples.json").write_text(json.dumps(artifacts.samples))
+    if not artifacts.diagnostic.empty:
+        artifacts.diagnostic = ood_long_table(table, artifacts.diagnostic, space, settings)
+        artifacts.diagnostic.to_csv(out / "diagnostic.csv", index=False)
     render_outputs(table, artifacts, space, out, settings)
     return out
 
@@ -139,6 +151,8 @@ def render_outputs(table: pd.DataFrame, artifacts: Artifacts, space: SearchSpace
     if not artifacts.ood.empty:
         (out / "ood.md").write_text(ood_markdown(table, artifacts.ood, space))
         plot_score_histograms(table, artifacts.samples, space, out / "plots")
+    if not artifacts.diagnostic.empty:
+        plot_diagnostic(artifacts.diagnostic, table, settings, out / "plots")
     return aggregated
 
 
@@ -161,4 +175,6 @@ def load_results(sweep_dir: str | Path) -> tuple[pd.DataFrame, Artifacts]:
         artifacts.ood = pd.read_csv(out / "ood.csv")
     if (out / "samples.json").exists():
         artifacts.samples = json.loads((out / "samples.json").read_text())
+    if (out / "diagnostic.csv").exists():
+        artifacts.diagnostic = pd.read_csv(out / "diagnostic.csv")
     return table, artifacts

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from orchestrator.reports.aggregate import config_columns
 from orchestrator.reports.tables import trial_label
 from search_spaces import SearchSpace
 from workloads.uncertainty import t_interval
@@ -214,4 +215,47 @@ def plot_score_histograms(table: pd.DataFrame, samples: dict[str, Any], space: S
         path = out / f"hist_{trial_id}.png"
         save_figure(fig, path)
         written.append(path)
+    return written
+
+
+def plot_diagnostic(diagnostic: pd.DataFrame, table: pd.DataFrame, settings: dict[str, Any],
+                    out: Path) -> list[Path]:
+    """The training-time diagnostic (thesis Fig. 3.3 / 3.17): per score, AUROC against epoch,
+    a panel per OOD set, a line per configuration (the config values that vary, e.g.
+    alpha and dequantization; mean over seeds with its 95% band)."""
+    plt = pyplot()
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    lines = [c for c in config_columns(table, settings)
+             if c in diagnostic.columns and diagnostic[c].nunique() > 1]
+    for score, rows in diagnostic.groupby("score", sort=True):
+        sets = sorted(rows.ood_set.unique())
+        cols = min(len(sets), 4)
+        n_rows = math.ceil(len(sets) / cols)
+        fig, axes = plt.subplots(n_rows, cols, figsize=(4.2 * cols, 3.4 * n_rows),
+                                 squeeze=False)
+        for ax, ood_set in zip(axes.flat, sets):
+            for i, (pairs, line) in enumerate(_groups(rows[rows.ood_set == ood_set],
+                                                      tuple(lines))):
+                points = _over_seeds(line, "epoch", "auroc")
+                ax.plot(points.x, points["mean"], color=f"C{i % 10}", marker="o",
+                        markersize=2, label=_label(pairs))
+                if points["lo"].notna().any():
+                    ax.fill_between(points.x, points["lo"], points["hi"], color=f"C{i % 10}",
+                                    alpha=0.15, linewidth=0)
+            ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+            ax.set_title(ood_set, fontsize=9)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(f"AUROC of {score}")
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[len(sets):]:
+            ax.axis("off")
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)),
+                       fontsize=8, frameon=False)
+        fig.suptitle(f"OOD AUROC during training: {score}")
+        fig.tight_layout(rect=(0, 0.1, 1, 0.95))
+        written.append(save_figure(fig, out / f"diagnostic_{score}.png", dpi=110))
     return written

@@ -22,7 +22,7 @@ from workloads.lr_scaling import scaled_lr
 from workloads.models import DIGLM, Flow, build_classifier, build_generative_model
 from workloads.models.diglm import diglm_objective
 from workloads.models.flows import flow_objective
-from workloads.ood_evaluation import evaluate_ood, resolve_scores
+from workloads.ood_evaluation import evaluate_ood, ood_auroc_snapshot, resolve_scores
 from workloads.scores import build_score
 from workloads.training import (
     classifier_test_metrics,
@@ -187,6 +187,20 @@ def generative_objective(flow: Flow, noise: torch.Generator, alpha: float,
     return objective
 
 
+DIAGNOSTIC_SCORES = ("log_px", "neg_am")
+
+
+def _diagnostic(model: nn.Module, data, config: dict[str, Any], epoch: int,
+                history: list[dict[str, Any]]) -> dict[str, float]:
+    """The training-time diagnostic (thesis Fig. 3.3 / 3.17): AUROC of log p(x) and -AM
+    against each OOD set on `diagnostic_samples` inputs, appended to `history` (kept in the
+    checkpoint, drawn at the end) and returned as `diag_auroc_<score>_<set>` metrics."""
+    scores = {name: build_score(name) for name in DIAGNOSTIC_SCORES}
+    rows = ood_auroc_snapshot(model, data, scores, config.get("diagnostic_samples", 256))
+    history += [{"epoch": epoch, **row} for row in rows]
+    return {f"diag_auroc_{r['score']}_{r['ood_set']}": r["auroc"] for r in rows}
+
+
 def train_generative(config: dict[str, Any], session: Session) -> None:
     """RealNVP flow (`model="flow"`) or DIGLM (`model="diglm"`) with the AM regularizer.
 
@@ -199,6 +213,9 @@ def train_generative(config: dict[str, Any], session: Session) -> None:
     `steps`, `lr`, `status`, `train_seconds`, `loop_seconds`. The last report adds the test
     metrics and the OOD stage's `ood_<score>_<set>_<metric>`; the final checkpoint keeps the
     model's weights and `ood` rows (long format) and `samples` (log p(x), AM) for the report.
+    With `diagnostic_every` = k > 0, every k-th epoch also reports `diag_auroc_<score>_<set>`
+    (log p(x) and -AM on `diagnostic_samples` inputs; `_diagnostic`), kept as `diagnostic`
+    rows for the AUROC-versus-epoch plot.
     A non-finite loss or validation bits/dim ends the trial with `status="diverged"`.
     """
     loop_started = time.perf_counter()
@@ -221,6 +238,8 @@ def train_generative(config: dict[str, Any], session: Session) -> None:
     else:
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+    state.setdefault("diagnostic", [])
+    diagnostic_every = config.get("diagnostic_every", 0)
 
     for epoch in range(state["epoch"] + 1, epochs):
         objective = generative_objective(
@@ -245,6 +264,9 @@ def train_generative(config: dict[str, Any], session: Session) -> None:
             metrics.update(_density_metrics(evaluated, data.x_val, config["seed"], "val"))
             if diglm:
                 metrics["val_acc"] = evaluate_split(evaluated, data.x_val, data.y_val)["acc"]
+        if (diagnostic_every > 0 and (epoch + 1) % diagnostic_every == 0 and session.rank == 0
+                and math.isfinite(metrics.get("val_bpd", math.nan))):
+            metrics.update(_diagnostic(evaluated, data, config, epoch + 1, state["diagnostic"]))
         metrics["loop_seconds"] = time.perf_counter() - loop_started
         if not (math.isfinite(stats.loss) and math.isfinite(metrics["val_bpd"])):
             session.report({**metrics, "val_bpd": math.nan, "status": "diverged",
@@ -269,7 +291,7 @@ def train_generative(config: dict[str, Any], session: Session) -> None:
         ood = evaluate_ood(evaluated, data, scores)
         metrics.update(ood.flat_metrics(), epochs=epoch + 1, status="completed",
                        loop_seconds=time.perf_counter() - loop_started)
-        final.update(ood=ood.rows, samples=ood.samples)
+        final.update(ood=ood.rows, samples=ood.samples, diagnostic=state["diagnostic"])
         state["final_metrics"] = metrics
         session.report(metrics, state=state, final=final)
         return

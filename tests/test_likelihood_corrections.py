@@ -1,0 +1,86 @@
+"""The likelihood corrections of document 002 (section 2.4.4-5) as scores, against closed
+forms: typicality on a standard normal flow, input complexity against the compressors."""
+
+import io
+import math
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from workloads.data import load_dataset
+from workloads.models import build_flow
+from workloads.models.flows import Flow, VectorRealNVP
+from workloads.ood_evaluation import evaluate_ood, resolve_scores
+from workloads.scores import build_score
+from workloads.scores.density import compressed_bits, discrete_log2_probability
+
+
+def standard_normal_flow(dim=5):
+    """An untrained vector flow without pixel preprocessing is the identity: p = N(0, I)."""
+    return Flow(VectorRealNVP(dim), (dim,), levels=None)
+
+
+def nll(x):
+    return 0.5 * (x.double() ** 2).sum(1) + 0.5 * x.shape[1] * math.log(2 * math.pi)
+
+
+def test_typicality_per_input_and_per_batch_by_hand():
+    flow = standard_normal_flow()
+    g = torch.Generator().manual_seed(0)
+    train, x = torch.randn(400, 5, generator=g), torch.randn(12, 5, generator=g) * 1.5
+    entropy = nll(train).mean().item()  # ~ D/2 (1 + log 2 pi) = 7.09 for D = 5
+    single = build_score("typicality").fit(flow, train, None)
+    assert single.entropy == pytest.approx(entropy, rel=1e-6)
+    assert torch.allclose(single(flow, x).double(), -(nll(x) - entropy).abs(), atol=1e-4)
+    batch = build_score("typicality", batch=4).fit(flow, train, None)
+    expected = -(nll(x).reshape(3, 4).mean(1) - entropy).abs().repeat_interleave(4)
+    assert torch.allclose(batch(flow, x).double(), expected, atol=1e-4)
+    # the bootstrap epsilon: seeded, and smaller for larger batches (~ 1/sqrt(M))
+    again = build_score("typicality", batch=4).fit(flow, train, None)
+    big = build_score("typicality", batch=16).fit(flow, train, None)
+    assert batch.threshold == again.threshold and big.threshold < batch.threshold
+    # a last partial group is its own batch
+    assert torch.allclose(batch(flow, x[:6]).double()[4:],
+                          -(nll(x[4:6]).mean() - entropy).abs().repeat(2), atol=1e-4)
+
+
+def test_input_complexity_adds_the_code_length_in_bits():
+    data = load_dataset("digits")
+    flow = build_flow("vector", data.input_shape, data.levels, num_couplings=2, hidden=16)
+    x = data.x_test[:6]
+    pixels = np.rint(x.double().numpy() * (data.levels - 1)).astype(np.uint8)
+    zlib_bits = torch.tensor([8.0 * len(zlib.compress(p.tobytes(), 9)) for p in pixels],
+                             dtype=torch.float64)
+    png_bits = []
+    for p in pixels:
+        buffer = io.BytesIO()
+        Image.fromarray(p[0]).save(buffer, format="PNG", optimize=True)
+        png_bits.append(8.0 * len(buffer.getvalue()))
+    assert torch.equal(compressed_bits(x, data.levels, "zlib"), zlib_bits)
+    assert compressed_bits(x, data.levels, "png").tolist() == png_bits
+    # a blank image costs fewer bits than a digit
+    assert compressed_bits(torch.zeros(1, 1, 8, 8), 17, "zlib") < zlib_bits.min()
+    with torch.no_grad():
+        log2_p = discrete_log2_probability(flow, x).double()
+        # log2 P = -D * bits/dim
+        assert torch.allclose(log2_p, -64 * flow.bits_per_dim(flow.log_prob(x)).double())
+    for compressor, bits in (("zlib", zlib_bits), ("png", torch.tensor(png_bits))):
+        score = build_score("input_complexity", compressor=compressor)
+        assert torch.allclose(score(flow, x).double(), log2_p + bits, rtol=1e-6)
+    with pytest.raises(ValueError, match="compressor"):
+        build_score("input_complexity", compressor="gzip")
+    with pytest.raises(ValueError, match="pixel inputs"):
+        build_score("input_complexity")(standard_normal_flow(), torch.zeros(2, 5))
+
+
+def test_the_ood_stage_runs_the_corrections_by_name():
+    torch.manual_seed(0)
+    data = load_dataset("digits")
+    flow = build_flow("vector", data.input_shape, data.levels, num_couplings=2, hidden=16)
+    scores = resolve_scores(flow, "log_px+input_complexity+typicality")
+    result = evaluate_ood(flow, data, scores, resamples=20)
+    assert {r["score"] for r in result.rows} == {"log_px", "input_complexity", "typicality"}
+    assert all(np.isfinite(r["auroc"]) for r in result.rows)
