@@ -114,3 +114,24 @@ class ActorKiller:
         self._stop.set()
         self._thread.join()
         return self.killed
+
+
+def train_digits_classifier(arch: str = "mlp", epochs: int = 10, width: int = 32, seed: int = 0):
+    """(model in eval mode, dataset): a classifier trained with Adam on the embedded digits
+    (10 epochs of the MLP: 315 of 360 test digits right), for tests that need mistakes."""
+    import torch
+    import torch.nn.functional as F
+
+    from workloads.data import load_dataset
+    from workloads.models import build_classifier
+
+    torch.manual_seed(seed)
+    data = load_dataset("digits")
+    model = build_classifier(arch, data.input_shape, data.num_classes, width=width)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    for _ in range(epochs):
+        for i in range(0, len(data.x_train), 64):
+            optimizer.zero_grad()
+            F.cross_entropy(model(data.x_train[i:i + 64]), data.y_train[i:i + 64]).backward()
+            optimizer.step()
+    return model.eval(), data

@@ -4,26 +4,15 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
+from conftest import train_digits_classifier
 
-from workloads.data import load_dataset
-from workloads.models import build_classifier
 from workloads.purification import bits_per_dim, purification_effect, purify_features
 from workloads.scores import build_score
 
 
 @pytest.fixture(scope="module")
 def trained():
-    torch.manual_seed(0)
-    data = load_dataset("digits")
-    model = build_classifier("mlp", data.input_shape, data.num_classes, width=32)
-    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-    for _ in range(10):
-        for i in range(0, len(data.x_train), 64):
-            optimizer.zero_grad()
-            F.cross_entropy(model(data.x_train[i:i + 64]), data.y_train[i:i + 64]).backward()
-            optimizer.step()
-    return model.eval(), data
+    return train_digits_classifier()
 
 
 def test_one_step_is_eq_9_by_hand(trained):

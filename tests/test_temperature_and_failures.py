@@ -72,23 +72,12 @@ def test_mistake_detection_rows_follow_the_scores_and_the_predictions():
     """On a digits MLP trained for 10 epochs (315 of 360 right): the MSP row is
     `failure_metrics` of the MSP values and the test set's correctness; the Mann-Whitney U
     over n_correct * n_wrong is the AUROC; MSP separates mistakes far better than chance."""
-    import torch.nn.functional as F
+    from conftest import train_digits_classifier
 
-    from workloads.data import load_dataset
     from workloads.mistake_detection import evaluate_mistakes
-    from workloads.models import build_classifier
     from workloads.scores import build_score
 
-    torch.manual_seed(0)
-    data = load_dataset("digits")
-    model = build_classifier("mlp", data.input_shape, data.num_classes, width=32)
-    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-    for _ in range(10):
-        for i in range(0, len(data.x_train), 64):
-            optimizer.zero_grad()
-            F.cross_entropy(model(data.x_train[i:i + 64]), data.y_train[i:i + 64]).backward()
-            optimizer.step()
-    model.eval()
+    model, data = train_digits_classifier()
     rows = {r["score"]: r for r in evaluate_mistakes(model, data, {"msp": {}, "energy": {}})}
     with torch.no_grad():
         correct = (model(data.x_test).argmax(1) == data.y_test).numpy()

@@ -52,6 +52,20 @@ def _over_seeds(line: pd.DataFrame, x: str, metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["x", "mean", "std", "lo", "hi", "n"])
 
 
+def _finish_panels(fig, axes, used: int, title: str, path: Path, ncol: int) -> Path:
+    """Blank the unused panels, put the first panel's legend under the figure, title it and
+    save it to `path`."""
+    for ax in list(axes.flat)[used:]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(ncol, len(labels)),
+                   fontsize=8, frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
+    return save_figure(fig, path, dpi=110)
+
+
 def plot_metrics(table: pd.DataFrame, space: SearchSpace, out: Path) -> list[Path]:
     """One PNG per plot metric: metric against `plot_x`, a panel per `plot_panels` value,
     a line per `plot_lines` value (colour by the first key, line style by the rest); with
@@ -91,17 +105,8 @@ def plot_metrics(table: pd.DataFrame, space: SearchSpace, out: Path) -> list[Pat
             ax.set_xlabel(space.plot_x)
             ax.set_ylabel(metric)
             ax.grid(alpha=0.3)
-        for ax in list(axes.flat)[len(panels):]:
-            ax.axis("off")
-        handles, labels = axes.flat[0].get_legend_handles_labels()
-        if handles:
-            fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)),
-                       fontsize=8, frameon=False)
-        fig.suptitle(f"{space.name}: {metric}")
-        fig.tight_layout(rect=(0, 0.08, 1, 0.95))
-        path = out / f"{metric}_vs_{space.plot_x}.png"
-        save_figure(fig, path, dpi=110)
-        written.append(path)
+        written.append(_finish_panels(fig, axes, len(panels), f"{space.name}: {metric}",
+                                      out / f"{metric}_vs_{space.plot_x}.png", ncol=4))
     return written
 
 
@@ -249,13 +254,7 @@ def plot_diagnostic(diagnostic: pd.DataFrame, table: pd.DataFrame, settings: dic
             ax.set_ylabel(f"AUROC of {score}")
             ax.set_ylim(-0.02, 1.02)
             ax.grid(alpha=0.3)
-        for ax in list(axes.flat)[len(sets):]:
-            ax.axis("off")
-        handles, labels = axes.flat[0].get_legend_handles_labels()
-        if handles:
-            fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)),
-                       fontsize=8, frameon=False)
-        fig.suptitle(f"OOD AUROC during training: {score}")
-        fig.tight_layout(rect=(0, 0.1, 1, 0.95))
-        written.append(save_figure(fig, out / f"diagnostic_{score}.png", dpi=110))
+        written.append(_finish_panels(fig, axes, len(sets),
+                                      f"OOD AUROC during training: {score}",
+                                      out / f"diagnostic_{score}.png", ncol=5))
     return written
