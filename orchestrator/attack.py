@@ -4,6 +4,8 @@
         [--version standard|custom --attacks apgd-ce,...] [--eps 8/255] [--n 1000]
     python -m orchestrator.attack SWEEP_DIR --trial TRIAL_ID --target ood
         [--scores all] [--eps 1/255,4/255,8/255] [--steps 100] [--n 1000]
+    python -m orchestrator.attack SWEEP_DIR --trial TRIAL_ID --target adversarial
+        [--scores NAMES] [--eps 0.01,0.05,0.1] [--steps 10] [--n 1000]
 
 Loads the trial's newest checkpoint and attacks the first --n inputs of its test split with
 the attack pool (the job: orchestrator.jobs.attack), writing
@@ -18,6 +20,12 @@ every differentiable OOD score of the model and every eps, APGD moves the first 
 of each OOD set to raise the score and the test inputs to lower it, and
 `SWEEP_DIR/attacks/<trial>-ood-<time>/` gets `detectors.csv`, `detectors.md` (AUROC / FPR95
 clean and under attack) and `detectors.png`.
+
+With `--target adversarial` it detects adversarial inputs (document 003, Figures 4-5;
+orchestrator.jobs.adversarial_detection): FGSM and BIM examples at each eps are generated on
+the pool, and each score (the trial's own, e.g. a feature_gmm trial's GMMs, or --scores)
+separates the clean test inputs classified right from their adversarial versions classified
+wrong: `SWEEP_DIR/attacks/<trial>-adversarial-<time>/adversarial.{csv,md,png}`.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from orchestrator.cli import (
     run_command,
 )
 from orchestrator.errors import UsageError
+from orchestrator.jobs.adversarial_detection import detect_adversarial
 from orchestrator.jobs.attack import attack_classifier
 from orchestrator.jobs.detectors import attack_detectors
 from orchestrator.jobs.trial import load_trial_model
@@ -44,7 +53,8 @@ from workloads.attacks import AUTOATTACK_ATTACKS
 # ignored, they are refused (exit 2) rather than silently dropped.
 DEFAULTS = {"attack": "autoattack", "version": "standard", "attacks": "apgd-ce",
             "steps": 100, "restarts": 1, "lam": 1.0, "norm": "Linf"}
-DEFAULT_EPS = {"classifier": "8/255", "ood": "1/255,4/255,8/255"}
+DEFAULT_EPS = {"classifier": "8/255", "ood": "1/255,4/255,8/255",
+               "adversarial": "0.01,0.05,0.1"}  # 003 names FGSM-0.1
 STEPPED = ("bim", "pgd", "apgd", "apgd_adaptive")
 
 
@@ -59,12 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
         "SWEEP --trial ID --version custom --attacks apgd-ce --eps 8/255 --n 200",
         "SWEEP --trial ID --attack pgd --norm L2 --eps 0.5 --steps 40",
         "SWEEP --trial ID --target ood --scores msp+neg_am --eps 2/255,8/255",
+        "SWEEP --trial ID --target adversarial --eps 0.02,0.1   # FGSM and BIM detection",
         "SWEEP --trial ID --resume   # after an interruption"],
         sweep_help="a finished sweep directory")
     parser.add_argument("--trial", required=True, help="trial id (see results/trials.csv)")
-    parser.add_argument("--target", default="classifier", choices=("classifier", "ood"),
+    parser.add_argument("--target", default="classifier",
+                        choices=("classifier", "ood", "adversarial"),
                         help="classifier: fool its predictions; ood: attack every OOD "
-                             "detector (score) of the model (default classifier)")
+                             "detector (score) of the model; adversarial: detect FGSM and "
+                             "BIM inputs with each score (default classifier)")
     parser.add_argument("--attack", choices=ATTACKS,
                         help="classifier target: the attack (default autoattack, through "
                              "pyautoattack)")
@@ -75,17 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"--version custom: comma-separated from "
                              f"{', '.join(AUTOATTACK_ATTACKS)} (default apgd-ce)")
     parser.add_argument("--scores",
-                        help="--target ood: score names joined by + (default: every "
-                             "applicable score, and lnz)")
+                        help="--target ood / adversarial: score names joined by + (default: "
+                             "ood every applicable score and lnz; adversarial the trial's "
+                             "own ood_scores)")
     parser.add_argument("--eps", type=parse_eps_list,
                         help="perturbation radius, e.g. 0.031 or 8/255 (default 8/255); "
-                             "--target ood takes several, comma-separated (default "
-                             "1/255,4/255,8/255)")
+                             "--target ood and adversarial take several, comma-separated "
+                             "(defaults 1/255,4/255,8/255 and 0.01,0.05,0.1)")
     parser.add_argument("--norm", choices=("Linf", "L2"),
                         help="the perturbation's norm (default Linf; fgsm is L-inf only)")
     parser.add_argument("--steps", type=int,
                         help="iterations of bim/pgd/apgd/apgd_adaptive and of --target ood "
-                             "(default 100)")
+                             "(default 100); of BIM with --target adversarial (default 10)")
     parser.add_argument("--restarts", type=int,
                         help="apgd/apgd_adaptive: random restarts on the inputs still "
                              "robust (default 1)")
@@ -117,10 +131,15 @@ def refuse_ignored_flags(args: argparse.Namespace) -> None:
         for flag in ("attack", "version", "attacks", "restarts", "lam"):
             refuse(flag, "does not apply to --target ood (it runs APGD on each score)")
         return
+    if args.target == "adversarial":
+        for flag in ("attack", "version", "attacks", "restarts", "lam", "norm"):
+            refuse(flag, "does not apply to --target adversarial (it runs L-inf FGSM and BIM)")
+        return
     if args.scores is not None:
-        raise UsageError("--scores applies only to --target ood")
+        raise UsageError("--scores applies only to --target ood and adversarial")
     if args.eps is not None and len(args.eps) > 1:
-        raise UsageError("--eps takes one value (several only with --target ood)")
+        raise UsageError("--eps takes one value (several only with --target ood and "
+                         "adversarial)")
     attack = args.attack or DEFAULTS["attack"]
     if attack != "autoattack":
         refuse("version", "applies only to --attack autoattack")
@@ -144,15 +163,19 @@ def resolved(args: argparse.Namespace, key: str) -> Any:
 
 def attack_config(args: argparse.Namespace) -> dict[str, Any]:
     refuse_ignored_flags(args)
-    steps, restarts = resolved(args, "steps"), resolved(args, "restarts")
+    steps = args.steps or (10 if args.target == "adversarial" else DEFAULTS["steps"])
+    restarts = resolved(args, "restarts")
     batch_size = args.batch_size or (256 if args.target == "ood" else 100)
     if args.n < 1 or batch_size < 1 or steps < 1 or restarts < 1:
         raise UsageError("--n, --batch-size, --steps and --restarts must be >= 1")
     eps = args.eps or parse_eps_list(DEFAULT_EPS[args.target])
-    config = {"eps": eps if args.target == "ood" else eps[0], "norm": resolved(args, "norm"),
+    several = args.target in ("ood", "adversarial")
+    config = {"eps": eps if several else eps[0], "norm": resolved(args, "norm"),
               "seed": args.seed, "batch_size": batch_size}
     if args.target == "ood":
         return {"attack": "apgd_score", **config, "steps": steps}
+    if args.target == "adversarial":
+        return {**config, "steps": steps}
     attack = config["attack"] = resolved(args, "attack")
     if attack == "autoattack":
         config["version"] = resolved(args, "version")
@@ -176,6 +199,9 @@ def main(args: argparse.Namespace) -> int:
     if args.target == "ood":
         attack_detectors(args.sweep_dir, args.trial, model, data, config, args.scores, args.n,
                          pool_args, args.resume, args.wandb)
+    elif args.target == "adversarial":
+        detect_adversarial(args.sweep_dir, args.trial, model, data, trial, config, args.scores,
+                           args.n, pool_args, args.resume, args.wandb)
     else:
         attack_classifier(args.sweep_dir, args.trial, model, data, trial, config, args.n,
                           pool_args, args.resume, args.wandb)

@@ -29,6 +29,30 @@ def sweep_env(tmp_path):
     shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Environment for the command subprocesses of one test module: offline W&B, a private
+    HOME and Ray temp dir (short: Ray's socket paths must stay under 108 bytes)."""
+    home = tmp_path_factory.mktemp("home")
+    ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "RAY_"))}
+    env.update(WANDB_MODE="offline", HOME=str(home), PYTHONPATH=str(ROOT), RAY_TMPDIR=ray_tmp)
+    yield env
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def command(module: str, *args, env: dict, timeout: float = 600, check: bool = True):
+    """Run `python -m orchestrator.<module> ARGS`; with `check`, assert it exits 0 (showing
+    the output's tail if not)."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", f"orchestrator.{module}", *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 def free_port() -> int:
     """A free TCP port on localhost, for a gloo process group in tests."""
     with socket.socket() as s:

@@ -26,6 +26,8 @@ def config(*args):
     (["--target", "ood", "--attack", "pgd"], "--attack"),
     (["--target", "ood", "--lam", "1"], "--lam"),
     (["--target", "ood", "--version", "custom"], "--version"),
+    (["--target", "adversarial", "--attack", "pgd"], "--attack"),     # it runs FGSM and BIM
+    (["--target", "adversarial", "--norm", "L2"], "--norm"),
 ])
 def test_a_flag_that_would_be_ignored_is_refused_by_name(args, flag):
     with pytest.raises(UsageError, match=flag):
@@ -44,6 +46,9 @@ def test_defaults_and_what_each_attack_reads():
     assert ood["eps"] == [1 / 255, 4 / 255, 8 / 255] and ood["steps"] == 20
     assert ood["batch_size"] == 256 and config("--batch-size", "7")["batch_size"] == 7
     assert config("--target", "ood", "--eps", "0.1,2/255")["eps"] == [0.1, 2 / 255]
+    adversarial = config("--target", "adversarial")
+    assert adversarial["eps"] == [0.01, 0.05, 0.1] and adversarial["steps"] == 10
+    assert config("--target", "adversarial", "--steps", "4", "--eps", "0.1")["steps"] == 4
 
 
 def test_help_gives_every_flag_its_default():

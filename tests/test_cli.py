@@ -113,6 +113,11 @@ def test_a_score_the_model_cannot_serve_exits_2(sweep_env):
     proc = sweep("alpha_flow", "--profile", "smoke", "--set", "ood_scores=log_px+vim",
                  env=sweep_env)
     assert proc.returncode == 2 and "'vim' needs features, which the flow model" in proc.stderr
+    # the failure-prediction scores are checked the same way: MC dropout needs dropout
+    proc = sweep("failure_prediction", "--profile", "smoke", "--set", "arch=mlp",
+                 "--set", "ood_scores=msp", env=sweep_env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "--set failure_scores=" in proc.stderr and "'mc_dropout' needs dropout" in proc.stderr
 
 
 def test_linked_setups_are_overridable_and_their_datasets_checked(sweep_env, tmp_path):

@@ -125,3 +125,95 @@ def test_one_class_ood_half_is_a_seeded_random_sample_of_the_other_classes():
     labels = [int(data.y_test[(data.x_test == x).all(dim=tuple(range(1, x.dim() + 1)))][0])
               for x in first[:n]]
     assert len(set(labels)) >= 7 and 0 not in labels
+
+
+def write_cifar(folder, name, n, seed, num_classes=None, test_n=None):
+    """Write CIFAR python-pickle batches (a dict of "data", N x 3072 uint8 channel-major,
+    and the labels) as Krizhevsky's archives hold them: CIFAR-10's five data batches and
+    test batch, or CIFAR-100's train / test / meta with fine and coarse labels; `n`
+    training images and `test_n` (default n / 4) test images."""
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    cifar100 = name == "cifar100"
+    num_classes = num_classes or (100 if cifar100 else 10)
+    root = folder / ("cifar-100-python" if cifar100 else "cifar-10-batches-py")
+    root.mkdir(parents=True, exist_ok=True)
+    test_n = test_n or n // 4
+    files = ({"train": n, "test": test_n} if cifar100
+             else {**{f"data_batch_{i}": n // 5 for i in range(1, 6)}, "test_batch": test_n})
+    written = {}
+    for file_name, count in files.items():
+        labels = [int(v) for v in np.arange(count) % num_classes]
+        images = (rng.random((count, 3, 32, 32)) * 255).astype(np.uint8)
+        images[:, 0, :3, :] = np.array(labels, dtype=np.uint8)[:, None, None] * 2
+        entry = {"batch_label": file_name, "data": images.reshape(count, 3072),
+                 "filenames": [f"{i}.png" for i in range(count)]}
+        if cifar100:
+            entry.update(fine_labels=labels, coarse_labels=[v // 5 for v in labels])
+        else:
+            entry["labels"] = labels
+        with open(root / file_name, "wb") as f:
+            pickle.dump(entry, f)
+        written[file_name] = (images, np.array(labels))
+    if cifar100:
+        with open(root / "meta", "wb") as f:
+            pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)],
+                         "coarse_label_names": [f"s{i}" for i in range(20)]}, f)
+    return written
+
+
+def write_tiny_imagenet(folder, n, seed, split="test"):
+    """Tiny ImageNet's standard layout: tiny-imagenet-200/<split>/images/<split>_<i>.JPEG,
+    64x64 RGB JPEGs."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    images = folder / "tiny-imagenet-200" / split / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        pixels = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(images / f"{split}_{i}.JPEG", quality=95)
+
+
+def test_cifar100_pickles_and_tiny_imagenet_folder_are_read(tmp_path):
+    """CIFAR-100 from its pickles (100 classes, channel-major), with Tiny ImageNet
+    (resized 64 -> 32) and FashionMNIST (gray -> RGB, 28 -> 32) as its OOD sets (003)."""
+    written = write_cifar(tmp_path, "cifar100", 2000, seed=0)
+    write_tiny_imagenet(tmp_path, 600, seed=1, split="val")
+    write_idx(tmp_path, "FashionMNIST", 2000, seed=2)
+    data = load_dataset("cifar100", tmp_path)
+    assert data.skipped_ood == {"svhn": "train_32x32.mat"}
+    assert data.num_classes == 100 and data.input_shape == (3, 32, 32)
+    test_images, test_labels = written["test"]
+    assert torch.equal(data.y_test, torch.from_numpy(test_labels))
+    assert torch.allclose(data.x_test, torch.from_numpy(test_images).float() / 255)
+    assert len(data.x_train) + len(data.x_val) == 2000
+    assert data.ood["tinyimagenet"].shape == (500, 3, 32, 32)
+    assert data.ood["fashionmnist"].shape == (500, 3, 32, 32)
+    assert "svhn" not in data.ood
+
+
+def test_cifar10_pickles_are_read_and_a_bad_batch_is_named(tmp_path):
+    written = write_cifar(tmp_path, "cifar10", 200, seed=0)
+    data = load_dataset("cifar10", tmp_path, ood=False)
+    assert data.num_classes == 10
+    assert torch.equal(data.y_test, torch.from_numpy(written["test_batch"][1]))
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"\x80\x04garbage")
+    from workloads.data import DatasetUnreadableError
+
+    with pytest.raises(DatasetUnreadableError, match="data_batch_3"):
+        load_dataset("cifar10", tmp_path, ood=False)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").unlink()
+    with pytest.raises(DatasetMissingError, match="cifar-10-batches-py/test_batch"):
+        ensure_dataset("cifar10", tmp_path)
+
+
+def test_absent_ood_sets_name_the_file_each_needs(tmp_path):
+    write_tiny_imagenet(tmp_path, 2, seed=0)
+    write_idx(tmp_path, "FashionMNIST", 40, seed=2)
+    from workloads.data import absent_ood_sets
+
+    assert absent_ood_sets("cifar100", tmp_path) == {"svhn": "train_32x32.mat"}
+    assert set(absent_ood_sets("cifar10", None)) == {"svhn", "tinyimagenet", "fashionmnist"}
+    assert absent_ood_sets("digits", tmp_path) == {}

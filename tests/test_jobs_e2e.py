@@ -8,35 +8,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT
+from conftest import command
 
 from orchestrator.tracking.offline import find_offline_runs, read_offline_run
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "RAY_"))}
-    env.update(WANDB_MODE="offline", HOME=str(home), PYTHONPATH=str(ROOT), RAY_TMPDIR=ray_tmp)
-    yield env
-    shutil.rmtree(ray_tmp, ignore_errors=True)
-
-
-def command(module, *args, env, timeout=600, check=True):
-    proc = subprocess.run([sys.executable, "-m", f"orchestrator.{module}", *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=timeout)
-    if check:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
 
 
 @pytest.fixture(scope="module")

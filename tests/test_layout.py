@@ -10,7 +10,7 @@ from pathlib import Path
 from conftest import ROOT
 
 CLIS = {"orchestrator.sweep", "orchestrator.report", "orchestrator.attack",
-        "orchestrator.langevin", "orchestrator.defend"}
+        "orchestrator.langevin", "orchestrator.defend", "orchestrator.ensemble"}
 
 
 def imported_modules(path: Path) -> set[str]:

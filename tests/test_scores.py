@@ -114,7 +114,8 @@ def test_every_registered_score_is_covered():
 
     ours = {n for n, cls in OOD_SCORES.items() if not issubclass(cls, PytorchOODScore)}
     corrections = {"input_complexity", "typicality"}  # tests/test_likelihood_corrections.py
-    assert set(SCORE_PARAMS) | set(DENSITY_SCORE_PARAMS) | corrections == ours
+    failure = {"confidnet", "laplace"}  # tests/test_failure_prediction.py
+    assert set(SCORE_PARAMS) | set(DENSITY_SCORE_PARAMS) | corrections | failure == ours
 
 
 def test_density_scores_match_a_standard_normal():
@@ -215,8 +216,9 @@ def test_every_differentiable_score_has_an_input_gradient_and_forward_equals_cal
     from workloads.scores.pytorch_ood_detectors import PytorchOODScore
 
     assert OOD_SCORES["input_complexity"].not_differentiable
+    assert OOD_SCORES["laplace"].not_differentiable
     assert all(cls.not_differentiable is None for n, cls in OOD_SCORES.items()
-               if n not in ("mc_dropout", "input_complexity")
+               if n not in ("mc_dropout", "input_complexity", "laplace")
                and not issubclass(cls, PytorchOODScore))
     assert all(cls.not_differentiable for cls in OOD_SCORES.values()
                if issubclass(cls, PytorchOODScore))

@@ -10,28 +10,49 @@ CIFAR-100; `workloads.metrics.mann_whitney`).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from workloads.data import Dataset
 from workloads.metrics import failure_metrics, mann_whitney
-from workloads.scores import batched_logits, fit_score
+from workloads.scores import OODScore, batched_logits, fitted_score
 
 
-def evaluate_mistakes(model: nn.Module, data: Dataset,
-                      scores: dict[str, dict]) -> list[dict[str, float | str | int]]:
+def error_pr_curve(values: np.ndarray, correct: np.ndarray,
+                   points: int = 51) -> list[dict[str, float]]:
+    """The precision-recall curve of failure prediction (errors the positive class, low
+    score = predicted error) at `points` evenly spaced recalls: the best precision reached
+    at each recall or beyond (the interpolated curve, as AUPR plots draw it)."""
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, _ = precision_recall_curve(~correct, -values)
+    rows = []
+    for level in np.linspace(0.0, 1.0, points):
+        reached = precision[recall >= level]
+        rows.append({"recall": float(level),
+                     "precision": float(reached.max()) if len(reached) else 0.0})
+    return rows
+
+
+def evaluate_mistakes(model: nn.Module, data: Dataset, scores: dict[str, dict | OODScore],
+                      curves: list[dict] | None = None) -> list[dict[str, float | str | int]]:
     """One row per score: `n_correct`, `n_wrong`, `auroc`, `aupr_success`, `aupr_error`,
-    `fpr95`, `mw_u`, `mw_p`. Each score is fitted on the training split first."""
+    `fpr95`, `mw_u`, `mw_p`. Each score is fitted on its split first, unless given fitted.
+    With a `curves` list, each score's `error_pr_curve` is appended to it (rows `score`,
+    `recall`, `precision`)."""
     predictions = batched_logits(model, data.x_test).argmax(dim=1)
     correct = (predictions == data.y_test.to(predictions.device)).cpu().numpy()
     rows = []
     for name, params in scores.items():
-        score = fit_score(name, params, model, data)
+        score = fitted_score(name, params, model, data)
         with torch.no_grad():
             values = score(model, data.x_test).double().cpu().numpy()
         row: dict[str, float | str | int] = {"score": name, "n_correct": int(correct.sum()),
                                              "n_wrong": int((~correct).sum())}
         row.update(failure_metrics(values, correct))
+        if curves is not None and (~correct).any():
+            curves += [{"score": name, **point} for point in error_pr_curve(values, correct)]
         if correct.any() and (~correct).any():
             test = mann_whitney(values[correct], values[~correct])
             row.update(mw_u=test["u"], mw_p=test["p_value"])

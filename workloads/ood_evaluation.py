@@ -24,7 +24,7 @@ from workloads.scores import (
     OODScore,
     applicable_scores,
     capabilities,
-    fit_score,
+    fitted_score,
 )
 from workloads.uncertainty import OOD_INTERVAL_METRICS, bootstrap_ood_intervals
 
@@ -74,17 +74,17 @@ def resolve_scores(model: nn.Module, requested: str | list[str] = "all",
     return {name: dict(params.get(name, {})) for name in names}
 
 
-def evaluate_ood(model: nn.Module, data: Dataset, scores: dict[str, dict],
+def evaluate_ood(model: nn.Module, data: Dataset, scores: dict[str, dict | OODScore],
                  max_samples: int = 2000, resamples: int = 1000,
                  seed: int = 0) -> OODEvaluation:
-    """Fit each score on the training split, then compare ID test inputs with every OOD set
-    of `data` on balanced counts. Each row also holds a 95% bootstrap interval over the test
-    inputs of AUROC, AUPR-in, AUPR-out and FPR95 (`<metric>_lo`, `<metric>_hi`; `resamples`
-    seeded by `seed`, 0: none). Keeps up to `max_samples` raw values per set of the
-    histogram scores (log p(x), AM)."""
+    """Fit each score on the training split (unless given fitted), then compare ID test
+    inputs with every OOD set of `data` on balanced counts. Each row also holds a 95%
+    bootstrap interval over the test inputs of AUROC, AUPR-in, AUPR-out and FPR95
+    (`<metric>_lo`, `<metric>_hi`; `resamples` seeded by `seed`, 0: none). Keeps up to
+    `max_samples` raw values per set of the histogram scores (log p(x), AM)."""
     result = OODEvaluation()
     for name, score_params in scores.items():
-        score = fit_score(name, score_params, model, data)
+        score = fitted_score(name, score_params, model, data)
         values = {"id": score(model, data.x_test).double().numpy()}
         for ood_name, x_ood in data.ood.items():
             n = min(len(values["id"]), len(x_ood))

@@ -56,3 +56,14 @@ def purification_effect(model: nn.Module, log_density: Callable[[torch.Tensor], 
             "accuracy_after": right_after.double().mean().item(),
             "fixed": int((~right_before & right_after).sum()),
             "broken": int((right_before & ~right_after).sum())}
+
+
+def purification_table(model: nn.Module,
+                       log_density: Callable[[torch.Tensor], torch.Tensor],
+                       splits: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                       eps_values: list[float], nu_values: list[float],
+                       steps: int = 100) -> list[dict[str, float | str]]:
+    """Table 4 of document 003: `purification_effect` for every (eps, nu) of the grid on
+    each labelled split (e.g. validation and test), one row per split and setting."""
+    return [{"split": split, **purification_effect(model, log_density, x, y, eps, nu, steps)}
+            for split, (x, y) in splits.items() for eps in eps_values for nu in nu_values]

@@ -78,15 +78,57 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, objective: O
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable,
                     x: torch.Tensor, y: torch.Tensor, batch_size: int, epoch: int,
                     seed: int = 0, rank: int = 0, world_size: int = 1,
-                    device: torch.device | str = "cpu") -> EpochStats:
-    """`train_epoch` for a classifier whose loss is `loss_fn(logits, targets)`."""
+                    device: torch.device | str = "cpu",
+                    augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> EpochStats:
+    """`train_epoch` for a classifier whose loss is `loss_fn(logits, targets)`; `augment`
+    transforms each batch first."""
 
     def objective(model, xb, yb):
-        logits = model(xb)
+        logits = model(augment(xb) if augment is not None else xb)
         return loss_fn(logits, yb), {"correct": (logits.detach().argmax(1) == yb).sum()}
 
     return train_epoch(model, optimizer, objective, x, y, batch_size, epoch, seed, rank,
                        world_size, device)
+
+
+def translate_and_flip(x: torch.Tensor, max_shift: int = 2,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """The Wide ResNet augmentation of document 003 (Appendix C): each image translated by up
+    to `max_shift` pixels in each direction (zero padding) and flipped horizontally with
+    probability 1/2."""
+    n, _, height, width = x.shape
+    padded = torch.nn.functional.pad(x, (max_shift,) * 4)
+    shifts = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=generator).tolist()
+    flips = (torch.rand(n, generator=generator) < 0.5).tolist()
+    out = torch.stack([padded[i, :, dy:dy + height, dx:dx + width]
+                       for i, (dy, dx) in enumerate(shifts)])
+    return torch.where(torch.tensor(flips, device=x.device).view(n, 1, 1, 1),
+                       out.flip(3), out)
+
+
+def classifier_optimizer(model: nn.Module, config: dict,
+                         lr: float) -> tuple[torch.optim.Optimizer,
+                                             torch.optim.lr_scheduler.LRScheduler | None]:
+    """Adam (the default, `optimizer="adam"`) or SGD (`"sgd"`, with `momentum`, `nesterov`),
+    both with `weight_decay` (L2; default 0); the learning rate divided by `1 / lr_gamma`
+    (default 10) at each epoch of `lr_milestones` (joined by "+", e.g. "150+175"; default
+    none: constant)."""
+    name = config.get("optimizer", "adam")
+    decay = float(config.get("weight_decay", 0.0))
+    if name == "adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=decay)
+    elif name == "sgd":
+        momentum = float(config.get("momentum", 0.9))
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
+                                    nesterov=bool(config.get("nesterov", True)) and momentum > 0,
+                                    weight_decay=decay)
+    else:
+        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {name!r}")
+    milestones = [int(m) for m in str(config.get("lr_milestones", "") or "").split("+")
+                  if m.strip()]
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones, gamma=float(config.get("lr_gamma", 0.1))) if milestones else None
+    return optimizer, scheduler
 
 
 def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int,

@@ -4,8 +4,11 @@ Files in `<sweep_dir>/results/`: `trials.csv` (every config column and final met
 `trials.md` (the search space's key columns), `reliability.json` (reliability-diagram bins
 per trial), and for sweeps with an OOD stage `ood.csv` (long format: trial x score x OOD
 set), `ood.md` (Table-3.1-style tables) and `samples.json` (log p(x) and AM values for the
-histograms), and with the training-time diagnostic `diagnostic.csv` (trial x epoch x score x
-OOD set); PNGs in `plots/`. `python -m orchestrator.report SWEEP_DIR` redraws the
+histograms), with the training-time diagnostic `diagnostic.csv` (trial x epoch x score x
+OOD set), and with document 003's stages `mistakes.csv` / `.md` (trial x score) and
+`purification.csv` / `.md` (trial x split x eps x nu), and with document 001's failure
+prediction `pr_curves.csv` (trial x score x recall); PNGs in `plots/`.
+`python -m orchestrator.report SWEEP_DIR` redraws the
 tables and plots from these files alone.
 """
 
@@ -29,10 +32,18 @@ from orchestrator.reports.aggregate import (
 from orchestrator.reports.plots import (
     plot_diagnostic,
     plot_metrics,
+    plot_mistakes,
+    plot_pr_curves,
     plot_reliability,
     plot_score_histograms,
 )
-from orchestrator.reports.tables import markdown_table, ood_markdown, sort_table
+from orchestrator.reports.tables import (
+    markdown_table,
+    mistakes_markdown,
+    ood_markdown,
+    purification_markdown,
+    sort_table,
+)
 from orchestrator.tune.session import FINAL_FILE
 from orchestrator.tune.storage import read_final_artifacts
 from search_spaces import SearchSpace, expand_setup
@@ -46,14 +57,32 @@ TUNE_BOOKKEEPING = ("config", "date", "hostname", "node_ip", "pid", "timestamp",
 
 
 
+# Long tables a trial's final.json may hold (one row per trial x ...), each written to
+# results/<name>.csv with the trial's key columns in front.
+LONG_TABLES = ("ood", "diagnostic", "mistakes", "purification", "pr_curves")
+
+
 @dataclass
 class Artifacts:
     """What trials leave beside their metrics, from their final checkpoints."""
 
     reliability: dict[str, Any] = field(default_factory=dict)  # trial_id -> bins
-    ood: pd.DataFrame = field(default_factory=pd.DataFrame)     # long format
     samples: dict[str, Any] = field(default_factory=dict)      # trial_id -> score -> set
-    diagnostic: pd.DataFrame = field(default_factory=pd.DataFrame)  # trial x epoch x score x set
+    # LONG_TABLES by name: ood (trial x score x OOD set), diagnostic (x epoch), mistakes
+    # (trial x score), purification (trial x split x eps x nu), pr_curves (trial x score x
+    # recall: failure prediction's precision-recall curves)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    def table(self, name: str) -> pd.DataFrame:
+        return self.tables.get(name, pd.DataFrame())
+
+    @property
+    def ood(self) -> pd.DataFrame:
+        return self.table("ood")
+
+    @property
+    def diagnostic(self) -> pd.DataFrame:
+        return self.table("diagnostic")
 
 
 def _final_artifacts(result, filesystem) -> dict | None:
@@ -73,7 +102,8 @@ def collect_results(result_grid, filesystem=None) -> tuple[pd.DataFrame, Artifac
     Status is the loop's own (`completed`, `diverged`), `error` when the trial raised
     (after its retries), and `incomplete` when it stopped without a final report.
     """
-    rows, artifacts, ood_rows, diagnostic_rows = [], Artifacts(), [], []
+    rows, artifacts = [], Artifacts()
+    long_rows: dict[str, list[dict]] = {name: [] for name in LONG_TABLES}
     for result in result_grid:
         config = {k: v for k, v in expand_setup(result.config or {}).items()
                   if k not in HIDDEN_CONFIG and not isinstance(v, dict)}
@@ -95,17 +125,16 @@ def collect_results(result_grid, filesystem=None) -> tuple[pd.DataFrame, Artifac
             artifacts.reliability[trial_id] = final["reliability"]
         if final.get("samples"):
             artifacts.samples[trial_id] = final["samples"]
-        ood_rows += [{"trial_id": trial_id, **r} for r in final.get("ood", [])]
-        diagnostic_rows += [{"trial_id": trial_id, **r} for r in final.get("diagnostic", [])]
-    artifacts.ood = pd.DataFrame(ood_rows)
-    artifacts.diagnostic = pd.DataFrame(diagnostic_rows)
+        for name in LONG_TABLES:
+            long_rows[name] += [{"trial_id": trial_id, **r} for r in final.get(name, [])]
+    artifacts.tables = {name: pd.DataFrame(r) for name, r in long_rows.items() if r}
     return pd.DataFrame(rows), artifacts
 
 
 def ood_long_table(table: pd.DataFrame, ood: pd.DataFrame, space: SearchSpace,
                    settings: dict[str, Any]) -> pd.DataFrame:
-    """The OOD rows (or the diagnostic's) with the trial's key columns, every other config
-    value that varies across the sweep, and its seed in front: trial x score x OOD set."""
+    """The rows of a long table (OOD, diagnostic, ...) with the trial's key columns, every
+    other config value that varies across the sweep, and its seed in front."""
     if ood.empty:
         return ood
     varying = [c for c in config_columns(table, settings) if table[c].nunique() > 1]
@@ -124,13 +153,11 @@ def write_results(table: pd.DataFrame, artifacts: Artifacts, space: SearchSpace,
     table = sort_table(table, space)
     table.to_csv(out / "trials.csv", index=False)
     (out / "reliability.json").write_text(json.dumps(artifacts.reliability))
+    for name, frame in list(artifacts.tables.items()):
+        artifacts.tables[name] = ood_long_table(table, frame, space, settings)
+        artifacts.tables[name].to_csv(out / f"{name}.csv", index=False)
     if not artifacts.ood.empty:
-        artifacts.ood = ood_long_table(table, artifacts.ood, space, settings)
-        artifacts.ood.to_csv(out / "ood.csv", index=False)
         (out / "samples.json").write_text(json.dumps(artifacts.samples))
-    if not artifacts.diagnostic.empty:
-        artifacts.diagnostic = ood_long_table(table, artifacts.diagnostic, space, settings)
-        artifacts.diagnostic.to_csv(out / "diagnostic.csv", index=False)
     render_outputs(table, artifacts, space, out, settings)
     return out
 
@@ -153,6 +180,14 @@ def render_outputs(table: pd.DataFrame, artifacts: Artifacts, space: SearchSpace
         plot_score_histograms(table, artifacts.samples, space, out / "plots")
     if not artifacts.diagnostic.empty:
         plot_diagnostic(artifacts.diagnostic, table, settings, out / "plots")
+    if not artifacts.table("mistakes").empty:
+        (out / "mistakes.md").write_text(mistakes_markdown(artifacts.table("mistakes"), space))
+        plot_mistakes(artifacts.table("mistakes"), space, out / "plots")
+    if not artifacts.table("pr_curves").empty:
+        plot_pr_curves(artifacts.table("pr_curves"), space, out / "plots")
+    if not artifacts.table("purification").empty:
+        (out / "purification.md").write_text(
+            purification_markdown(artifacts.table("purification"), space))
     return aggregated
 
 
@@ -171,10 +206,8 @@ def load_results(sweep_dir: str | Path) -> tuple[pd.DataFrame, Artifacts]:
     artifacts = Artifacts()
     if (out / "reliability.json").exists():
         artifacts.reliability = json.loads((out / "reliability.json").read_text())
-    if (out / "ood.csv").exists():
-        artifacts.ood = pd.read_csv(out / "ood.csv")
     if (out / "samples.json").exists():
         artifacts.samples = json.loads((out / "samples.json").read_text())
-    if (out / "diagnostic.csv").exists():
-        artifacts.diagnostic = pd.read_csv(out / "diagnostic.csv")
+    artifacts.tables = {name: pd.read_csv(out / f"{name}.csv") for name in LONG_TABLES
+                        if (out / f"{name}.csv").exists()}
     return table, artifacts

@@ -156,3 +156,26 @@ def plot_detectors(frame: pd.DataFrame, path: Path) -> Path:
     axes[0][0].legend(fontsize=6)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def plot_adversarial_detection(frame: pd.DataFrame, path: Path) -> Path:
+    """Adversarial detection (003 Figures 4-5): AUROC of clean-and-right against
+    adversarial-and-wrong inputs, against eps, a line per score, a panel per attack."""
+    plt = pyplot()
+    attacks = list(dict.fromkeys(frame.attack))
+    fig, axes = plt.subplots(1, len(attacks), figsize=(4.2 * len(attacks), 3.4), squeeze=False)
+    for ax, attack in zip(axes[0], attacks):
+        group = frame[(frame.attack == attack)]
+        for i, (score, rows) in enumerate(group.groupby("score", sort=False)):
+            rows = rows.sort_values("eps")
+            ax.plot(rows.eps, rows.get("auroc", rows.eps * float("nan")), "o-", ms=3,
+                    color=f"C{i % 10}", label=score)
+        ax.axhline(0.5, color="gray", lw=0.5)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("eps (L-inf)")
+        ax.set_ylabel("AUROC (clean right vs adversarial wrong)")
+        ax.set_title(attack.upper(), fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    return save_figure(fig, path)

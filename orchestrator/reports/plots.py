@@ -258,3 +258,57 @@ def plot_diagnostic(diagnostic: pd.DataFrame, table: pd.DataFrame, settings: dic
                                       f"OOD AUROC during training: {score}",
                                       out / f"diagnostic_{score}.png", ncol=5))
     return written
+
+
+def plot_mistakes(mistakes: pd.DataFrame, space: SearchSpace, out: Path) -> Path:
+    """Mistake detection (003 section 4.1): AUROC and AUPR-error of each score, a bar per
+    score (mean over seeds, the seeds as dots), a panel per configuration and metric."""
+    plt = pyplot()
+    out.mkdir(parents=True, exist_ok=True)
+    keys = tuple(k for k in space.table_keys if k in mistakes.columns)
+    configs = list(_groups(mistakes, keys))
+    metrics = (("auroc", "AUROC"), ("aupr_error", "AUPR-error"))
+    cols = len(metrics)
+    fig, axes = plt.subplots(len(configs), cols, figsize=(4.6 * cols, 3.2 * len(configs)),
+                             squeeze=False)
+    for row, (pairs, group) in enumerate(configs):
+        scores = sorted(group.score.unique())
+        for col, (metric, label) in enumerate(metrics):
+            ax = axes[row][col]
+            for i, score in enumerate(scores):
+                values = group.loc[group.score == score, metric].dropna()
+                ax.bar(i, values.mean(), color=f"C{i % 10}", alpha=0.7)
+                ax.plot([i] * len(values), values, "k.", markersize=4)
+            ax.set_xticks(range(len(scores)), scores, rotation=30, ha="right", fontsize=8)
+            ax.set_ylim(0, 1.02)
+            ax.set_ylabel(label)
+            ax.set_title(_label(pairs) or "all trials", fontsize=9)
+            ax.grid(alpha=0.3, axis="y")
+    return _finish_panels(fig, axes, len(configs) * cols,
+                          "Mistake detection: correct vs wrong test predictions",
+                          out / "mistakes.png", ncol=4)
+
+
+def plot_pr_curves(curves: pd.DataFrame, space: SearchSpace, out: Path) -> Path:
+    """Failure prediction (document 001, Part II): precision against recall with errors as
+    the positive class, a line per score (mean precision over seeds at each recall), a
+    panel per configuration."""
+    plt = pyplot()
+    out.mkdir(parents=True, exist_ok=True)
+    keys = tuple(k for k in space.table_keys if k in curves.columns)
+    configs = list(_groups(curves, keys))
+    cols = min(len(configs), 3)
+    rows = math.ceil(len(configs) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(4.6 * cols, 7.5), 3.8 * rows + 0.8),
+                             squeeze=False)
+    for ax, (pairs, group) in zip(axes.flat, configs):
+        for i, (score, line) in enumerate(group.groupby("score", sort=True)):
+            mean = line.groupby("recall").precision.mean()
+            ax.plot(mean.index, mean.to_numpy(), color=f"C{i % 10}", label=score)
+        ax.set_xlabel("recall (errors)")
+        ax.set_ylabel("precision")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(_label(pairs), fontsize=9)
+        ax.grid(alpha=0.3)
+    return _finish_panels(fig, axes, len(configs), "Failure prediction: precision-recall, "
+                          "errors positive", out / "pr_curves.png", ncol=3)

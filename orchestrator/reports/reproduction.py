@@ -83,6 +83,19 @@ def reproduction_report(space: SearchSpace, sweep_dir: Path, table: pd.DataFrame
     if not ood.empty and "normal_class" in ood and (ood.normal_class >= 0).any():
         parts += ["## Thesis Tables 3.2 / 3.3 (class anomaly detection) beside ours\n",
                   beside.class_anomaly(ood, dataset), ""]
+    results = Path(sweep_dir) / "results"
+    if not ood.empty and "gmm" in set(ood.score):
+        parts += ["## Document 003 Tables 1-3 (OOD detection) beside ours\n",
+                  beside.feature_gmm_ood(ood), ""]
+    mistakes = pd.read_csv(results / "mistakes.csv") if (results / "mistakes.csv").exists() \
+        else pd.DataFrame({"score": []})
+    if "gmm" in set(mistakes.score):
+        parts += ["## Document 003 section 4.1 (mistake detection) beside ours\n",
+                  beside.feature_gmm_mistakes(mistakes), ""]
+    if (results / "purification.csv").exists():
+        parts += ["## Document 003 Table 4 (feature purification) beside ours\n",
+                  beside.feature_gmm_purification(pd.read_csv(results / "purification.csv")),
+                  ""]
     if defense_dir is not None and (defense_dir / "tables.md").exists():
         parts += [f"## Thesis Tables 4.1-4.4 (the defense, `{defense_dir.name}`)\n",
                   (defense_dir / "tables.md").read_text().split("\n", 1)[1], ""]

@@ -71,8 +71,9 @@ class WandbTrialLogger(Callback):
 
     Config = the trial's config; every reported result is logged (step = Tune's iteration);
     the summary ends with the trial's final metrics and its status. A trial whose final
-    checkpoint holds an OOD stage (`ood` rows in final.json) also gets them as the W&B
-    table `ood` (score x OOD set: AUROC, AUPR-in, AUPR-out, FPR95, TNR95). Offline runs are written
+    checkpoint holds long tables (`ood`, `mistakes`, `purification` rows in final.json)
+    also gets each as a W&B table of that name (e.g. `ood`: score x OOD set: AUROC,
+    AUPR-in, AUPR-out, FPR95, TNR95). Offline runs are written
     to `<trial dir>/wandb/offline-run-*`. Unlike Ray's WandbLoggerCallback there are no
     logging actors to start per trial, and none that can be killed before W&B has flushed.
     All W&B calls run on one background thread, so a slow `wandb.init` (or a slow network
@@ -126,15 +127,15 @@ class WandbTrialLogger(Callback):
         self._runs[trial_id].log(metrics)
 
     def _finish(self, trial_id: str, status: str, exit_code: int,
-                ood_rows: list[dict] | None = None) -> None:
+                tables: dict[str, list[dict]] | None = None) -> None:
         import wandb
 
         run = self._runs.pop(trial_id, None)
         if run is not None:
-            if ood_rows:
-                columns = list(ood_rows[0])
-                run.log({"ood": wandb.Table(columns=columns,
-                                            data=[[r[c] for c in columns] for r in ood_rows])})
+            for name, rows in (tables or {}).items():
+                columns = list(rows[0])
+                run.log({name: wandb.Table(columns=columns,
+                                           data=[[r.get(c) for c in columns] for r in rows])})
             run.summary["status"] = status
             run.finish(exit_code=exit_code)
 
@@ -172,10 +173,12 @@ class WandbTrialLogger(Callback):
                          {k: v for k, v in metrics.items()
                           if k not in self.EXCLUDE and isinstance(v, (Number, str, bool))})
 
-    @staticmethod
-    def _ood_rows(trial) -> list[dict]:
-        """The `ood` rows of the trial's final checkpoint (Tune's, or Ray Train's by path),
-        read through the storage's filesystem."""
+    TABLES = ("ood", "mistakes", "purification", "pr_curves")  # long tables per trial
+
+    @classmethod
+    def _tables(cls, trial) -> dict[str, list[dict]]:
+        """The long tables (`TABLES`) of the trial's final checkpoint (Tune's, or Ray
+        Train's by path), read through the storage's filesystem."""
         checkpoint = getattr(trial, "checkpoint", None)
         if checkpoint is not None:
             final = read_final_artifacts(checkpoint.filesystem, checkpoint.path, FINAL_FILE)
@@ -183,12 +186,12 @@ class WandbTrialLogger(Callback):
             final = read_final_artifacts(trial.storage.storage_filesystem,
                                          (trial.last_result or {}).get("checkpoint_path"),
                                          FINAL_FILE)
-        return (final or {}).get("ood", [])
+        return {name: (final or {})[name] for name in cls.TABLES if (final or {}).get(name)}
 
     def _end_trial(self, trial, failed: bool) -> None:
         status = "error" if failed else (trial.last_result or {}).get("status", "incomplete")
-        rows = [] if failed else self._ood_rows(trial)
-        self._submit(self._finish, trial.trial_id, status, int(failed), rows)
+        tables = {} if failed else self._tables(trial)
+        self._submit(self._finish, trial.trial_id, status, int(failed), tables)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._end_trial(trial, failed=False)

@@ -97,9 +97,9 @@ def concurrent_trials(capacity: dict[str, float], need: dict[str, float], on_clu
 def summary_run(mode: str, run_name: str, record: dict[str, Any], table, artifacts,
                 results: Path, verdicts: list | None = None) -> None:
     """The sweep's results in W&B, where it is monitored: one run in the sweep's group
-    (job_type "summary") with the trials table, the table over seeds (`aggregated`), the OOD
-    table, the claims' verdicts
-    (table `claims`, summary `claims/<id>`) and every plot. A resumed sweep updates the
+    (job_type "summary") with the trials table, the table over seeds (`aggregated`), the
+    long tables (ood, diagnostic, mistakes, purification), the claims' verdicts (table
+    `claims`, summary `claims/<id>`) and every plot. A resumed sweep updates the
     same run."""
     run_id = "summary-" + hashlib.sha1(run_name.encode()).hexdigest()[:12]
     run = tracking.JobRun(mode, "summary", f"{run_name}-summary", run_name, record,
@@ -109,8 +109,8 @@ def summary_run(mode: str, run_name: str, record: dict[str, Any], table, artifac
         import pandas as pd
 
         run.table("aggregated", pd.read_csv(results / "aggregated.csv"))
-    if not artifacts.ood.empty:
-        run.table("ood", artifacts.ood)
+    for name, frame in artifacts.tables.items():  # ood, diagnostic, mistakes, ...
+        run.table(name, frame)
     for plot in sorted((results / "plots").glob("*.png")):
         run.image(f"plots/{plot.stem}", plot)
     if verdicts:
@@ -241,8 +241,10 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
     verdicts = write_reproduction(space, local_dir, table, artifacts.ood, settings)
     print(f"\n[sweep] {space.name} / {profile_name}: {len(table)} trials in {wall:.1f} s\n")
     print(markdown_table(table, space))
-    written = "trials.csv, trials.md, aggregated.csv, aggregated.md" + (
-        ", ood.csv, ood.md" if not artifacts.ood.empty else "")
+    written = ", ".join(["trials.csv, trials.md, aggregated.csv, aggregated.md",
+                         *(f"{name}.csv" for name in artifacts.tables),
+                         *(p.name for p in sorted(out.glob("*.md"))
+                           if p.stem in artifacts.tables)])
     print(f"\n[sweep] results: {out}/{{{written}}}, plots/")
     if verdicts:
         print(f"[sweep] the documents' claims ({local_dir / REPRODUCTION_FILE}):")

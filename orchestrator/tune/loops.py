@@ -7,6 +7,7 @@ Each loop serves both training paths (Tune in-process and Ray Train DDP); see
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -19,17 +20,28 @@ from orchestrator.tune.session import Session
 from workloads.data import load_trial_data
 from workloads.losses import classifier_loss
 from workloads.lr_scaling import scaled_lr
-from workloads.models import DIGLM, Flow, build_classifier, build_generative_model
+from workloads.metrics import classifier_calibration
+from workloads.mistake_detection import evaluate_mistakes
+from workloads.models import (
+    DIGLM,
+    FeatureCache,
+    Flow,
+    build_classifier,
+    build_generative_model,
+)
 from workloads.models.diglm import diglm_objective
 from workloads.models.flows import flow_objective
 from workloads.ood_evaluation import evaluate_ood, ood_auroc_snapshot, resolve_scores
-from workloads.scores import build_score
+from workloads.purification import purification_table
+from workloads.scores import OODScore, batched_logits, build_score, fit_score
 from workloads.training import (
+    classifier_optimizer,
     classifier_test_metrics,
     evaluate_split,
     final_evaluation,
     train_epoch,
     train_one_epoch,
+    translate_and_flip,
 )
 
 
@@ -57,7 +69,8 @@ class CheckpointClock:
         return True
 
 
-def train_classifier(config: dict[str, Any], session: Session) -> None:
+def train_classifier(config: dict[str, Any], session: Session,
+                     final_stage: FinalStage | None = None) -> None:
     """FFN or GFFN classifier training under budget A (early stopping) or B (fixed epochs).
 
     Reports every epoch: `epoch`, `train_loss`, `train_acc_running`, `val_acc`, `val_nll`,
@@ -65,13 +78,21 @@ def train_classifier(config: dict[str, Any], session: Session) -> None:
     (wall time of this run of the loop, data loading included). The last report adds the
     final test metrics (see `workloads.training.final_evaluation`), `train_acc` on the full
     training set and `best_epoch`. A non-finite loss ends the trial with `status="diverged"`.
+
+    The optimizer and schedule are `workloads.training.classifier_optimizer`'s (Adam by
+    default); `augment="translate_flip"` augments training batches; models with a
+    `standardize` layer get the training inputs' channel statistics. `final_stage` (default
+    `classifier_final_stage`) evaluates the trained model.
     """
     loop_started = time.perf_counter()
     clock = CheckpointClock(config)
     torch.manual_seed(config["seed"])
     data = load_trial_data(config)
     model = build_classifier(config["arch"], data.input_shape, data.num_classes)
+    if hasattr(model, "standardize"):
+        model.standardize.fit(data.x_train)
     model = session.prepare_model(model)
+    augment = AUGMENTATIONS[config.get("augment", "none")]
     kind = config["log_partition"]
     loss = classifier_loss(config["model"])
 
@@ -80,7 +101,7 @@ def train_classifier(config: dict[str, Any], session: Session) -> None:
 
     lr = scaled_lr(config["lr"], config["batch_size"], config["reference_batch_size"],
                    config["lr_scaling"])
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer, scheduler = classifier_optimizer(model, config, lr)
     budget = config["budget"]
     if budget not in ("A", "B"):
         raise ValueError(f"budget must be 'A' or 'B', got {budget!r}")
@@ -99,13 +120,17 @@ def train_classifier(config: dict[str, Any], session: Session) -> None:
     else:
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
 
     for epoch in range(state["epoch"] + 1, max_epochs):
         started = time.perf_counter()
         stats = train_one_epoch(model, optimizer, loss_fn, data.x_train, data.y_train,
                                 config["batch_size"], epoch, seed=config["seed"],
                                 rank=session.rank, world_size=session.world_size,
-                                device=session.device)
+                                device=session.device, augment=augment)
+        if scheduler is not None:
+            scheduler.step()
         state["train_seconds"] += time.perf_counter() - started
         state["steps"] += stats.steps
         state["epoch"] = epoch
@@ -126,6 +151,8 @@ def train_classifier(config: dict[str, Any], session: Session) -> None:
         patience_over = budget == "A" and epoch - state["best_epoch"] >= config["patience"]
         state["model"] = _unwrap(model).state_dict()
         state["optimizer"] = optimizer.state_dict()
+        if scheduler is not None:
+            state["scheduler"] = scheduler.state_dict()
         if not (patience_over or epoch + 1 == max_epochs):
             session.report({**metrics, "status": "running"},
                            state=state if clock.due(epoch) else None)
@@ -140,16 +167,151 @@ def train_classifier(config: dict[str, Any], session: Session) -> None:
         if budget == "A":
             evaluated = copy.deepcopy(evaluated)
             evaluated.load_state_dict(state["best_model"])
-        scores = resolve_scores(evaluated, config.get("ood_scores", "msp+lnz"),
-                                {"lnz": {"kind": kind}})
-        final, reliability = final_evaluation(evaluated, data, num_bins=config["num_bins"],
-                                              scores=scores)
+        final, artifacts = (final_stage or classifier_final_stage)(evaluated.eval(), data,
+                                                                    config)
         train = evaluate_split(evaluated, data.x_train, data.y_train)
         metrics.update(final, train_acc=train["acc"],
                        loop_seconds=time.perf_counter() - loop_started)
         state["final_metrics"] = metrics
-        session.report(metrics, state=state, final={"reliability": reliability})
+        session.report(metrics, state=state, final=artifacts)
         return
+
+
+# final_stage(model, data, config) -> (final metrics, final artifacts for final.json)
+FinalStage = Callable[[nn.Module, Any, dict[str, Any]], tuple[dict[str, Any], dict[str, Any]]]
+AUGMENTATIONS = {"none": None, "translate_flip": translate_and_flip}
+
+
+def classifier_final_stage(model: nn.Module, data, config: dict[str, Any]):
+    """Test accuracy, calibration and the OOD scores of `ood_scores` (MSP and ln Z by
+    default); the reliability bins as the artifact."""
+    scores = resolve_scores(model, config.get("ood_scores", "msp+lnz"),
+                            {"lnz": {"kind": config["log_partition"]}})
+    final, reliability = final_evaluation(model, data, num_bins=config["num_bins"],
+                                          scores=scores)
+    return final, {"reliability": reliability}
+
+
+def _numbers(text: Any) -> list[float]:
+    """"0.1+0.01" -> [0.1, 0.01] (lists in a config are joined by "+", as score names)."""
+    return [float(v) for v in str(text).split("+") if v.strip()]
+
+
+def gmm_name(components: int, config: dict[str, Any]) -> str:
+    """The score name of the GMM with `components` in a trial: `gmm` for the largest K of
+    `gmm_components` (the document's OOD and purification GMM), `gmm_<K>` for the others."""
+    largest = max(int(k) for k in _numbers(config["gmm_components"]))
+    return "gmm" if components == largest else f"gmm_{components}"
+
+
+def feature_gmm_scores(model: nn.Module, data, config: dict[str, Any],
+                       requested: str | None = None) -> dict[str, OODScore]:
+    """The scores of `requested` (default the trial's `ood_scores`), fitted on their splits;
+    "gmm" stands for one GMM per K of `gmm_components`, named by `gmm_name`."""
+    scores = {}
+    for name, params in resolve_scores(model, requested or config["ood_scores"]).items():
+        if name != "gmm":
+            scores[name] = fit_score(name, params, model, data)
+            continue
+        for k in sorted(int(k) for k in _numbers(config["gmm_components"])):
+            scores[gmm_name(k, config)] = fit_score(
+                "gmm", {"components": k, "seed": config["seed"]}, model, data)
+    return scores
+
+
+def feature_gmm_final_stage(model: nn.Module, data, config: dict[str, Any]):
+    """Document 003 on a trained classifier (NOTES.md D): diagonal GMMs on the penultimate
+    training features, one per K of `gmm_components` ("100+1000": scores `gmm_100` and
+    `gmm`, the largest K, which also purifies), beside MSP, temperature-scaled MSP, max
+    logit and Mahalanobis (`ood_scores`), each fitted once and compared on mistake
+    detection (`workloads.mistake_detection`, Mann-Whitney test) and OOD detection; ECE
+    before and after temperature scaling; feature purification (eq. 9) over the
+    `purify_eps` x `purify_nu` grid on the validation and test splits (Table 4)."""
+    model = FeatureCache(model)  # the scores share one forward pass per input chunk
+    scores = feature_gmm_scores(model, data, config)
+    metrics, reliability = classifier_test_metrics(model, data, config["num_bins"])
+    if "msp_calibrated" in scores:
+        temperature = scores["msp_calibrated"].temperature
+        logits = batched_logits(model, data.x_test) / temperature
+        metrics.update(temperature=temperature, test_ece_calibrated=classifier_calibration(
+            logits, data.y_test, config["num_bins"]).ece)
+    ood = evaluate_ood(model, data, scores)
+    metrics.update(ood.flat_metrics())
+    mistakes = evaluate_mistakes(model, data, scores)
+    for row in mistakes:
+        metrics.update({f"mistake_auroc_{row['score']}": row["auroc"],
+                        f"mistake_aupr_error_{row['score']}": row["aupr_error"],
+                        f"mistake_mw_p_{row['score']}": row["mw_p"]})
+    artifacts = {"reliability": reliability, "ood": ood.rows, "samples": ood.samples,
+                 "mistakes": mistakes}
+    if "gmm" in scores and config.get("purify_steps", 0) > 0:
+        purification = purification_table(
+            model, scores["gmm"].log_density,
+            {"validation": (data.x_val, data.y_val), "test": (data.x_test, data.y_test)},
+            _numbers(config["purify_eps"]), _numbers(config["purify_nu"]),
+            config["purify_steps"])
+        gains = [r["accuracy_after"] - r["accuracy_before"] for r in purification
+                 if r["split"] == "test"]
+        metrics["purify_best_test_gain"] = max(gains)
+        artifacts["purification"] = purification
+    return metrics, artifacts
+
+
+MC_DROPOUT_KINDS = {"variation_ratio": "vr", "predictive_entropy": "entropy",
+                    "mutual_information": "mi"}
+
+
+def failure_scores(model: nn.Module, data, config: dict[str, Any],
+                   requested: str) -> dict[str, OODScore]:
+    """The scores of `requested` (names joined by "+"), fitted, with the study's parameters
+    (`mc_passes`, `confidnet_epochs`, `confidnet_lr`, `confidnet_split`, `odin_temperature`,
+    `odin_eps`);
+    "mc_dropout" stands for its three uncertainties, `mc_dropout_vr` (variation ratio),
+    `mc_dropout_entropy` and `mc_dropout_mi`."""
+    params = {"mc_dropout": {"passes": config["mc_passes"], "seed": config["seed"]},
+              "confidnet": {"epochs": config["confidnet_epochs"], "lr": config["confidnet_lr"],
+                            "split": config.get("confidnet_split", "train"),
+                            "seed": config["seed"]},
+              "odin": {"temperature": config["odin_temperature"],
+                       "epsilon": config["odin_eps"]}}
+    scores = {}
+    for name, score_params in resolve_scores(model, requested, params).items():
+        if name != "mc_dropout":
+            scores[name] = fit_score(name, score_params, model, data)
+            continue
+        for kind, short in MC_DROPOUT_KINDS.items():
+            scores[f"mc_dropout_{short}"] = fit_score(name, {**score_params, "kind": kind},
+                                                      model, data)
+    return scores
+
+
+def failure_prediction_final_stage(model: nn.Module, data, config: dict[str, Any]):
+    """Document 001 on a trained classifier with dropout (NOTES.md G): failure prediction
+    (errors the positive class: AUPR-error, AUPR-success, AUROC, FPR95, and the
+    precision-recall curves) for the scores of `failure_scores` (MCP, temperature-scaled
+    MCP, MC dropout, ConfidNet, last-layer Laplace), and OOD detection for those of
+    `ood_scores` (MCP, MC dropout, ODIN). Each score is fitted once."""
+    failure_names = config["failure_scores"]
+    all_names = "+".join(dict.fromkeys([*failure_names.split("+"),
+                                        *config["ood_scores"].split("+")]))
+    model = FeatureCache(model)  # the scores share one forward pass per input chunk
+    scores = failure_scores(model, data, config, all_names)
+
+    def chosen(names: str) -> dict[str, OODScore]:
+        wanted = set(names.split("+"))
+        return {k: v for k, v in scores.items()
+                if k in wanted or (k.startswith("mc_dropout_") and "mc_dropout" in wanted)}
+
+    metrics, reliability = classifier_test_metrics(model, data, config["num_bins"])
+    curves: list[dict] = []
+    mistakes = evaluate_mistakes(model, data, chosen(failure_names), curves)
+    for row in mistakes:
+        for key in ("aupr_error", "aupr_success", "auroc", "fpr95"):
+            metrics[f"mistake_{key}_{row['score']}"] = row[key]
+    ood = evaluate_ood(model, data, chosen(config["ood_scores"]))
+    metrics.update(ood.flat_metrics())
+    return metrics, {"reliability": reliability, "mistakes": mistakes, "pr_curves": curves,
+                     "ood": ood.rows, "samples": ood.samples}
 
 
 def _flow_of(model: nn.Module) -> Flow:
@@ -299,5 +461,8 @@ def train_generative(config: dict[str, Any], session: Session) -> None:
 
 LOOPS: dict[str, Callable[[dict[str, Any], Session], None]] = {
     "classifier": train_classifier,
+    "feature_gmm": functools.partial(train_classifier, final_stage=feature_gmm_final_stage),
+    "failure_prediction": functools.partial(train_classifier,
+                                            final_stage=failure_prediction_final_stage),
     "generative": train_generative,
 }

@@ -11,7 +11,7 @@ from typing import Any
 from orchestrator.errors import UsageError
 from orchestrator.tune.storage import open_storage
 from search_spaces import SETUP, Profile, SearchSpace
-from workloads.data import ensure_dataset, load_dataset, one_class_split
+from workloads.data import absent_ood_sets, ensure_dataset, load_dataset, one_class_split
 
 
 def _parse_scalar(key: str, text: str, example: Any) -> Any:
@@ -72,31 +72,36 @@ def profile_values(profile: Profile, key: str) -> list[Any]:
     return list(dict.fromkeys(c.get(key) for c in profile.trial_configs()))
 
 
+SCORE_KEYS = ("ood_scores", "failure_scores")  # config keys that name scores
+
+
 def check_scores(profile: Profile) -> None:
-    """`ood_scores` is "all" or registered score names joined by "+", each one that the
-    trial's model can serve (a score's `requires` within the model's `provides`)."""
+    """`ood_scores` (and `failure_scores`) is "all" or registered score names joined by "+",
+    each one that the trial's model can serve (a score's `requires` within the model's
+    `provides`)."""
     from workloads.models import GENERATIVE_MODELS, model_provides
     from workloads.scores import OOD_SCORES
 
     for config in profile.trial_configs():
-        value = config.get("ood_scores")
-        if value is None or value == "all":
-            continue
-        names = str(value).split("+")
-        unknown = [n for n in names if n not in OOD_SCORES]
-        if unknown:
-            raise UsageError(f"--set ood_scores={value}: unknown score {', '.join(unknown)}; "
-                             f"use 'all' or names joined by '+' from: "
-                             f"{', '.join(OOD_SCORES)}")
-        offered = set(model_provides(config))
-        for name in names:
-            missing = set(OOD_SCORES[name].requires) - offered
-            if missing:
-                model = (config["model"] if config["model"] in GENERATIVE_MODELS
-                         else config["arch"])
-                raise UsageError(f"--set ood_scores={value}: '{name}' needs "
-                                 f"{', '.join(sorted(missing))}, which the {model} model of "
-                                 f"this sweep does not provide")
+        for key in SCORE_KEYS:
+            value = config.get(key)
+            if value is None or value == "all":
+                continue
+            names = str(value).split("+")
+            unknown = [n for n in names if n not in OOD_SCORES]
+            if unknown:
+                raise UsageError(f"--set {key}={value}: unknown score {', '.join(unknown)}; "
+                                 f"use 'all' or names joined by '+' from: "
+                                 f"{', '.join(OOD_SCORES)}")
+            offered = set(model_provides(config))
+            for name in names:
+                missing = set(OOD_SCORES[name].requires) - offered
+                if missing:
+                    model = (config["model"] if config["model"] in GENERATIVE_MODELS
+                             else config["arch"])
+                    raise UsageError(f"--set {key}={value}: '{name}' needs "
+                                     f"{', '.join(sorted(missing))}, which the {model} model "
+                                     f"of this sweep does not provide")
 
 
 def check_datasets(profile: Profile, data_dir: str, download: bool) -> None:
@@ -105,6 +110,9 @@ def check_datasets(profile: Profile, data_dir: str, download: bool) -> None:
     no optimizer step)."""
     for name in profile_values(profile, "dataset"):
         ensure_dataset(name, data_dir, download=download)
+        for other, expected in absent_ood_sets(name, data_dir).items():
+            print(f"[sweep] note: OOD set {other} of {name} is skipped: {expected} is not "
+                  f"under {data_dir}", flush=True)
     sizes: dict[tuple, int] = {}
     for config in profile.trial_configs():
         batch_size = config.get("batch_size")

@@ -7,6 +7,7 @@ from workloads.data.datasets import (
     Dataset,
     DatasetMissingError,
     DatasetUnreadableError,
+    absent_ood_sets,
     check_idx_file,
     dataset_files,
     ensure_dataset,
@@ -26,7 +27,8 @@ from workloads.data.ood_sets import (
 
 __all__ = [
     "CROSS_DATASET_OOD", "DATASET_NAMES", "DIGITS", "IMAGE_DATASETS", "Dataset",
-    "DatasetMissingError", "DatasetUnreadableError", "check_idx_file", "dataset_files",
+    "DatasetMissingError", "DatasetUnreadableError", "absent_ood_sets",
+    "check_idx_file", "dataset_files",
     "ensure_dataset", "iterate_minibatches", "load_dataset", "load_digits",
     "load_image_dataset", "load_trial_data", "match_shape", "natural_image_patches",
     "noise_ood_sets", "one_class_split",

@@ -22,8 +22,10 @@ from workloads.data.ood_sets import (
 )
 
 DIGITS = "digits"
-IMAGE_DATASETS = ("mnist", "fashionmnist", "kmnist", "svhn", "cifar10")
+IMAGE_DATASETS = ("mnist", "fashionmnist", "kmnist", "svhn", "cifar10", "cifar100")
 DATASET_NAMES = (DIGITS, *IMAGE_DATASETS)
+TINY_IMAGENET = "tinyimagenet"  # an OOD set only (document 003): no labels are read
+NUM_CLASSES = {"cifar100": 100}  # the others have 10
 
 # Files torchvision expects under DATA_DIR, for the error message of a missing dataset.
 EXPECTED_FILES = {
@@ -38,7 +40,15 @@ EXPECTED_FILES = {
     "svhn": ["train_32x32.mat", "test_32x32.mat"],
     "cifar10": ["cifar-10-batches-py/data_batch_1 .. data_batch_5",
                 "cifar-10-batches-py/test_batch"],
+    "cifar100": ["cifar-100-python/train", "cifar-100-python/test"],
+    TINY_IMAGENET: ["tiny-imagenet-200/test/images/test_0.JPEG .. test_9999.JPEG "
+                    "(or tiny-imagenet-200/val/images/val_*.JPEG)"],
 }
+# The python-pickle versions of CIFAR (Krizhevsky 2009): batch files of a dict with "data"
+# (N x 3072 uint8, channel-major 32x32) and the labels.
+CIFAR_FILES = {"cifar10": ("cifar-10-batches-py",
+                           [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
+               "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels")}
 
 
 class DatasetMissingError(FileNotFoundError):
@@ -99,6 +109,7 @@ class Dataset:
     num_classes: int
     ood: dict[str, torch.Tensor] = field(default_factory=dict)
     levels: int = 256  # pixel values are k / (levels - 1): the dequantization grid
+    skipped_ood: dict[str, str] = field(default_factory=dict)  # absent pair -> file expected
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -131,6 +142,29 @@ def load_digits(seed: int = 0) -> Dataset:
                    levels=17)
 
 
+def _read_cifar(name: str, data_dir: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 3, 32, 32) uint8 and labels of a CIFAR pickle split, read as torchvision
+    reads them (latin-1 pickles) but without its MD5 check, which only the original files
+    pass."""
+    import pickle
+
+    folder, train_files, test_files, label_key = CIFAR_FILES[name]
+    images, labels = [], []
+    for file_name in train_files if train else test_files:
+        path = data_dir / folder / file_name
+        if not path.is_file():
+            raise DatasetMissingError(name, data_dir)
+        try:
+            with open(path, "rb") as f:
+                entry = pickle.load(f, encoding="latin1")
+            images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.extend(entry[label_key])
+        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as error:
+            raise DatasetUnreadableError(name, path, f"not a CIFAR batch "
+                                         f"({type(error).__name__}: {error})") from None
+    return np.concatenate(images), np.asarray(labels, dtype=np.int64)
+
+
 def _torchvision_dataset(name: str, data_dir: Path, train: bool, download: bool):
     import torchvision.datasets as tvd
 
@@ -150,8 +184,9 @@ def _torchvision_dataset(name: str, data_dir: Path, train: bool, download: bool)
             ds = tvd.KMNIST(train=train, **kwargs)
         elif name == "svhn":
             ds = tvd.SVHN(split="train" if train else "test", **kwargs)
-        elif name == "cifar10":
-            ds = tvd.CIFAR10(train=train, **kwargs)
+        elif name in CIFAR_FILES:  # downloaded by torchvision, read by `_read_cifar`
+            tvd_class = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+            ds = tvd_class(train=train, **kwargs) if download else None
         else:
             raise ValueError(f"unknown dataset '{name}'")
     except RuntimeError as error:
@@ -169,21 +204,20 @@ def _torchvision_dataset(name: str, data_dir: Path, train: bool, download: bool)
 
 def _torchvision_split(name: str, data_dir: Path, train: bool, download: bool):
     ds = _torchvision_dataset(name, data_dir, train, download)
+    if name in CIFAR_FILES:
+        return _read_cifar(name, data_dir, train)
     if name in ("mnist", "fashionmnist", "kmnist"):
         x = ds.data.numpy()[:, None, :, :]
         y = ds.targets.numpy()
     elif name == "svhn":
         x = ds.data  # (N, 3, 32, 32) uint8
         y = ds.labels
-    else:
-        x = ds.data.transpose(0, 3, 1, 2)  # (N, 32, 32, 3) -> (N, 3, 32, 32)
-        y = np.asarray(ds.targets)
     return x, np.asarray(y, dtype=np.int64)
 
 
 def load_image_dataset(name: str, data_dir: str | Path, download: bool = False,
                        seed: int = 0, val_fraction: float = 0.1) -> Dataset:
-    """MNIST, FashionMNIST, KMNIST, SVHN or CIFAR-10 through torchvision.
+    """MNIST, FashionMNIST, KMNIST, SVHN, CIFAR-10 or CIFAR-100 (torchvision's files).
 
     The validation set is a seeded, stratified `val_fraction` of the training split.
     Raises DatasetMissingError when the files are absent and `download` is False.
@@ -203,7 +237,33 @@ def load_image_dataset(name: str, data_dir: str | Path, download: bool = False,
 
     return Dataset(name, to_tensor(x_train), torch.from_numpy(y_train), to_tensor(x_val),
                    torch.from_numpy(y_val), to_tensor(x_test), torch.from_numpy(y_test),
-                   num_classes=10)
+                   num_classes=NUM_CLASSES.get(name, 10))
+
+
+def load_tiny_imagenet(data_dir: str | Path, n: int) -> torch.Tensor:
+    """The first `n` images (sorted by name) of Tiny ImageNet's test folder (its validation
+    folder if the test one is absent), (n, 3, 64, 64) in [0, 1]: the OOD set of document
+    003, read from the standard layout `tiny-imagenet-200/{test,val}/images/*.JPEG`."""
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(data_dir).expanduser() / "tiny-imagenet-200"
+    paths: list[Path] = []
+    for split in ("test", "val"):
+        paths = sorted((root / split / "images").glob("*.JPEG"))
+        if paths:
+            break
+    if not paths:
+        raise DatasetMissingError(TINY_IMAGENET, data_dir)
+    images = []
+    for path in paths[:n]:
+        try:
+            with Image.open(path) as image:
+                images.append(np.asarray(image.convert("RGB"), dtype=np.uint8))
+        except (UnidentifiedImageError, OSError) as error:
+            raise DatasetUnreadableError(TINY_IMAGENET, path, f"not an image ({error})") \
+                from None
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    return x.contiguous()
 
 
 def ensure_dataset(name: str, data_dir: str | Path | None, download: bool = False) -> None:
@@ -222,6 +282,10 @@ def ensure_dataset(name: str, data_dir: str | Path | None, download: bool = Fals
         raise DatasetMissingError(name, data_dir)
     for train in (True, False):
         _torchvision_dataset(name, data_dir, train, download)
+    if name in CIFAR_FILES:
+        folder, train_files, test_files, _ = CIFAR_FILES[name]
+        if not all((data_dir / folder / f).is_file() for f in train_files + test_files):
+            raise DatasetMissingError(name, data_dir)
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = False,
@@ -242,17 +306,24 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
         data.ood["natural_patches"] = natural_image_patches(n, shape, seed=seed + 2)
         for other in CROSS_DATASET_OOD.get(name, ()):
             try:
-                other_data = load_image_dataset(other, data_dir, download=download, seed=seed)
+                if other == TINY_IMAGENET:
+                    x_other = load_tiny_imagenet(data_dir, n)
+                else:
+                    x_other = load_image_dataset(other, data_dir, download=download,
+                                                 seed=seed).x_test[:n]
             except DatasetMissingError:
-                continue  # a cross-dataset pair is used only where its files are present
-            data.ood[other] = match_shape(other_data.x_test[:n], shape)
+                # a cross-dataset pair is used only where its files are present
+                data.skipped_ood[other] = EXPECTED_FILES[other][0]
+                continue
+            data.ood[other] = match_shape(x_other, shape)
     return data
 
 
 # Where each dataset's files sit under the data directory (what `dataset_files` lists).
 FILE_PATTERNS = {"mnist": "MNIST/raw/*-ubyte", "fashionmnist": "FashionMNIST/raw/*-ubyte",
                  "kmnist": "KMNIST/raw/*-ubyte", "svhn": "*_32x32.mat",
-                 "cifar10": "cifar-10-batches-py/*_batch*"}
+                 "cifar10": "cifar-10-batches-py/*_batch*",
+                 "cifar100": "cifar-100-python/t*"}
 
 
 def dataset_files(name: str, data_dir: str | Path | None = None) -> list[Path]:
@@ -266,6 +337,21 @@ def dataset_files(name: str, data_dir: str | Path | None = None) -> list[Path]:
         return []
     return sorted(p for p in Path(data_dir).expanduser().glob(FILE_PATTERNS[name])
                   if p.is_file())
+
+
+def absent_ood_sets(name: str, data_dir: str | Path | None) -> dict[str, str]:
+    """The cross-dataset OOD sets of `name` whose files are not under `data_dir`, each with
+    the file it needs (such pairs are skipped, not an error)."""
+    absent = {}
+    for other in CROSS_DATASET_OOD.get(name, ()):
+        root = Path(data_dir).expanduser() if data_dir is not None else None
+        present = root is not None and (
+            any((root / "tiny-imagenet-200" / s / "images").glob("*.JPEG")
+                for s in ("test", "val")) if other == TINY_IMAGENET
+            else bool(dataset_files(other, root)))
+        if not present:
+            absent[other] = EXPECTED_FILES[other][0]
+    return absent
 
 
 def load_trial_data(config: dict) -> Dataset:

@@ -1,7 +1,9 @@
-"""Classifiers for the GFFN study: an MLP for 8x8/vector inputs and a small CNN for images.
+"""Classifiers: an MLP for 8x8/vector inputs and a small CNN for images (the GFFN study), and
+the CIFAR networks of document 003 (`cifar_classifiers`) and the dropout networks of
+document 001 (`dropout_classifiers`).
 
-Neither has batch norm or dropout: the GFFN protocol (NOTES.md A) forbids both, since
-their effect depends on the batch size being swept.
+The MLP and CNN have neither batch norm nor dropout: the GFFN protocol (NOTES.md A) forbids
+both, since their effect depends on the batch size being swept.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ import math
 
 import torch
 from torch import nn
+
+from workloads.models.cifar_classifiers import DenseNetBC100, WideResNet28
+from workloads.models.dropout_classifiers import DropoutMLP, LeNet
 
 
 class MLPClassifier(nn.Module):
@@ -64,12 +69,13 @@ class SmallCNN(nn.Module):
         return self.head(self.features[self.MAPS:](maps))
 
 
-CLASSIFIERS = {"mlp": MLPClassifier, "cnn": SmallCNN}
+CLASSIFIERS = {"mlp": MLPClassifier, "cnn": SmallCNN, "densenet100": DenseNetBC100,
+               "wrn28_10": WideResNet28, "dropout_mlp": DropoutMLP, "lenet": LeNet}
 
 
 def build_classifier(name: str, input_shape: tuple[int, ...], num_classes: int,
                      **kwargs) -> nn.Module:
-    """Build a classifier by registry name ('mlp' or 'cnn')."""
+    """Build a classifier by registry name (`CLASSIFIERS`)."""
     if name not in CLASSIFIERS:
         raise ValueError(f"unknown classifier '{name}'; known: {', '.join(CLASSIFIERS)}")
     if name == "cnn" and (len(input_shape) != 3 or input_shape[1] < 8):

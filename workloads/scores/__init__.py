@@ -9,7 +9,9 @@ A score is built by name with its parameters, fitted once on in-distribution tra
 
 The interface and registry are in `base`; one module per family registers its scores:
 `softmax` (msp, msp_calibrated, max_logit, energy, lnz, odin), `features` (mahalanobis,
-gmm), `density` (log_px, neg_am), `dropout` (mc_dropout); `pytorch_ood_detectors` adapts
+gmm), `density` (log_px, neg_am), `dropout` (mc_dropout), `confidnet` (a head trained to
+predict the true-class probability), `laplace` (last-layer Laplace, laplace-torch);
+`pytorch_ood_detectors` adapts
 pytorch-ood's post-hoc detectors (vim, knn, react, ash, dice, gradnorm, ...; by name).
 A score fits on the training split, or on the validation split where it says so
 (`fit_split`, msp_calibrated); `fit_score` picks it.
@@ -21,6 +23,8 @@ A score fits on the training split, or on the validation split where it says so
 from workloads.scores import softmax  # noqa: F401
 from workloads.scores import features  # noqa: F401
 from workloads.scores import dropout  # noqa: F401
+from workloads.scores import confidnet  # noqa: F401  (asked for by name)
+from workloads.scores import laplace  # noqa: F401  (asked for by name)
 from workloads.scores import density  # noqa: F401
 from workloads.scores import pytorch_ood_detectors  # noqa: F401  (asked for by name)
 # isort: on
@@ -32,6 +36,7 @@ from workloads.scores.base import (
     build_score,
     capabilities,
     fit_score,
+    fitted_score,
     input_step,
     penultimate_features,
     register_score,
@@ -39,5 +44,6 @@ from workloads.scores.base import (
 
 __all__ = [
     "OOD_SCORES", "OODScore", "applicable_scores", "batched_logits", "build_score",
-    "capabilities", "fit_score", "input_step", "penultimate_features", "register_score",
+    "capabilities", "fit_score", "fitted_score",
+    "input_step", "penultimate_features", "register_score",
 ]

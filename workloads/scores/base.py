@@ -70,6 +70,12 @@ def fit_score(name: str, params: dict, model: nn.Module, data) -> OODScore:
     return score.fit(model, data.x_train, data.y_train)
 
 
+def fitted_score(name: str, spec: dict | OODScore, model: nn.Module, data) -> OODScore:
+    """`spec` itself when it is an already fitted score (one fit serves several
+    evaluations: a GMM of K = 1000 is costly), else `fit_score(name, spec, ...)`."""
+    return spec if isinstance(spec, OODScore) else fit_score(name, spec, model, data)
+
+
 def capabilities(model: nn.Module) -> set[str]:
     """What `model` offers to scores: its declared `provides`, plus `dropout` when it has
     dropout layers. Undeclared models are taken as classifiers (`logits`)."""

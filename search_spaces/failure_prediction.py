@@ -1,0 +1,116 @@
+"""Failure prediction and OOD detection with a dropout classifier (document 001, Parts II-III;
+NOTES.md G).
+
+Each trial trains a classifier with dropout, then (`orchestrator.tune.loops.
+failure_prediction_final_stage`) predicts its own test errors with MCP (max softmax
+probability), temperature-scaled MCP, MC dropout (variation ratio, predictive entropy,
+mutual information over `mc_passes` passes), ConfidNet (a head on the frozen features
+regressing the true-class probability) and a last-layer Laplace approximation
+(laplace-torch), errors as the positive class (AUPR-error, AUPR-success, AUROC, FPR95;
+precision-recall curves); and detects OOD inputs with MCP, MC dropout and ODIN. A deep
+ensemble of the seeds of each configuration: `python -m orchestrator.ensemble SWEEP`.
+
+Paper profile: the course's LeNet with dropout 0.5 on MNIST, Adam 1e-3, batch 128, 20 epochs
+(the document states no settings; these are the TP's usual ones), OOD sets FashionMNIST and
+KMNIST where present. Local: an MLP with dropout on the embedded digits, OOD noise and image
+patches. ConfidNet: Adam at 1e-4 (Corbière et al.), 5 layers of 400 units, on the training
+split (`confidnet_split`), 20 epochs on MNIST and 100 on the 1,077 digits; ODIN:
+T = 1000, eps = 0.0014 (Liang et al.'s MNIST-scale settings).
+"""
+
+from search_spaces import Claim, CompareMetrics, Profile, SearchSpace
+from workloads.data import DATASET_NAMES
+from workloads.models import CLASSIFIERS
+
+BASE = {
+    "dataset": "digits",
+    "arch": "dropout_mlp",
+    "model": "ffn",
+    "log_partition": "logsumexp",
+    "optimizer": "adam",
+    "lr": 1e-3,
+    "weight_decay": 0.0,
+    "lr_milestones": "",
+    "augment": "none",
+    "batch_size": 32,
+    "reference_batch_size": 32,
+    "lr_scaling": "none",
+    "budget": "B",
+    "patience": 5,
+    "max_epochs_a": 100,
+    "epochs_b": 30,
+    "num_bins": 15,
+    "failure_scores": "msp+msp_calibrated+mc_dropout+confidnet+laplace",
+    "ood_scores": "msp+mc_dropout+odin",
+    "mc_passes": 20,
+    "confidnet_epochs": 100,        # 20 on the paper profile's 54,000 MNIST images
+    "confidnet_lr": 1e-4,
+    "confidnet_split": "train",     # as Corbiere et al.; "validation": held-out inputs
+    "odin_temperature": 1000.0,
+    "odin_eps": 0.0014,
+    "checkpoint_every": 0,
+    "checkpoint_seconds": 30.0,
+    "report_seconds": 1.0,
+    "seed": 0,
+    "data_seed": 0,
+}
+
+REPORT = "001_a3a7cfdb256cb422.txt (course report, Week 3)"
+CLAIMS = (
+    Claim("confidnet_best_failure_aupr", "ConfidNet predicts failures better than MCP "
+          "(higher AUPR with errors as the positive class).", f"{REPORT}, Part II; "
+          "NOTES.md G", CompareMetrics("mistake_aupr_error_msp",
+                                       "mistake_aupr_error_confidnet", every=False)),
+    Claim("confidnet_beats_mc_dropout", "ConfidNet predicts failures better than MC dropout "
+          "(variation ratio).", f"{REPORT}, Part II; NOTES.md G",
+          CompareMetrics("mistake_aupr_error_mc_dropout_vr", "mistake_aupr_error_confidnet",
+                         every=False)),
+    Claim("odin_best_ood", "ODIN detects OOD inputs better than MCP (the report compares "
+          "AUPR; the verdict uses the mean AUROC over OOD sets).", f"{REPORT}, Part III; "
+          "NOTES.md G", CompareMetrics("auroc_msp", "auroc_odin", every=False)),
+)
+
+SPACE = SearchSpace(
+    name="failure_prediction",
+    description="failure prediction (MCP, MC dropout, ConfidNet, Laplace) and OOD with "
+                "dropout classifiers (001)",
+    loop="failure_prediction",
+    metric="val_acc",
+    mode="max",
+    profiles={
+        "smoke": Profile(
+            config={**BASE, "epochs_b": 2, "mc_passes": 4, "confidnet_epochs": 2},
+            description="1 trial, 2 epochs of the dropout MLP on digits",
+        ),
+        "local": Profile(
+            seeds=5,
+            config=BASE,
+            description="the dropout MLP on digits, 30 epochs, 5 seeds (a 5-member ensemble)",
+        ),
+        "paper": Profile(
+            seeds=5,
+            config={**BASE, "dataset": "mnist", "arch": "lenet", "batch_size": 128,
+                    "reference_batch_size": 128, "epochs_b": 20, "confidnet_epochs": 20},
+            num_workers=1,
+            gpus_per_worker=1.0,
+            cpus_per_worker=4,
+            description="LeNet with dropout on MNIST, 20 epochs, 5 seeds, one GPU per trial",
+        ),
+    },
+    table_keys=("dataset", "arch"),
+    table_metrics=("test_acc", "test_ece", "mistake_aupr_error_msp",
+                   "mistake_aupr_error_msp_calibrated", "mistake_aupr_error_mc_dropout_vr",
+                   "mistake_aupr_error_confidnet", "mistake_aupr_error_laplace", "auroc_msp",
+                   "auroc_mc_dropout_vr", "auroc_odin"),
+    choices={
+        "dataset": DATASET_NAMES,
+        "arch": tuple(CLASSIFIERS),
+        "optimizer": ("adam", "sgd"),
+        "augment": ("none", "translate_flip"),
+        "budget": ("A", "B"),
+        "confidnet_split": ("train", "validation"),
+    },
+    positive=("lr", "batch_size", "reference_batch_size", "epochs_b", "num_bins", "mc_passes",
+              "confidnet_epochs", "confidnet_lr", "checkpoint_seconds"),
+    claims=CLAIMS,
+)

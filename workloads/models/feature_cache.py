@@ -1,0 +1,55 @@
+"""One forward pass per input for all the scores of an evaluation.
+
+MSP, temperature-scaled MSP, max logit, Mahalanobis and every GMM each run the classifier
+over the same training, validation, test and OOD inputs; on a DenseNet that is most of an
+evaluation's time. `FeatureCache` wraps a classifier with `features` and `head` and keeps
+`features(x)` for each input chunk it has seen (by the chunk's storage, shape and strides),
+so each chunk goes through the network once. Only in eval mode and without gradients: an
+input that requires grad, or a model with any layer in train mode (MC dropout), is always
+recomputed. Use it for the
+span of one evaluation over inputs that stay alive and unchanged (the dataset's tensors).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class FeatureCache(nn.Module):
+    """`model` with `features(x)` remembered per input chunk; `forward` = head(features)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.head = model.head
+        self.provides = getattr(model, "provides", ("logits", "features"))
+        # key -> (the input, its features); holding the input keeps its memory from being
+        # reused by another tensor that would then share its key
+        self._features: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def _key(x: torch.Tensor) -> tuple:
+        return (x.device, x.dtype, x.data_ptr(), tuple(x.shape), x.stride(), x._version)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad or torch.is_grad_enabled() or any(
+                m.training for m in self.model.modules()):  # MC dropout: layers in train mode
+            return self.model.features(x)
+        key = self._key(x)
+        if key not in self._features:
+            self.misses += 1
+            self._features[key] = (x, self.model.features(x))
+        else:
+            self.hits += 1
+        return self._features[key][1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.feature_maps(x)
+
+    def head_from_feature_maps(self, maps: torch.Tensor) -> torch.Tensor:
+        return self.model.head_from_feature_maps(maps)
