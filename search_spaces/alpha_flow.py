@@ -35,6 +35,10 @@ BASE = {
     "normal_class": -1,          # >= 0: class anomaly detection on that class
     "ood_scores": "all",         # every applicable score, or names joined by "+"
     "score_params": {"gmm": {"components": 10}},
+    "background_mu": 0.0,        # > 0: train Ren et al.'s background model on inputs with
+                                 # this fraction of pixels perturbed; adds likelihood_ratio
+    "background_epochs": 0,      # its epochs (0: the trial's)
+    "background_weight_decay": 0.0,  # its L2 (Ren et al. regularize it)
     "num_bins": 15,
     "diagnostic_every": 5,       # epochs between AUROC snapshots of log p(x), -AM (0: off)
     "diagnostic_samples": 256,   # ID and OOD inputs per set in a snapshot

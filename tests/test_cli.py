@@ -118,6 +118,13 @@ def test_a_score_the_model_cannot_serve_exits_2(sweep_env):
                  "--set", "ood_scores=msp", env=sweep_env)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "--set failure_scores=" in proc.stderr and "'mc_dropout' needs dropout" in proc.stderr
+    # the likelihood ratio needs its background model
+    proc = sweep("alpha_flow", "--profile", "smoke", "--set", "ood_scores=log_px+likelihood_ratio",
+                 env=sweep_env)
+    assert proc.returncode == 2 and "--set background_mu=0.2" in proc.stderr
+    proc = sweep("alpha_flow", "--profile", "smoke", "--set", "background_mu=1.5",
+                 env=sweep_env)
+    assert proc.returncode == 2 and "must be in [0, 1)" in proc.stderr
 
 
 def test_linked_setups_are_overridable_and_their_datasets_checked(sweep_env, tmp_path):

@@ -142,3 +142,16 @@ def test_diverging_flow_ends_as_diverged_and_the_sweep_goes_on(tmp_path, sweep_e
     completed = set(table[table.status == "completed"].trial_id)
     assert set(ood.trial_id) == completed  # only completed trials have an OOD stage
     assert "diverged" in (sweep_dir / "results" / "trials.md").read_text()
+
+
+def test_alpha_flow_trains_a_background_model_for_the_likelihood_ratio(tmp_path, sweep_env):
+    """`background_mu` > 0: each trial also trains Ren et al.'s background flow on perturbed
+    inputs, and the OOD stage adds the likelihood ratio to the requested scores."""
+    _, sweep_dir, table, ood = run_sweep(
+        tmp_path, sweep_env, "alpha_flow", "--set", "background_mu=0.2", "--set",
+        "background_epochs=1", "--set", "ood_scores=log_px+neg_am", "--set", "alpha=0",
+        "--wandb", "disabled")
+    assert len(table) == 1 and table.background_train_nll.map(math.isfinite).all()
+    assert set(ood.score) == {"log_px", "neg_am", "likelihood_ratio"}
+    assert ood[ood.score == "likelihood_ratio"].auroc.between(0, 1).all()
+    assert math.isfinite(table.auroc_likelihood_ratio[0])

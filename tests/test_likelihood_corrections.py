@@ -84,3 +84,69 @@ def test_the_ood_stage_runs_the_corrections_by_name():
     result = evaluate_ood(flow, data, scores, resamples=20)
     assert {r["score"] for r in result.rows} == {"log_px", "input_complexity", "typicality"}
     assert all(np.isfinite(r["auroc"]) for r in result.rows)
+
+
+class WideNormal(torch.nn.Module):
+    """N(0, s^2 I) as a density model: log p(x) = -|x|^2 / (2 s^2) - D/2 log(2 pi s^2)."""
+
+    def __init__(self, scale):
+        super().__init__()
+        self.scale = scale
+
+    def log_prob(self, x):
+        d = x.shape[1]
+        return -(x ** 2).sum(1) / (2 * self.scale ** 2) \
+            - 0.5 * d * math.log(2 * math.pi * self.scale ** 2)
+
+
+def test_likelihood_ratio_against_a_wider_gaussian_by_hand():
+    """Model N(0, I), background N(0, 4 I): LLR(x) = -3/8 |x|^2 + D/2 log 4."""
+    flow = standard_normal_flow()
+    x = torch.randn(16, 5, generator=torch.Generator().manual_seed(1))
+    score = build_score("likelihood_ratio", background=WideNormal(2.0))
+    expected = -3 / 8 * (x.double() ** 2).sum(1) + 2.5 * math.log(4)
+    assert torch.allclose(score(flow, x).double(), expected, atol=1e-4)
+    same = build_score("likelihood_ratio", background=flow)
+    assert torch.allclose(same(flow, x), torch.zeros(16), atol=1e-6)
+    inputs = x.clone().requires_grad_(True)  # differentiable: attacks can follow it
+    (grad,) = torch.autograd.grad(score.forward(flow, inputs).sum(), inputs)
+    assert torch.allclose(grad.double(), -3 / 4 * x.double(), atol=1e-4)
+    with pytest.raises(ValueError, match="background_mu"):
+        build_score("likelihood_ratio")(flow, x)
+
+
+def test_perturb_pixels_replaces_a_fraction_mu_with_grid_values():
+    from workloads.background import perturb_pixels
+
+    levels = 17
+    x = torch.full((200, 1, 8, 8), 3 / (levels - 1))
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(perturb_pixels(x, 0.0, levels, g), x)
+    out = perturb_pixels(x, 0.3, levels, g)
+    grid = out * (levels - 1)
+    assert torch.allclose(grid, grid.round(), atol=1e-5)  # on the pixel grid
+    changed = (out != x).double().mean().item()
+    # a replaced value equals the old one with probability 1/17
+    assert changed == pytest.approx(0.3 * (1 - 1 / levels), abs=0.01)
+    every = perturb_pixels(x, 1.0, levels, g) * (levels - 1)
+    counts = torch.bincount(every.round().long().flatten(), minlength=levels).double()
+    assert (counts / counts.sum() - 1 / levels).abs().max() < 0.01  # uniform over the grid
+    with pytest.raises(ValueError, match="mu"):
+        perturb_pixels(x, 1.5, levels)
+
+
+def test_the_background_model_learns_the_perturbed_inputs():
+    from workloads.background import perturb_pixels, train_background
+
+    data = load_dataset("digits", ood=False)
+    torch.manual_seed(0)
+    flow = build_flow("vector", data.input_shape, data.levels, "centred", 0.05,
+                      num_couplings=2, hidden=32)
+    perturbed = perturb_pixels(data.x_val, 0.2, data.levels,
+                               torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        before = flow.log_prob(perturbed).mean()
+    history = train_background(flow, data.x_train, 0.2, epochs=4, lr=1e-3, batch_size=64)
+    with torch.no_grad():
+        after = flow.log_prob(perturbed).mean()
+    assert history[-1].loss < history[0].loss and after > before

@@ -114,8 +114,11 @@ def test_every_registered_score_is_covered():
 
     ours = {n for n, cls in OOD_SCORES.items() if not issubclass(cls, PytorchOODScore)}
     corrections = {"input_complexity", "typicality"}  # tests/test_likelihood_corrections.py
+    corrections |= {"likelihood_ratio"}
     failure = {"confidnet", "laplace"}  # tests/test_failure_prediction.py
-    assert set(SCORE_PARAMS) | set(DENSITY_SCORE_PARAMS) | corrections | failure == ours
+    godin = {"godin"}  # tests/test_godin.py
+    assert set(SCORE_PARAMS) | set(DENSITY_SCORE_PARAMS) | corrections | failure | godin \
+        == ours
 
 
 def test_density_scores_match_a_standard_normal():

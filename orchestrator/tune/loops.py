@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from orchestrator.tune.session import Session
+from workloads.background import train_background
 from workloads.data import load_trial_data
 from workloads.losses import classifier_loss
 from workloads.lr_scaling import scaled_lr
@@ -377,7 +378,9 @@ def train_generative(config: dict[str, Any], session: Session) -> None:
     model's weights and `ood` rows (long format) and `samples` (log p(x), AM) for the report.
     With `diagnostic_every` = k > 0, every k-th epoch also reports `diag_auroc_<score>_<set>`
     (log p(x) and -AM on `diagnostic_samples` inputs; `_diagnostic`), kept as `diagnostic`
-    rows for the AUROC-versus-epoch plot.
+    rows for the AUROC-versus-epoch plot. With `background_mu` > 0 a background model is
+    trained after the trial's model (`_background_model`) and the OOD stage adds the
+    likelihood ratio (`likelihood_ratio`) to the requested scores.
     A non-finite loss or validation bits/dim ends the trial with `status="diverged"`.
     """
     loop_started = time.perf_counter()
@@ -449,7 +452,14 @@ def train_generative(config: dict[str, Any], session: Session) -> None:
             test, final["reliability"] = classifier_test_metrics(evaluated, data,
                                                                  config["num_bins"])
             metrics.update(test)
-        scores = resolve_scores(evaluated, config["ood_scores"], config.get("score_params"))
+        requested, params = config["ood_scores"], dict(config.get("score_params") or {})
+        if config.get("background_mu", 0) > 0:  # the likelihood ratio's background model
+            background, history = _background_model(config, data, session.device)
+            params["likelihood_ratio"] = {"background": background}
+            names = list(resolve_scores(evaluated, requested))
+            requested = "+".join(dict.fromkeys([*names, "likelihood_ratio"]))
+            metrics["background_train_nll"] = history[-1].loss
+        scores = resolve_scores(evaluated, requested, params)
         ood = evaluate_ood(evaluated, data, scores)
         metrics.update(ood.flat_metrics(), epochs=epoch + 1, status="completed",
                        loop_seconds=time.perf_counter() - loop_started)
@@ -457,6 +467,22 @@ def train_generative(config: dict[str, Any], session: Session) -> None:
         state["final_metrics"] = metrics
         session.report(metrics, state=state, final=final)
         return
+
+
+def _background_model(config: dict[str, Any], data, device):
+    """Ren et al.'s background model for the likelihood ratio: a fresh flow of the trial's
+    architecture (a DIGLM's flow for a DIGLM) trained for `background_epochs` (default: the
+    trial's epochs) on training inputs with a fraction `background_mu` of pixels replaced
+    at random, L2 `background_weight_decay` (`workloads.background`)."""
+    torch.manual_seed(config["seed"] + 1)
+    flow = build_generative_model({**config, "model": "flow"}, data.input_shape, data.levels,
+                                  data.num_classes).to(device)
+    history = train_background(flow, data.x_train, config["background_mu"],
+                               config.get("background_epochs") or config["epochs"],
+                               config["lr"], config["batch_size"],
+                               config.get("background_weight_decay", 0.0), config["seed"],
+                               device)
+    return flow.eval(), history
 
 
 LOOPS: dict[str, Callable[[dict[str, Any], Session], None]] = {

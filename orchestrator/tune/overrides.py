@@ -83,6 +83,10 @@ def check_scores(profile: Profile) -> None:
     from workloads.scores import OOD_SCORES
 
     for config in profile.trial_configs():
+        if not 0 <= config.get("background_mu", 0) < 1:
+            raise UsageError(f"--set background_mu={config['background_mu']}: must be in "
+                             f"[0, 1) (the fraction of pixels the background model's inputs "
+                             f"have perturbed)")
         for key in SCORE_KEYS:
             value = config.get(key)
             if value is None or value == "all":
@@ -93,6 +97,10 @@ def check_scores(profile: Profile) -> None:
                 raise UsageError(f"--set {key}={value}: unknown score {', '.join(unknown)}; "
                                  f"use 'all' or names joined by '+' from: "
                                  f"{', '.join(OOD_SCORES)}")
+            if "likelihood_ratio" in names and not config.get("background_mu", 0) > 0:
+                raise UsageError(f"--set {key}={value}: 'likelihood_ratio' needs a background "
+                                 f"model; add --set background_mu=0.2 (the fraction of "
+                                 f"pixels it perturbs)")
             offered = set(model_provides(config))
             for name in names:
                 missing = set(OOD_SCORES[name].requires) - offered

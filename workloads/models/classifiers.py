@@ -1,6 +1,7 @@
 """Classifiers: an MLP for 8x8/vector inputs and a small CNN for images (the GFFN study), and
 the CIFAR networks of document 003 (`cifar_classifiers`) and the dropout networks of
-document 001 (`dropout_classifiers`).
+document 001 (`dropout_classifiers`), and either of the first two with G-ODIN's head
+(`godin`).
 
 The MLP and CNN have neither batch norm nor dropout: the GFFN protocol (NOTES.md A) forbids
 both, since their effect depends on the batch size being swept.
@@ -15,6 +16,7 @@ from torch import nn
 
 from workloads.models.cifar_classifiers import DenseNetBC100, WideResNet28
 from workloads.models.dropout_classifiers import DropoutMLP, LeNet
+from workloads.models.godin import GODIN
 
 
 class MLPClassifier(nn.Module):
@@ -69,8 +71,27 @@ class SmallCNN(nn.Module):
         return self.head(self.features[self.MAPS:](maps))
 
 
+class GODINMLP(GODIN):
+    """The MLP with G-ODIN's decomposed-confidence head (thesis Table 3.1 baseline)."""
+
+    provides = ("logits", "features", "godin")
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, **kwargs):
+        super().__init__(MLPClassifier(input_shape, num_classes, **kwargs))
+
+
+class GODINCNN(GODIN):
+    """The small CNN with G-ODIN's decomposed-confidence head."""
+
+    provides = ("logits", "features", "godin")
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, **kwargs):
+        super().__init__(SmallCNN(input_shape, num_classes, **kwargs))
+
+
 CLASSIFIERS = {"mlp": MLPClassifier, "cnn": SmallCNN, "densenet100": DenseNetBC100,
-               "wrn28_10": WideResNet28, "dropout_mlp": DropoutMLP, "lenet": LeNet}
+               "wrn28_10": WideResNet28, "dropout_mlp": DropoutMLP, "lenet": LeNet,
+               "godin_mlp": GODINMLP, "godin_cnn": GODINCNN}
 
 
 def build_classifier(name: str, input_shape: tuple[int, ...], num_classes: int,
@@ -78,6 +99,6 @@ def build_classifier(name: str, input_shape: tuple[int, ...], num_classes: int,
     """Build a classifier by registry name (`CLASSIFIERS`)."""
     if name not in CLASSIFIERS:
         raise ValueError(f"unknown classifier '{name}'; known: {', '.join(CLASSIFIERS)}")
-    if name == "cnn" and (len(input_shape) != 3 or input_shape[1] < 8):
+    if name in ("cnn", "godin_cnn") and (len(input_shape) != 3 or input_shape[1] < 8):
         raise ValueError(f"the CNN needs (C, H, W) images of at least 8x8, got {input_shape}")
     return CLASSIFIERS[name](input_shape, num_classes, **kwargs)

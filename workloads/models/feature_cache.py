@@ -6,8 +6,10 @@ evaluation's time. `FeatureCache` wraps a classifier with `features` and `head` 
 `features(x)` for each input chunk it has seen (by the chunk's storage, shape and strides),
 so each chunk goes through the network once. Only in eval mode and without gradients: an
 input that requires grad, or a model with any layer in train mode (MC dropout), is always
-recomputed. Use it for the
-span of one evaluation over inputs that stay alive and unchanged (the dataset's tensors).
+recomputed. Only chunks that are views of another tensor (the scores' `x[i:i + batch]` of
+a dataset's tensors) are kept: a computed input (ODIN's perturbed one) is not, so the cache
+holds no copies of inputs. Use it for the span of one evaluation over inputs that stay alive
+and unchanged.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class FeatureCache(nn.Module):
         return (x.device, x.dtype, x.data_ptr(), tuple(x.shape), x.stride(), x._version)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        if x.requires_grad or torch.is_grad_enabled() or any(
+        if x.requires_grad or torch.is_grad_enabled() or x._base is None or any(
                 m.training for m in self.model.modules()):  # MC dropout: layers in train mode
             return self.model.features(x)
         key = self._key(x)

@@ -1,5 +1,6 @@
 """Scores of a density model (NOTES.md B): log p(x), the negated approximate mass, and the
-likelihood corrections of document 002 (section 2.4.4-5): input complexity and typicality."""
+likelihood corrections of document 002 (section 2.4.4-5): the likelihood ratio to a
+background model, input complexity and typicality."""
 
 from __future__ import annotations
 
@@ -48,6 +49,26 @@ class NegativeApproximateMass(OODScore):
 
     def forward(self, model, x):
         return -approximate_mass(model.log_prob, x, differentiable_in_x=x.requires_grad)
+
+
+@register_score("likelihood_ratio")
+class LikelihoodRatio(OODScore):
+    """LLR(x) = log p(x) - log p_background(x) (Ren et al. 2019; document 002, section
+    2.4.4): the model's likelihood over that of `background`, a model of the same family
+    trained on perturbed inputs (`workloads.background`; a sweep trains it in the trial
+    with `background_mu` > 0). Higher = more in-distribution. Asked for by name."""
+
+    requires = ("log_prob",)
+    in_default_set = False
+
+    def __init__(self, background: torch.nn.Module | None = None, batch_size: int = 512):
+        self.background, self.batch_size = background, batch_size
+
+    def forward(self, model, x):
+        if self.background is None:
+            raise ValueError("likelihood_ratio needs a background model (train one with "
+                             "--set background_mu=0.2 on a flow sweep)")
+        return model.log_prob(x) - self.background.log_prob(x)
 
 
 def _pixel_flow(model):

@@ -41,6 +41,46 @@ class CalibratedMSP(OODScore):
         return (model(x) / self.temperature).softmax(dim=1).max(dim=1).values
 
 
+@register_score("godin")
+class GeneralizedODIN(OODScore):
+    """Generalized ODIN (Hsu et al. 2020; thesis section 3.3.2, eq. 3.7-3.8): S(x) =
+    max_i h_i(x), the class term of a `workloads.models.godin` head, after the input step
+    x~ = x - eps sign(-grad_x S(x)); eps is the value of `eps_grid` (the paper's six) that
+    maximizes the mean S over the validation inputs, no OOD data needed."""
+
+    requires = ("godin",)
+    in_default_set = False
+    fit_split = "validation"
+    EPS_GRID = (0.0025, 0.005, 0.01, 0.02, 0.04, 0.08)
+
+    def __init__(self, eps_grid: tuple[float, ...] = EPS_GRID, batch_size: int = 256):
+        self.eps_grid, self.batch_size = tuple(eps_grid), batch_size
+        self.epsilon: float | None = None
+        self.validation_means: dict[float, float] = {}
+
+    @staticmethod
+    def _max_h(model, inputs):
+        return model.head.h(model.features(inputs)).max(dim=1).values
+
+    def _stepped(self, model, x, epsilon):
+        def objective(inputs):
+            return self._max_h(model, inputs)
+
+        return self._max_h(model, input_step(objective, x, epsilon))
+
+    def fit(self, model, x_val, y_val):
+        for epsilon in self.eps_grid:
+            self.epsilon = epsilon
+            self.validation_means[epsilon] = self(model, x_val).double().mean().item()
+        self.epsilon = max(self.validation_means, key=self.validation_means.get)
+        return self
+
+    def forward(self, model, x):
+        if self.epsilon is None:
+            raise RuntimeError("godin must be fitted on validation data first (it picks eps)")
+        return self._stepped(model, x, self.epsilon)
+
+
 @register_score("max_logit")
 class MaxLogit(OODScore):
     """The largest logit (Hendrycks et al. 2022; NOTES.md D baseline)."""
