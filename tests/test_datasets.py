@@ -215,5 +215,83 @@ def test_absent_ood_sets_name_the_file_each_needs(tmp_path):
     from workloads.data import absent_ood_sets
 
     assert absent_ood_sets("cifar100", tmp_path) == {"svhn": "train_32x32.mat"}
-    assert set(absent_ood_sets("cifar10", None)) == {"svhn", "tinyimagenet", "fashionmnist"}
+    assert set(absent_ood_sets("cifar10", None)) == {"svhn", "tinyimagenet", "fashionmnist",
+                                                     "dtd", "gtsrb"}
     assert absent_ood_sets("digits", tmp_path) == {}
+
+
+def write_emnist_letters(folder, n, seed):
+    """EMNIST letters' test split as torchvision keeps it: IDX files under EMNIST/raw/,
+    images stored transposed."""
+    rng = np.random.default_rng(seed)
+    raw = folder / "EMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    images = (rng.random((n, 28, 28)) * 255).astype(np.uint8)
+    labels = (np.arange(n) % 26 + 1).astype(np.uint8)
+    with open(raw / "emnist-letters-test-images-idx3-ubyte", "wb") as f:
+        f.write(struct.pack(">IIII", 0x00000803, n, 28, 28) + images.tobytes())
+    with open(raw / "emnist-letters-test-labels-idx1-ubyte", "wb") as f:
+        f.write(struct.pack(">II", 0x00000801, n) + labels.tobytes())
+    return images
+
+
+def write_dtd(folder, n, seed):
+    """The Describable Textures layout: dtd/dtd/images/<texture>/<texture>_<i>.jpg and the
+    split lists dtd/dtd/labels/{train,val,test}1.txt of "<texture>/<file>" lines."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    base = folder / "dtd" / "dtd"
+    (base / "labels").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n):
+        texture = ("banded", "dotted")[i % 2]
+        (base / "images" / texture).mkdir(parents=True, exist_ok=True)
+        name = f"{texture}_{i:04d}.jpg"
+        pixels = (rng.random((40 + i, 50, 3)) * 255).astype(np.uint8)  # sizes vary
+        Image.fromarray(pixels).save(base / "images" / texture / name)
+        lines.append(f"{texture}/{name}")
+    for split in ("train", "val", "test"):
+        (base / "labels" / f"{split}1.txt").write_text("\n".join(lines) + "\n")
+
+
+def write_gtsrb(folder, n, seed):
+    """GTSRB's test split: gtsrb/GTSRB/Final_Test/Images/<i>.ppm and gtsrb/GT-final_test.csv
+    (semicolon-separated, with ClassId)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    images = folder / "gtsrb" / "GTSRB" / "Final_Test" / "Images"
+    images.mkdir(parents=True, exist_ok=True)
+    rows = ["Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"]
+    for i in range(n):
+        side = 30 + i
+        Image.fromarray((rng.random((side, side, 3)) * 255).astype(np.uint8)).save(
+            images / f"{i:05d}.ppm")
+        rows.append(f"{i:05d}.ppm;{side};{side};5;5;{side - 5};{side - 5};{i % 43}")
+    (folder / "gtsrb" / "GT-final_test.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_thesis_table_3_1_ood_sets_emnist_dtd_gtsrb_are_read(tmp_path):
+    """FashionMNIST -> EMNIST letters (upright), CIFAR-10 -> DTD and GTSRB (resized to 32x32),
+    from files in their real layouts, read by torchvision's parsers."""
+    write_idx(tmp_path, "FashionMNIST", 200, seed=0)
+    letters = write_emnist_letters(tmp_path, 80, seed=1)
+    fashion = load_dataset("fashionmnist", tmp_path)
+    assert fashion.ood["emnist"].shape == (50, 1, 28, 28)
+    upright = torch.from_numpy(letters[:50].transpose(0, 2, 1).copy()).float() / 255
+    assert torch.allclose(fashion.ood["emnist"][:, 0], upright)
+    write_cifar(tmp_path, "cifar10", 200, seed=2)
+    write_dtd(tmp_path, 30, seed=3)
+    write_gtsrb(tmp_path, 60, seed=4)
+    cifar = load_dataset("cifar10", tmp_path)
+    assert cifar.ood["dtd"].shape == (30, 3, 32, 32)  # all 30 of the test list
+    assert cifar.ood["gtsrb"].shape == (50, 3, 32, 32)
+    assert 0 <= cifar.ood["gtsrb"].min() and cifar.ood["gtsrb"].max() <= 1
+    assert cifar.ood["fashionmnist"].shape == (50, 3, 32, 32)  # written above
+    assert set(cifar.skipped_ood) == {"svhn", "tinyimagenet"}
+    from workloads.data import absent_ood_sets
+
+    assert set(absent_ood_sets("cifar10", tmp_path)) == {"svhn", "tinyimagenet"}
+    (tmp_path / "gtsrb" / "GT-final_test.csv").unlink()
+    assert "gtsrb" in absent_ood_sets("cifar10", tmp_path)

@@ -43,6 +43,10 @@ EXPECTED_FILES = {
     "cifar100": ["cifar-100-python/train", "cifar-100-python/test"],
     TINY_IMAGENET: ["tiny-imagenet-200/test/images/test_0.JPEG .. test_9999.JPEG "
                     "(or tiny-imagenet-200/val/images/val_*.JPEG)"],
+    "emnist": ["EMNIST/raw/emnist-letters-test-images-idx3-ubyte",
+               "EMNIST/raw/emnist-letters-test-labels-idx1-ubyte"],
+    "dtd": ["dtd/dtd/images/<texture>/*.jpg", "dtd/dtd/labels/test1.txt"],
+    "gtsrb": ["gtsrb/GTSRB/Final_Test/Images/*.ppm", "gtsrb/GT-final_test.csv"],
 }
 # The python-pickle versions of CIFAR (Krizhevsky 2009): batch files of a dict with "data"
 # (N x 3072 uint8, channel-major 32x32) and the labels.
@@ -240,10 +244,11 @@ def load_image_dataset(name: str, data_dir: str | Path, download: bool = False,
                    num_classes=NUM_CLASSES.get(name, 10))
 
 
-def load_tiny_imagenet(data_dir: str | Path, n: int) -> torch.Tensor:
+def load_tiny_imagenet(data_dir: str | Path, n: int, size: tuple[int, int]) -> torch.Tensor:
     """The first `n` images (sorted by name) of Tiny ImageNet's test folder (its validation
     folder if the test one is absent), (n, 3, 64, 64) in [0, 1]: the OOD set of document
-    003, read from the standard layout `tiny-imagenet-200/{test,val}/images/*.JPEG`."""
+    003, read from the standard layout `tiny-imagenet-200/{test,val}/images/*.JPEG`
+    (`size` unused: `match_shape` resizes the batch)."""
     from PIL import Image, UnidentifiedImageError
 
     root = Path(data_dir).expanduser() / "tiny-imagenet-200"
@@ -264,6 +269,82 @@ def load_tiny_imagenet(data_dir: str | Path, n: int) -> torch.Tensor:
                 from None
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
     return x.contiguous()
+
+
+def _resized(image, size: tuple[int, int]) -> np.ndarray:
+    """A PIL image as an RGB uint8 array of `size` (H, W), bilinear."""
+    from PIL import Image
+
+    return np.asarray(image.convert("RGB").resize((size[1], size[0]), Image.BILINEAR),
+                      dtype=np.uint8)
+
+
+def _torchvision_images(name: str, build, data_dir: Path, n: int,
+                        size: tuple[int, int]) -> torch.Tensor:
+    """The first `n` images of a torchvision dataset (built by `build(root)`), resized to
+    `size`, as (n, 3, H, W) in [0, 1]; its absence as DatasetMissingError."""
+    try:
+        dataset = build(str(Path(data_dir).expanduser()))
+    except RuntimeError as error:
+        if "not found" in str(error).lower():
+            raise DatasetMissingError(name, data_dir) from None
+        raise DatasetUnreadableError(name, data_dir, str(error)) from None
+    except (OSError, ValueError, KeyError) as error:
+        raise DatasetUnreadableError(name, data_dir, f"{type(error).__name__}: {error}") \
+            from None
+    images = [_resized(dataset[i][0], size) for i in range(min(n, len(dataset)))]
+    if not images:
+        raise DatasetMissingError(name, data_dir)
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def load_emnist_letters(data_dir: str | Path, n: int, size: tuple[int, int]) -> torch.Tensor:
+    """The first `n` test images of EMNIST letters (torchvision's IDX files), transposed
+    upright as the EMNIST authors describe, (n, 1, 28, 28) in [0, 1] (thesis Table 3.1:
+    FashionMNIST -> EMNIST)."""
+    import torchvision.datasets as tvd
+
+    root = Path(data_dir).expanduser()
+    for relative in EXPECTED_FILES["emnist"]:
+        path = root / relative
+        if not path.is_file():
+            raise DatasetMissingError("emnist", data_dir)
+        problem = check_idx_file(path)
+        if problem:
+            raise DatasetUnreadableError("emnist", path, problem)
+    dataset = tvd.EMNIST(str(root), split="letters", train=False, download=False)
+    x = dataset.data[:n].transpose(1, 2)[:, None].float().div_(255.0)
+    return x.contiguous()
+
+
+def load_dtd(data_dir: str | Path, n: int, size: tuple[int, int]) -> torch.Tensor:
+    """The first `n` images of the Describable Textures test split (partition 1,
+    torchvision's `DTD` layout `dtd/dtd/{images,labels}`), resized (thesis Table 3.1)."""
+    import torchvision.datasets as tvd
+
+    return _torchvision_images("dtd", lambda root: tvd.DTD(root, split="test"), data_dir, n,
+                               size)
+
+
+def load_gtsrb(data_dir: str | Path, n: int, size: tuple[int, int]) -> torch.Tensor:
+    """The first `n` images of the GTSRB test split (torchvision's `GTSRB` layout
+    `gtsrb/GTSRB/Final_Test/Images/*.ppm` and `gtsrb/GT-final_test.csv`), resized (thesis
+    Table 3.1)."""
+    import torchvision.datasets as tvd
+
+    return _torchvision_images("gtsrb", lambda root: tvd.GTSRB(root, split="test"), data_dir,
+                               n, size)
+
+
+# OOD sets that are never trained on: name -> loader(data_dir, n, (H, W)) -> (n, C, h, w)
+OOD_ONLY_LOADERS = {TINY_IMAGENET: load_tiny_imagenet, "emnist": load_emnist_letters,
+                    "dtd": load_dtd, "gtsrb": load_gtsrb}
+# how to tell that an OOD-only set's files are present (a glob under the data directory)
+OOD_ONLY_PRESENT = {TINY_IMAGENET: ("tiny-imagenet-200/test/images/*.JPEG",
+                                    "tiny-imagenet-200/val/images/*.JPEG"),
+                    "emnist": ("EMNIST/raw/emnist-letters-test-images-idx3-ubyte",),
+                    "dtd": ("dtd/dtd/labels/test1.txt",),
+                    "gtsrb": ("gtsrb/GT-final_test.csv",)}
 
 
 def ensure_dataset(name: str, data_dir: str | Path | None, download: bool = False) -> None:
@@ -306,8 +387,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
         data.ood["natural_patches"] = natural_image_patches(n, shape, seed=seed + 2)
         for other in CROSS_DATASET_OOD.get(name, ()):
             try:
-                if other == TINY_IMAGENET:
-                    x_other = load_tiny_imagenet(data_dir, n)
+                if other in OOD_ONLY_LOADERS:
+                    x_other = OOD_ONLY_LOADERS[other](data_dir, n, shape[1:])
                 else:
                     x_other = load_image_dataset(other, data_dir, download=download,
                                                  seed=seed).x_test[:n]
@@ -346,9 +427,8 @@ def absent_ood_sets(name: str, data_dir: str | Path | None) -> dict[str, str]:
     for other in CROSS_DATASET_OOD.get(name, ()):
         root = Path(data_dir).expanduser() if data_dir is not None else None
         present = root is not None and (
-            any((root / "tiny-imagenet-200" / s / "images").glob("*.JPEG")
-                for s in ("test", "val")) if other == TINY_IMAGENET
-            else bool(dataset_files(other, root)))
+            any(any(root.glob(pattern)) for pattern in OOD_ONLY_PRESENT[other])
+            if other in OOD_ONLY_PRESENT else bool(dataset_files(other, root)))
         if not present:
             absent[other] = EXPECTED_FILES[other][0]
     return absent

@@ -1,7 +1,8 @@
 """OOD sets built for any in-distribution set (NOTES.md E): Gaussian and uniform noise,
 natural-image patches cut from scikit-learn's bundled sample photos, and the cross-dataset
-pairs of NOTES.md (A: CIFAR-10 <-> SVHN; B: FashionMNIST -> MNIST, KMNIST; D: CIFAR-10/100 ->
-SVHN, Tiny ImageNet, FashionMNIST), resized to the ID input shape."""
+pairs of NOTES.md (A: CIFAR-10 <-> SVHN; B: FashionMNIST -> MNIST, KMNIST, EMNIST and CIFAR-10
+-> DTD, GTSRB as in thesis Table 3.1; D: CIFAR-10/100 -> SVHN, Tiny ImageNet, FashionMNIST),
+resized to the ID input shape."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ import torch.nn.functional as F
 # Cross-dataset OOD pairs (NOTES.md A and B). Only those present on disk are used.
 CROSS_DATASET_OOD = {
     "mnist": ("fashionmnist", "kmnist"),
-    "fashionmnist": ("mnist", "kmnist"),
+    "fashionmnist": ("mnist", "kmnist", "emnist"),  # thesis Table 3.1
     "kmnist": ("mnist", "fashionmnist"),
     "svhn": ("cifar10",),
     # document 003, Tables 1-3 (Gaussian noise is among every set's noise sets)
-    "cifar10": ("svhn", "tinyimagenet", "fashionmnist"),
+    "cifar10": ("svhn", "tinyimagenet", "fashionmnist", "dtd", "gtsrb"),  # 003; thesis 3.1
     "cifar100": ("svhn", "tinyimagenet", "fashionmnist"),
 }
 
