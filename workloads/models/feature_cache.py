@@ -9,7 +9,10 @@ input that requires grad, or a model with any layer in train mode (MC dropout), 
 recomputed. Only chunks that are views of another tensor (the scores' `x[i:i + batch]` of
 a dataset's tensors) are kept: a computed input (ODIN's perturbed one) is not, so the cache
 holds no copies of inputs. Use it for the span of one evaluation over inputs that stay alive
-and unchanged.
+and unchanged. The chunks are keyed as the scores hand them to the model: on the CPU they are
+views of the dataset and repeat; on a GPU each chunk is a fresh copy (not a view), so there
+the cache is bypassed: correct, but no faster (keying the CPU chunk before the copy is
+left to do).
 """
 
 from __future__ import annotations
