@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -51,19 +52,27 @@ def detection_scores(model: nn.Module, data: Dataset, trial: dict[str, Any],
         raise UsageError(str(error)) from None
 
 
-def detection_rows(model: nn.Module, scores: dict[str, OODScore], x: torch.Tensor,
-                   y: torch.Tensor, x_adv: torch.Tensor) -> list[dict[str, Any]]:
-    """One row per score: the clean inputs classified right against their adversarial
-    versions classified wrong."""
-    clean_right = batched_logits(model, x).argmax(1) == y
-    fooled = clean_right & (batched_logits(model, x_adv).argmax(1) != y)
+def clean_scores(model: nn.Module, scores: dict[str, OODScore], x: torch.Tensor,
+                 y: torch.Tensor) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+    """Which clean inputs the classifier gets right, and each score on those: the positive
+    side of every attack's detection, computed once."""
+    right = batched_logits(model, x).argmax(1) == y
+    return right, {name: score(model, x[right]).double().numpy()
+                   for name, score in scores.items()}
+
+
+def detection_rows(model: nn.Module, scores: dict[str, OODScore], right: torch.Tensor,
+                   clean: dict[str, np.ndarray], y: torch.Tensor,
+                   x_adv: torch.Tensor) -> list[dict[str, Any]]:
+    """One row per score: the clean inputs classified right (`right`, their scores `clean`)
+    against their adversarial versions classified wrong."""
+    fooled = right & (batched_logits(model, x_adv).argmax(1) != y)
     rows = []
     for name, score in scores.items():
-        row: dict[str, Any] = {"score": name, "n_clean": int(clean_right.sum()),
+        row: dict[str, Any] = {"score": name, "n_clean": int(right.sum()),
                                "n_adversarial": int(fooled.sum())}
         if fooled.any():
-            row.update(ood_metrics(score(model, x[clean_right]).double().numpy(),
-                                   score(model, x_adv[fooled]).double().numpy()))
+            row.update(ood_metrics(clean[name], score(model, x_adv[fooled]).double().numpy()))
         rows.append(row)
     return rows
 
@@ -87,6 +96,7 @@ def detect_adversarial(sweep_dir: Path, trial_id: str, model: nn.Module, data: D
     print(f"[attack] {name}: {len(x)} test inputs, {'/'.join(ATTACKS)} at eps "
           f"{', '.join(f'{e:.4g}' for e in config['eps'])}, {len(detectors)} scores, "
           f"{pool_args['num_actors']} actors -> {out}", flush=True)
+    right, clean = clean_scores(model, detectors, x, y)
     rows, seconds = [], 0.0
     try:
         with AttackPool(model, **pool_args) as pool:
@@ -96,7 +106,8 @@ def detect_adversarial(sweep_dir: Path, trial_id: str, model: nn.Module, data: D
                     result = pool.run(x, y, stage, out / f"{attack}-eps{eps:.6g}",
                                       resume=resume)
                     seconds += result.seconds
-                    for row in detection_rows(model, detectors, x, y, result.x_adv):
+                    for row in detection_rows(model, detectors, right, clean, y,
+                                              result.x_adv):
                         rows.append({"attack": attack, "eps": eps, **row,
                                      "robust_accuracy": result.robust_accuracy[attack]})
                     run.log({f"robust_accuracy/{attack}": result.robust_accuracy[attack],

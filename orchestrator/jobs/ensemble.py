@@ -64,8 +64,8 @@ def build_ensembles(sweep_dir: Path, data_dir: str | None = None,
     try:
         for config, trial_ids in groups:
             members, data = [], None
-            for trial_id in trial_ids:
-                model, data, _ = load_trial_model(sweep_dir, trial_id, data_dir)
+            for trial_id in trial_ids:  # the members differ in their seed only: one dataset
+                model, data, _ = load_trial_model(sweep_dir, trial_id, data_dir, data)
                 members.append(model)
             metrics, failure, ood = evaluate_ensemble(members, data)
             label = ", ".join(f"{k}={v}" for k, v in config.items()) or "all trials"

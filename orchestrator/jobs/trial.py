@@ -71,14 +71,16 @@ def trial_params(sweep_dir: Path, trial_id: str) -> dict[str, Any]:
 
 
 def load_trial_model(sweep_dir: Path, trial_id: str, data_dir: str | None = None,
-                     ) -> tuple[nn.Module, Dataset, dict]:
+                     data: Dataset | None = None) -> tuple[nn.Module, Dataset, dict]:
     """(model in eval mode, dataset, config) of a finished trial, from its newest checkpoint.
-    Torchvision datasets are read from `data_dir`, else from where the trial read them."""
+    Torchvision datasets are read from `data_dir`, else from where the trial read them;
+    `data`, when given, is the trial's dataset already loaded (trials that differ only in
+    their seed share it) and is not read again."""
     config = trial_config(read_trials(sweep_dir), trial_id, sweep_dir)
     config["data_dir"] = data_dir or trial_params(sweep_dir, trial_id).get("data_dir")
     state = load_checkpoint(trial_checkpoint(sweep_dir, trial_id))
     try:
-        data = load_trial_data(config)
+        data = load_trial_data(config) if data is None else data
     except (DatasetMissingError, DatasetUnreadableError) as error:
         raise UsageError(str(error)) from None
     model = build_model(config, data)
