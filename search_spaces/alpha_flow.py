@@ -6,7 +6,7 @@ dataset. `--set normal_class=K` turns a sweep into class anomaly detection (trai
 the other classes are OOD; Tables 3.2/3.3); `--set normal_class=0,1,...,9` sweeps classes.
 """
 
-from search_spaces import Claim, Compare, Profile, SearchSpace, Threshold
+from search_spaces import Claim, Compare, CompareMetrics, Profile, SearchSpace, Threshold
 from workloads.data import DATASET_NAMES
 from workloads.models.flows import DEQUANTIZATIONS, IMAGE_FLOW_PRESETS
 
@@ -86,6 +86,12 @@ CLAIMS = (
           Compare("auroc", "alpha", 0.0, 2.0, every=False,
                   where={"score": "neg_am", "normal_class": -1}),
           data="ood"),
+    Claim("am_ordering_degrades_in_training", "Without the penalty (alpha = 0) the approximate "
+          "mass ranks OOD inputs well early in training and worse by its end (-AM AUROC, mean "
+          "over OOD sets, at the last diagnostic snapshot below the first).",
+          f"{THESIS_CH3}, Fig. 3.17 (epochs 60, 85, 100); NOTES.md B, H",
+          CompareMetrics("diag_auroc_neg_am_last", "diag_auroc_neg_am_first", every=False,
+                         where={"alpha": 0.0, "normal_class": -1})),
     # Class anomaly detection (`--set normal_class=0,...,9`): its OOD set is `other_classes`.
     Claim("am_detects_class_anomalies", "With alpha = 2, the approximate mass detects class "
           "anomalies: AUROC averaged over the normal classes above chance (thesis: .752 on "

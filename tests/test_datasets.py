@@ -216,7 +216,8 @@ def test_absent_ood_sets_name_the_file_each_needs(tmp_path):
 
     assert absent_ood_sets("cifar100", tmp_path) == {"svhn": "train_32x32.mat"}
     assert set(absent_ood_sets("cifar10", None)) == {"svhn", "tinyimagenet", "fashionmnist",
-                                                     "dtd", "gtsrb"}
+                                                     "dtd", "gtsrb", "places365",
+                                                     "inaturalist_plants"}
     assert absent_ood_sets("digits", tmp_path) == {}
 
 
@@ -289,9 +290,239 @@ def test_thesis_table_3_1_ood_sets_emnist_dtd_gtsrb_are_read(tmp_path):
     assert cifar.ood["gtsrb"].shape == (50, 3, 32, 32)
     assert 0 <= cifar.ood["gtsrb"].min() and cifar.ood["gtsrb"].max() <= 1
     assert cifar.ood["fashionmnist"].shape == (50, 3, 32, 32)  # written above
-    assert set(cifar.skipped_ood) == {"svhn", "tinyimagenet"}
+    not_written = {"svhn", "tinyimagenet", "places365", "inaturalist_plants"}
+    assert set(cifar.skipped_ood) == not_written
     from workloads.data import absent_ood_sets
 
-    assert set(absent_ood_sets("cifar10", tmp_path)) == {"svhn", "tinyimagenet"}
+    assert set(absent_ood_sets("cifar10", tmp_path)) == not_written
     (tmp_path / "gtsrb" / "GT-final_test.csv").unlink()
     assert "gtsrb" in absent_ood_sets("cifar10", tmp_path)
+
+
+def save_jpeg(path, pixels):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, quality=95)
+
+
+def write_places365(folder, n, seed):
+    """Places365's validation split as torchvision's `Places365(root, split="val",
+    small=True)` reads it, root places365/: 256x256 JPEGs val_256/Places365_val_<i>.jpg,
+    the list places365_val.txt of "<file> <class>" lines and categories_places365.txt of
+    "/<letter>/<category> <class>" lines."""
+    rng = np.random.default_rng(seed)
+    root = folder / "places365"
+    categories = ["/a/airfield", "/b/bedroom", "/c/canyon"]
+    lines = []
+    for i in range(1, n + 1):
+        name = f"Places365_val_{i:08d}.jpg"
+        pixels = (rng.random((256, 256, 3)) * 55 + (i * 37) % 200).astype(np.uint8)
+        save_jpeg(root / "val_256" / name, pixels)  # noise on a level that varies
+        lines.append(f"{name} {i % len(categories)}")
+    (root / "places365_val.txt").write_text("\n".join(lines) + "\n")
+    (root / "categories_places365.txt").write_text(
+        "".join(f"{c} {i}\n" for i, c in enumerate(categories)))
+
+
+# iNaturalist 2021 category folders: NNNNN_Kingdom_Phylum_Class_Order_Family_Genus_species
+INATURALIST_CATEGORIES = (
+    "00000_Animalia_Chordata_Aves_Passeriformes_Corvidae_Corvus_corax",
+    "00001_Fungi_Basidiomycota_Agaricomycetes_Agaricales_Amanitaceae_Amanita_muscaria",
+    "00002_Plantae_Bryophyta_Bryopsida_Hypnales_Hypnaceae_Hypnum_cupressiforme",
+    "00003_Plantae_Tracheophyta_Magnoliopsida_Asterales_Asteraceae_Bellis_perennis",
+)
+
+
+def write_inaturalist(folder, per_category, seed):
+    """iNaturalist 2021's validation folder as torchvision's `INaturalist(root,
+    version="2021_valid")` reads it, root iNaturalist/: 2021_valid/<category>/<uuid>.jpg.
+    Plant images are green, the others red, so a test can tell them apart; the blue
+    channel is 50 times the category's index."""
+    import uuid
+
+    rng = np.random.default_rng(seed)
+    for index, category in enumerate(INATURALIST_CATEGORIES):
+        plant = "_Plantae_" in category
+        for _ in range(per_category):
+            pixels = (rng.random((60, 80, 3)) * 40).astype(np.uint8)
+            pixels[..., 1 if plant else 0] += 200
+            pixels[..., 2] = 50 * index
+            name = f"{uuid.UUID(int=int(rng.integers(2**62)))}.jpg"
+            save_jpeg(folder / "iNaturalist" / "2021_valid" / category / name, pixels)
+
+
+def write_lsun(folder, n, seed):
+    """ODIN's prepared LSUN OOD set (LSUN.tar.gz, extracted): LSUN/test/<i>.jpg, 32x32."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        save_jpeg(folder / "LSUN" / "test" / f"{i}.jpg",
+                  (rng.random((32, 32, 3)) * 255).astype(np.uint8))
+
+
+CELEBA_ATTRIBUTES = (
+    "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose "
+    "Black_Hair Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses "
+    "Goatee Gray_Hair Heavy_Makeup High_Cheekbones Male Mouth_Slightly_Open Mustache "
+    "Narrow_Eyes No_Beard Oval_Face Pale_Skin Pointy_Nose Receding_Hairline Rosy_Cheeks "
+    "Sideburns Smiling Straight_Hair Wavy_Hair Wearing_Earrings Wearing_Hat Wearing_Lipstick "
+    "Wearing_Necklace Wearing_Necktie Young").split()
+
+
+def write_celeba(folder, n, seed):
+    """CelebA as torchvision's `CelebA(root)` reads it, under celeba/: the aligned 178x218
+    JPEGs img_align_celeba/<NNNNNN>.jpg, list_eval_partition.txt ("<file> <0|1|2>"),
+    list_attr_celeba.txt (a count line, the 40 attribute names, then "<file>" and 40 values
+    of -1/1, space-aligned), identity_CelebA.txt, list_bbox_celeba.txt and
+    list_landmarks_align_celeba.txt. Image i is in partition (0, 0, 0, 0, 0, 0, 1, 1, 2, 2)
+    [i % 10]; Male is 1 for every third image. Returns the file names, partitions, Male."""
+    rng = np.random.default_rng(seed)
+    root = folder / "celeba"
+    files = [f"{i:06d}.jpg" for i in range(1, n + 1)]
+    partition = [(0, 0, 0, 0, 0, 0, 1, 1, 2, 2)[i % 10] for i in range(n)]
+    male = [int(i % 3 == 0) for i in range(n)]
+    for name in files:
+        save_jpeg(root / "img_align_celeba" / name,
+                  (rng.random((218, 178, 3)) * 255).astype(np.uint8))
+    male_column = CELEBA_ATTRIBUTES.index("Male")
+    attr_rows = []
+    for name, m in zip(files, male):
+        values = [int(v) for v in rng.choice([-1, 1], size=40)]
+        values[male_column] = 1 if m else -1
+        attr_rows.append(name + " " + " ".join(f"{v:2d}" for v in values))
+    (root / "list_attr_celeba.txt").write_text(
+        f"{n}\n" + " ".join(CELEBA_ATTRIBUTES) + " \n" + "\n".join(attr_rows) + "\n")
+    (root / "list_eval_partition.txt").write_text(
+        "".join(f"{f} {p}\n" for f, p in zip(files, partition)))
+    (root / "identity_CelebA.txt").write_text("".join(f"{f} {i % 7 + 1}\n"
+                                                      for i, f in enumerate(files)))
+    (root / "list_bbox_celeba.txt").write_text(
+        f"{n}\nimage_id x_1 y_1 width height\n"
+        + "".join(f"{f}    95  71 226 313\n" for f in files))
+    (root / "list_landmarks_align_celeba.txt").write_text(
+        f"{n}\nlefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x "
+        f"leftmouth_y rightmouth_x rightmouth_y\n"
+        + "".join(f"{f}  69 109 106 113 77 142 73 152 108 154\n" for f in files))
+    return files, np.array(partition), np.array(male)
+
+
+def test_thesis_table_3_1_places365_and_inaturalist_plants_are_read(tmp_path):
+    """CIFAR-10 -> Places365 (the val_256 list) and iNaturalist (plants: the Plantae
+    categories of 2021_valid only), resized to 32x32 (thesis Table 3.1)."""
+    from workloads.data import absent_ood_sets
+
+    write_cifar(tmp_path, "cifar10", 200, seed=0)  # 50 test images
+    assert {"places365", "inaturalist_plants"} <= set(absent_ood_sets("cifar10", tmp_path))
+    write_places365(tmp_path, 60, seed=1)
+    write_inaturalist(tmp_path, 4, seed=2)
+    cifar = load_dataset("cifar10", tmp_path)
+    assert cifar.ood["places365"].shape == (50, 3, 32, 32)  # the first 50 of the list
+    plants = cifar.ood["inaturalist_plants"]
+    assert plants.shape == (8, 3, 32, 32)  # 2 plant categories x 4; animals, fungi dropped
+    assert (plants[:, 1].mean((1, 2)) > plants[:, 0].mean((1, 2)) + 0.5).all()  # all green
+    for x in (cifar.ood["places365"], plants):
+        assert 0 <= x.min() and x.max() <= 1 and x.std() > 0.05
+    assert not {"places365", "inaturalist_plants"} & set(cifar.skipped_ood)
+    assert not {"places365", "inaturalist_plants"} & set(absent_ood_sets("cifar10", tmp_path))
+
+
+def test_places365_reader_agrees_with_torchvision_and_plants_are_spread(tmp_path):
+    """Our Places365 list reader takes the files torchvision's parser takes (its MD5 check
+    aside); a plant sample smaller than the plants draws from every plant category; the
+    prepared benchmark folder iNaturalist/images is read where 2021_valid is absent."""
+    import shutil
+
+    import torchvision.datasets as tvd
+    from PIL import Image
+
+    from workloads.data.datasets import load_inaturalist_plants, load_places365
+
+    write_places365(tmp_path, 5, seed=0)
+
+    class Unchecked(tvd.Places365):
+        def _check_integrity(self, file, md5, download):
+            return True
+
+    reference = Unchecked(str(tmp_path / "places365"), split="val", small=True)
+    expected = torch.stack([torch.from_numpy(np.array(
+        reference[i][0].resize((32, 32), Image.BILINEAR))).permute(2, 0, 1) for i in range(5)])
+    assert torch.allclose(load_places365(tmp_path, 100, (32, 32)), expected.float() / 255)
+
+    write_inaturalist(tmp_path, 3, seed=1)
+    two = load_inaturalist_plants(tmp_path, 2, (16, 16))
+    assert two.shape == (2, 3, 16, 16)  # one image of each plant category (blue 100, 150)
+    assert torch.allclose(two[:, 2].mean((1, 2)), torch.tensor([100.0, 150.0]) / 255,
+                          atol=0.02)
+    shutil.rmtree(tmp_path / "iNaturalist" / "2021_valid")
+    with pytest.raises(DatasetMissingError, match="iNaturalist/2021_valid"):
+        load_inaturalist_plants(tmp_path, 5, (32, 32))
+    for i in range(3):
+        save_jpeg(tmp_path / "iNaturalist" / "images" / f"{i}.jpg",
+                  np.full((40, 40, 3), 60 * i, dtype=np.uint8))
+    prepared = load_inaturalist_plants(tmp_path, 10, (32, 32))
+    assert prepared.shape == (3, 3, 32, 32)
+    assert prepared[2].mean() > prepared[1].mean() > prepared[0].mean()
+
+
+def test_celeba_is_read_cropped_with_official_splits_and_lsun_as_ood(tmp_path):
+    """CelebA as ID (document 002 §3.3): 178x218 faces resized and center-cropped to 32x32
+    as torchvision's Resize(32) + CenterCrop(32) do, splits from list_eval_partition.txt,
+    the Male attribute as the label; LSUN (ODIN's folder) as OOD, SVHN absent and skipped."""
+    import torchvision.datasets as tvd
+    import torchvision.transforms as T
+    from PIL import Image
+
+    from workloads.data import absent_ood_sets
+
+    files, partition, male = write_celeba(tmp_path, 40, seed=0)
+    write_lsun(tmp_path, 20, seed=1)
+    assert absent_ood_sets("celeba", tmp_path) == {"svhn": "train_32x32.mat"}
+    ensure_dataset("celeba", tmp_path)
+    data = load_dataset("celeba", tmp_path)
+    assert data.num_classes == 2 and data.input_shape == (3, 32, 32)
+    assert (len(data.x_train), len(data.x_val), len(data.x_test)) == (24, 8, 8)
+    assert torch.equal(data.y_test, torch.from_numpy(male[partition == 2]))
+    assert torch.equal(data.y_train, torch.from_numpy(male[partition == 0]))
+    first_test = files[int(np.flatnonzero(partition == 2)[0])]
+    with Image.open(tmp_path / "celeba" / "img_align_celeba" / first_test) as image:
+        expected = T.Compose([T.Resize(32), T.CenterCrop(32), T.PILToTensor()])(image)
+    assert torch.allclose(data.x_test[0], expected.float() / 255)
+    assert 0 <= data.x_train.min() and data.x_train.max() <= 1
+    assert data.ood["lsun"].shape == (8, 3, 32, 32)  # sized like the test set
+    assert data.skipped_ood == {"svhn": "train_32x32.mat"} and "svhn" not in data.ood
+
+    class Unchecked(tvd.CelebA):  # torchvision's parser, its MD5 check aside
+        def _check_integrity(self):
+            return True
+
+    reference = Unchecked(str(tmp_path), split="test")
+    assert reference.filename == [f for f, p in zip(files, partition) if p == 2]
+    male_column = reference.attr_names.index("Male")
+    assert torch.equal(reference.attr[:, male_column], data.y_test)
+
+    import shutil
+
+    shutil.rmtree(tmp_path / "LSUN")
+    assert set(absent_ood_sets("celeba", tmp_path)) == {"svhn", "lsun"}
+    assert set(load_dataset("celeba", tmp_path).skipped_ood) == {"svhn", "lsun"}
+
+
+def test_missing_or_broken_celeba_is_named(tmp_path):
+    from workloads.data import DatasetUnreadableError, dataset_files
+
+    with pytest.raises(DatasetMissingError) as info:
+        ensure_dataset("celeba", tmp_path)
+    assert "celeba/list_eval_partition.txt" in str(info.value)
+    assert "celeba/img_align_celeba/*.jpg" in str(info.value)
+    with pytest.raises(DatasetMissingError):
+        load_dataset("celeba", tmp_path)
+    write_celeba(tmp_path, 10, seed=0)
+    assert [p.name for p in dataset_files("celeba", tmp_path)] == [
+        "identity_CelebA.txt", "list_attr_celeba.txt", "list_bbox_celeba.txt",
+        "list_eval_partition.txt", "list_landmarks_align_celeba.txt"]
+    (tmp_path / "celeba" / "img_align_celeba" / "000004.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DatasetUnreadableError, match="000004.jpg"):
+        load_dataset("celeba", tmp_path, ood=False)
+    (tmp_path / "celeba" / "img_align_celeba" / "000004.jpg").unlink()
+    with pytest.raises(DatasetUnreadableError, match="000004.jpg: listed but absent"):
+        load_dataset("celeba", tmp_path, ood=False)

@@ -95,3 +95,9 @@ def test_training_time_diagnostic_every_k_epochs_equals_the_ood_metrics():
                    & (rows.ood_set == "uniform_noise")].auroc.item()
         assert got == pytest.approx(expected["auroc"], abs=1e-12), score
         assert per_epoch[4][f"diag_auroc_{score}_uniform_noise"] == pytest.approx(got)
+    # the Fig. 3.17 claim's quantities: the mean over OOD sets at the first and last snapshot
+    final = session.reports[-1]
+    for score in ("log_px", "neg_am"):
+        for end, epoch in (("first", 2), ("last", 4)):
+            expected = rows[(rows.epoch == epoch) & (rows.score == score)].auroc.mean()
+            assert final[f"diag_auroc_{score}_{end}"] == pytest.approx(expected), (score, end)

@@ -29,7 +29,8 @@ from workloads.scores import (
 from workloads.uncertainty import OOD_INTERVAL_METRICS, bootstrap_ood_intervals
 
 # Scores whose raw values are kept for the report's histograms: (score, stored as, sign).
-HISTOGRAM_SCORES = {"log_px": ("log_px", 1.0), "neg_am": ("am", -1.0)}
+HISTOGRAM_SCORES = {"log_px": ("log_px", 1.0), "neg_am": ("am", -1.0),
+                    "iwae50": ("iwae50", 1.0), "iwae50_bn": ("iwae50_bn", 1.0)}  # 002's VAE
 
 
 @dataclass

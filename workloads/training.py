@@ -106,20 +106,34 @@ def translate_and_flip(x: torch.Tensor, max_shift: int = 2,
                        out.flip(3), out)
 
 
+def decay_groups(model: nn.Module, decay: float) -> list[dict]:
+    """Optimizer parameter groups: the parameters named in the model's `no_weight_decay`
+    (DDP's wrapper looked through) without weight decay, the others with `decay`."""
+    module = getattr(model, "module", model)
+    exempt = set(getattr(module, "no_weight_decay", ()))
+    named = list(module.named_parameters())
+    groups = [{"params": [p for n, p in named if n not in exempt], "weight_decay": decay}]
+    if exempt:
+        groups.append({"params": [p for n, p in named if n in exempt], "weight_decay": 0.0})
+    return groups
+
+
 def classifier_optimizer(model: nn.Module, config: dict,
                          lr: float) -> tuple[torch.optim.Optimizer,
                                              torch.optim.lr_scheduler.LRScheduler | None]:
     """Adam (the default, `optimizer="adam"`) or SGD (`"sgd"`, with `momentum`, `nesterov`),
-    both with `weight_decay` (L2; default 0); the learning rate divided by `1 / lr_gamma`
-    (default 10) at each epoch of `lr_milestones` (joined by "+", e.g. "150+175"; default
-    none: constant)."""
+    both with `weight_decay` (L2; default 0) on every parameter but those the model names in
+    `no_weight_decay` (G-ODIN's h, `workloads.models.godin`); the learning rate divided by
+    `1 / lr_gamma` (default 10) at each epoch of `lr_milestones` (joined by "+", e.g.
+    "150+175"; default none: constant)."""
     name = config.get("optimizer", "adam")
     decay = float(config.get("weight_decay", 0.0))
+    parameters = decay_groups(model, decay)
     if name == "adam":
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=decay)
+        optimizer = torch.optim.Adam(parameters, lr=lr, weight_decay=decay)
     elif name == "sgd":
         momentum = float(config.get("momentum", 0.9))
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
+        optimizer = torch.optim.SGD(parameters, lr=lr, momentum=momentum,
                                     nesterov=bool(config.get("nesterov", True)) and momentum > 0,
                                     weight_decay=decay)
     else:

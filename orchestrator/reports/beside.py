@@ -1,5 +1,6 @@
 """The documents' tables in their own layout, ours beside theirs (`published`): thesis Table
-3.1 (ID -> OOD rows; G-ODIN, Mahalanobis, Energy and approximate-mass columns) and the
+3.1 (ID -> OOD rows; G-ODIN, Mahalanobis, Energy and approximate-mass columns; its
+baseline columns beside the `ood_baselines` sweep in `table_3_1_baselines`) and the
 class-anomaly Tables 3.2 / 3.3 (a row per normal class, and the average). Ours is the mean
 over seeds of the thesis' setting, alpha = 2 (its penalized flow); where our data is not
 the document's (digits), the report says that direction and size compare, values do not.
@@ -57,7 +58,7 @@ def table_3_1(ood: pd.DataFrame, dataset: str) -> str:
             line[method] = cell
         lines.append(line)
     parts = [f"Source: {published.TABLE_3_1_SOURCE}. Ours: alpha = 2, mean over seeds; "
-             f"cells AUROC/AUPR-in/TNR95; G-ODIN is not among our scores yet.\n",
+             f"cells AUROC/AUPR-in/TNR95; G-ODIN: the `ood_baselines` sweep.\n",
              pd.DataFrame(lines).to_markdown(index=False, disable_numparse=True)]
     if not any((dataset, s) in published.TABLE_3_1 for s in rows.ood_set.unique()):
         thesis_rows = [{"ID -> OOD": f"{i} -> {o}",
@@ -69,17 +70,64 @@ def table_3_1(ood: pd.DataFrame, dataset: str) -> str:
     return "\n".join(parts)
 
 
+# Our scores beside the thesis' baselines in `table_3_1_baselines` (none in the thesis).
+BASELINE_EXTRAS = {"energy (no fine-tuning)": "energy", "MSP": "msp", "GradNorm": "gradnorm"}
+
+
+def table_3_1_baselines(ood: pd.DataFrame, dataset: str) -> str:
+    """Thesis Table 3.1's G-ODIN, Mahalanobis and Energy columns beside the `ood_baselines`
+    sweep: rows ID -> OOD set, cells AUROC/AUPR-in/TNR95 (mean over seeds) of our score for
+    each column (`published.TABLE_3_1_BASELINE_SCORES`), the thesis' after it where it has
+    the pair. G-ODIN comes from the G-ODIN trials (arch `godin_*`), every other score from
+    the plain classifiers; then our energy before fine-tuning, MSP and GradNorm."""
+    godin = ood["arch"].astype(str).str.startswith("godin") if "arch" in ood \
+        else pd.Series(False, index=ood.index)
+    columns = {**published.TABLE_3_1_BASELINE_SCORES, **BASELINE_EXTRAS}
+    lines = []
+    for ood_set, group in ood.groupby("ood_set", sort=True):
+        thesis = published.TABLE_3_1.get((dataset, ood_set), {})
+        line = {"ID -> OOD": f"{dataset} -> {ood_set}"}
+        for column, score in columns.items():
+            trials = godin[group.index] if score == "godin" else ~godin[group.index]
+            ours = group[trials & (group.score == score)]
+            cell = "/".join(_short(ours[m].mean()) for m in ("auroc", "aupr_in", "tnr95")) \
+                if len(ours) else "–"
+            if column in thesis:
+                cell += " (thesis " + "/".join(_short(v) for v in thesis[column]) + ")"
+            line[column] = cell
+        lines.append(line)
+    parts = [f"Source: {published.TABLE_3_1_SOURCE}. Ours: mean over seeds, cells "
+             f"AUROC/AUPR-in/TNR95 on balanced ID/OOD counts; Energy is the energy score "
+             f"after fine-tuning with outliers, as the thesis trained it.\n",
+             pd.DataFrame(lines).to_markdown(index=False, disable_numparse=True)]
+    if not any((dataset, s) in published.TABLE_3_1 for s in ood.ood_set.unique()):
+        thesis_rows = [{"ID -> OOD": f"{i} -> {o}",
+                        **{m: "/".join(_short(v) for v in cells[m])
+                           for m in published.TABLE_3_1_BASELINE_SCORES}}
+                       for (i, o), cells in published.TABLE_3_1.items()]
+        parts += ["", DIFFERENT_DATA.format(ours=dataset) + " The thesis' rows:\n",
+                  pd.DataFrame(thesis_rows).to_markdown(index=False, disable_numparse=True)]
+    return "\n".join(parts)
+
+
+# Our class-anomaly scores and their columns in Tables 3.2 / 3.3.
+CLASS_ANOMALY_SCORES = {"neg_am": "ours -AM", "log_px": "ours log p(x)",
+                        "gradcon": "ours GradCon", "ocgan": "ours OCGAN"}
+
+
 def class_anomaly(ood: pd.DataFrame, dataset: str) -> str:
-    """Tables 3.2 / 3.3 beside ours: per normal class, our AUROC of -AM and log p(x)
-    against the other classes (mean [95% t-interval] over seeds, alpha = 2) and the
-    thesis' approximate mass, GradCon and OCGAN; the average over classes last."""
+    """Tables 3.2 / 3.3 beside ours: per normal class, our AUROC against the other classes
+    (mean [95% t-interval] over seeds, alpha = 2) of each score of `CLASS_ANOMALY_SCORES`
+    the sweep has (-AM and log p(x) of alpha_flow; GradCon's and OCGAN's of class_anomaly)
+    and the thesis' approximate mass, GradCon and OCGAN; the average over classes last."""
     rows = _at_thesis_alpha(ood[(ood.normal_class >= 0) & (ood.ood_set == "other_classes")])
     table = CLASS_TABLES.get(dataset)
     thesis = published.CLASS_ANOMALY.get(table, {})
-    lines, means = [], {"neg_am": [], "log_px": []}
+    ours = {s: label for s, label in CLASS_ANOMALY_SCORES.items() if s in set(rows.score)}
+    lines, means = [], {score: [] for score in ours}
     for normal_class, group in rows.groupby("normal_class", sort=True):
         line = {"normal class": int(normal_class)}
-        for score, label in (("neg_am", "ours -AM"), ("log_px", "ours log p(x)")):
+        for score, label in ours.items():
             values = group.loc[group.score == score, "auroc"].to_numpy()
             stats = t_interval(values)
             line[label] = interval_text(stats["mean"], stats["lo"], stats["hi"])
@@ -91,14 +139,13 @@ def class_anomaly(ood: pd.DataFrame, dataset: str) -> str:
     if not lines:
         return ""
     average = {"normal class": "average",
-               "ours -AM": _short(pd.Series(means["neg_am"]).mean()),
-               "ours log p(x)": _short(pd.Series(means["log_px"]).mean()),
+               **{label: _short(pd.Series(means[score]).mean()) for score, label in ours.items()},
                **{f"thesis {m}": _short(v)
                   for m, v in published.CLASS_ANOMALY_AVERAGE.get(table, {}).items()}}
     source = {"mnist": published.TABLE_3_2_SOURCE, "cifar10": published.TABLE_3_3_SOURCE}
     parts = [f"Source: {source.get(table, 'none for this dataset')}. Ours: AUROC of the "
              f"normal class's test inputs against a seeded sample of the other classes', "
-             f"alpha = 2.\n",
+             f"the flow's scores at alpha = 2.\n",
              pd.DataFrame([*lines, average]).to_markdown(index=False, disable_numparse=True)]
     if dataset != table:
         parts += ["", DIFFERENT_DATA.format(ours=dataset)]
@@ -183,3 +230,35 @@ def feature_gmm_mistakes(mistakes: pd.DataFrame) -> str:
     return (f"Source: {published.FEATURE_GMM}, section 4.1 (DenseNet-100, CIFAR-100; "
             f"{theirs}). Ours: mean AUROC and the largest p over seeds.\n\n"
             + table.to_markdown(index=False, disable_numparse=True))
+
+
+def vae_latent_svm(svm: pd.DataFrame) -> str:
+    """Document 002 Table 3.1 beside ours: held-out accuracy of a linear SVM separating ID
+    (positive) from OOD (negative) codes; ours mean ± std over seeds per decoder, beta and
+    representation (posterior means with eval / adapted encoder BN; the raw-pixel control),
+    then the document's rows (CelebA and CIFAR-10 VAEs / GAN-VAEs)."""
+    keys = [k for k in ("decoder", "beta") if k in svm.columns]
+    lines = []
+    for group_keys, group in svm.groupby([*keys, "representation", "positive", "negative"],
+                                         sort=True):
+        values = dict(zip([*keys, "representation", "positive", "negative"], group_keys))
+        lines.append({**values, "Pos. Acc.": _mean_std(group.pos_acc),
+                      "Neg. Acc.": _mean_std(group.neg_acc), "codes per class": int(
+                          group.n.mean())})
+    theirs = pd.DataFrame([{"model": m, "positive": p, "negative": n, "Pos. Acc.": f"{a:.3f}",
+                            "Neg. Acc.": f"{b:.3f}"}
+                           for (m, p, n), (a, b) in published.VAE_SVM.items()])
+    return (f"Source: {published.VAE_SVM_SOURCE} (\"All accuracy is above 0.900\"). Ours: "
+            f"half of the codes of each class train the SVM, the other half test it; a "
+            f"negative `<dataset> train` is the ID control (training vs test inputs: no "
+            f"separation expected).\n\n"
+            + pd.DataFrame(lines).to_markdown(index=False, disable_numparse=True)
+            + "\n\nThe document's:\n\n" + theirs.to_markdown(index=False,
+                                                            disable_numparse=True))
+
+
+def _mean_std(values: pd.Series) -> str:
+    values = values.dropna()
+    if len(values) < 2:
+        return f"{values.mean():.3f}" if len(values) else "–"
+    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"

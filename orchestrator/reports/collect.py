@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.fs
 
+from orchestrator.reports import beside
 from orchestrator.reports.aggregate import (
     SEED,
     aggregate_over_seeds,
@@ -59,7 +60,7 @@ TUNE_BOOKKEEPING = ("config", "date", "hostname", "node_ip", "pid", "timestamp",
 
 # Long tables a trial's final.json may hold (one row per trial x ...), each written to
 # results/<name>.csv with the trial's key columns in front.
-LONG_TABLES = ("ood", "diagnostic", "mistakes", "purification", "pr_curves")
+LONG_TABLES = ("ood", "diagnostic", "mistakes", "purification", "pr_curves", "latent_svm")
 
 
 @dataclass
@@ -70,7 +71,8 @@ class Artifacts:
     samples: dict[str, Any] = field(default_factory=dict)      # trial_id -> score -> set
     # LONG_TABLES by name: ood (trial x score x OOD set), diagnostic (x epoch), mistakes
     # (trial x score), purification (trial x split x eps x nu), pr_curves (trial x score x
-    # recall: failure prediction's precision-recall curves)
+    # recall: failure prediction's precision-recall curves), latent_svm (trial x
+    # representation x negative set: document 002's Table 3.1)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     def table(self, name: str) -> pd.DataFrame:
@@ -188,6 +190,10 @@ def render_outputs(table: pd.DataFrame, artifacts: Artifacts, space: SearchSpace
     if not artifacts.table("purification").empty:
         (out / "purification.md").write_text(
             purification_markdown(artifacts.table("purification"), space))
+    if not artifacts.table("latent_svm").empty:
+        (out / "latent_svm.md").write_text(
+            f"# {space.name}: linear separability of latent codes (002 Table 3.1)\n\n"
+            + beside.vae_latent_svm(artifacts.table("latent_svm")) + "\n")
     return aggregated
 
 

@@ -174,8 +174,8 @@ def plot_reliability(table: pd.DataFrame, reliability: dict[str, Any], space: Se
 def plot_score_histograms(table: pd.DataFrame, samples: dict[str, Any], space: SearchSpace,
                           out: Path) -> list[Path]:
     """One PNG per trial (with several seeds, the trials of the first seed): rows log p(x)
-    and AM (log10), a column per OOD set, each panel the ID test values against that
-    set's."""
+    and AM (log10) -- or a VAE's IWAE-50 with eval and adapted BN (document 002, Fig. 3.4)
+    -- a column per OOD set, each panel the ID test values against that set's."""
     import numpy as np
 
     plt = pyplot()
@@ -185,9 +185,11 @@ def plot_score_histograms(table: pd.DataFrame, samples: dict[str, Any], space: S
     if by_id is not None and "seed" in by_id.columns and by_id["seed"].nunique() > 1:
         first = set(by_id.index[by_id["seed"] == by_id["seed"].min()])
         samples = {k: v for k, v in samples.items() if k in first}
-    labels = {"log_px": "log p(x) [nats]", "am": "log10 AM(x)"}
+    labels = {"log_px": "log p(x) [nats]", "am": "log10 AM(x)",
+              "iwae50": "IWAE-50 log p(x) [nats], eval BN",
+              "iwae50_bn": "IWAE-50 log p(x) [nats], adapted BN"}
     for trial_id, per_score in samples.items():
-        scores = [s for s in ("log_px", "am") if s in per_score]
+        scores = [s for s in labels if s in per_score]
         if not scores:
             continue
         sets = [k for k in per_score[scores[0]] if k != "id"]

@@ -19,6 +19,11 @@ TABLE_3_1: dict[tuple[str, str], dict[str, tuple[float, float, float]]] = {
                                  "Mahalanobis": (.745, .715, .290),
                                  "Energy": (.647, .902, .872),
                                  "approx. mass": (.968, .906, .994)},
+    # the thesis' "iNaturalist (plants)" row; our loader's OOD set of that name
+    ("cifar10", "inaturalist_plants"): {"G-ODIN": (.581, .552, .124),
+                                        "Mahalanobis": (.731, .706, .166),
+                                        "Energy": (.587, .881, .077),
+                                        "approx. mass": (.968, .799, .991)},
     ("cifar10", "dtd"): {"G-ODIN": (.882, .887, .53), "Mahalanobis": (.857, .788, .576),
                          "Energy": (.734, .912, .341), "approx. mass": (.978, .979, 1.0)},
     ("cifar10", "places365"): {"G-ODIN": (.616, .577, .157), "Mahalanobis": (.522, .518, .08),
@@ -38,9 +43,14 @@ TABLE_3_1: dict[tuple[str, str], dict[str, tuple[float, float, float]]] = {
                                  "Energy": (.981, .995, .917),
                                  "approx. mass": (1.0, .996, 1.0)},
 }
-# Our score for each Table 3.1 column (G-ODIN has no counterpart among our scores yet).
+# Our score for each Table 3.1 column on a flow (G-ODIN needs its own network: the
+# `ood_baselines` sweep, below).
 TABLE_3_1_SCORES = {"Mahalanobis": "mahalanobis", "Energy": "energy",
                     "approx. mass": "neg_am"}
+# The `ood_baselines` sweep's score for each baseline column: G-ODIN's on the G-ODIN network;
+# Energy the fine-tuned copy's (the thesis trained it with SVHN / MNIST outliers).
+TABLE_3_1_BASELINE_SCORES = {"G-ODIN": "godin", "Mahalanobis": "mahalanobis",
+                             "Energy": "energy_ft"}
 
 # Thesis Tables 3.2 (MNIST) and 3.3 (CIFAR-10): class anomaly detection, AUROC per normal
 # class; the thesis' approximate mass (penalized RealNVP) and the baselines it quotes.
@@ -120,3 +130,13 @@ FEATURE_GMM_PURIFICATION = {
 # Section 4.1: the Mann-Whitney p-value of GMM-100's log-likelihood, correct vs wrong
 # (DenseNet-100, CIFAR-100), and of an image PixelCNN's.
 FEATURE_GMM_MISTAKES_P = {"GMM-100": 1.9e-13, "PixelCNN (image space)": 8.58e-5}
+
+# Document 002, Table 3.1: a linear SVM trained to separate latent codes, the ID set
+# positive; (model, positive, negative) -> (Pos. Acc., Neg. Acc.) on held-out codes.
+VAE_OOD = "002_a1c432f711091ffb.txt (MSc thesis on likelihood-based OOD detection)"
+VAE_SVM_SOURCE = f"{VAE_OOD}, Table 3.1"
+VAE_SVM = {("VAE", "celeba", "celeba"): (1.000, 0.000),
+           ("VAE", "celeba", "svhn"): (0.986, 0.920),
+           ("VAE (BN train)", "celeba", "svhn"): (0.920, 0.980),
+           ("GAN-VAE", "celeba", "lsun"): (0.930, 0.960),
+           ("GAN-VAE", "cifar10", "svhn"): (0.934, 0.947)}

@@ -77,7 +77,11 @@ def reproduction_report(space: SearchSpace, sweep_dir: Path, table: pd.DataFrame
                              + "\n\n</details>\n")
     else:
         parts.append("This sweep declares no claim of the documents.\n")
-    if not ood.empty and {"mahalanobis", "energy", "neg_am"} & set(ood.score):
+    if not ood.empty and {"godin", "energy_ft"} & set(ood.score):  # ood_baselines
+        parts += ["## Thesis Table 3.1 baselines (G-ODIN, Mahalanobis, Energy) beside ours\n",
+                  beside.table_3_1_baselines(ood, dataset), ""]
+    elif not ood.empty and {"mahalanobis", "energy", "neg_am"} & set(
+            ood.score[ood.normal_class < 0] if "normal_class" in ood else ood.score):
         parts += ["## Thesis Table 3.1 (OOD detection) beside ours\n",
                   beside.table_3_1(ood, dataset), ""]
     if not ood.empty and "normal_class" in ood and (ood.normal_class >= 0).any():
@@ -96,6 +100,9 @@ def reproduction_report(space: SearchSpace, sweep_dir: Path, table: pd.DataFrame
         parts += ["## Document 003 Table 4 (feature purification) beside ours\n",
                   beside.feature_gmm_purification(pd.read_csv(results / "purification.csv")),
                   ""]
+    if (results / "latent_svm.csv").exists():
+        parts += ["## Document 002 Table 3.1 (linear separability of latent codes) beside "
+                  "ours\n", beside.vae_latent_svm(pd.read_csv(results / "latent_svm.csv")), ""]
     if defense_dir is not None and (defense_dir / "tables.md").exists():
         parts += [f"## Thesis Tables 4.1-4.4 (the defense, `{defense_dir.name}`)\n",
                   (defense_dir / "tables.md").read_text().split("\n", 1)[1], ""]

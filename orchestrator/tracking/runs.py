@@ -173,7 +173,7 @@ class WandbTrialLogger(Callback):
                          {k: v for k, v in metrics.items()
                           if k not in self.EXCLUDE and isinstance(v, (Number, str, bool))})
 
-    TABLES = ("ood", "mistakes", "purification", "pr_curves")  # long tables per trial
+    TABLES = ("ood", "mistakes", "purification", "pr_curves", "latent_svm")  # per trial
 
     @classmethod
     def _tables(cls, trial) -> dict[str, list[dict]]:

@@ -16,9 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from orchestrator.tune.anomaly_loop import train_class_anomaly
 from orchestrator.tune.session import Session
 from workloads.background import train_background
 from workloads.data import load_trial_data
+from workloads.data.outliers import load_outliers
+from workloads.energy_finetuning import finetune_with_outliers, mean_energy
+from workloads.latent_separability import linear_separability, random_projection
 from workloads.losses import classifier_loss
 from workloads.lr_scaling import scaled_lr
 from workloads.metrics import classifier_calibration
@@ -29,9 +33,12 @@ from workloads.models import (
     Flow,
     build_classifier,
     build_generative_model,
+    build_vae,
 )
 from workloads.models.diglm import diglm_objective
+from workloads.models.factory import classifier_options
 from workloads.models.flows import flow_objective
+from workloads.models.vae import beta_vae_loss, latent_means
 from workloads.ood_evaluation import evaluate_ood, ood_auroc_snapshot, resolve_scores
 from workloads.purification import purification_table
 from workloads.scores import OODScore, batched_logits, build_score, fit_score
@@ -89,7 +96,8 @@ def train_classifier(config: dict[str, Any], session: Session,
     clock = CheckpointClock(config)
     torch.manual_seed(config["seed"])
     data = load_trial_data(config)
-    model = build_classifier(config["arch"], data.input_shape, data.num_classes)
+    model = build_classifier(config["arch"], data.input_shape, data.num_classes,
+                             **classifier_options(config))
     if hasattr(model, "standardize"):
         model.standardize.fit(data.x_train)
     model = session.prepare_model(model)
@@ -315,6 +323,52 @@ def failure_prediction_final_stage(model: nn.Module, data, config: dict[str, Any
                      "ood": ood.rows, "samples": ood.samples}
 
 
+def ood_baselines_final_stage(model: nn.Module, data, config: dict[str, Any]):
+    """Thesis Table 3.1's baselines on a trained classifier (sections 3.3, 3.6.6; NOTES.md B,
+    E): test accuracy and calibration, the parameter count `num_params` (the thesis matches
+    it to the flow's), and OOD detection by the scores of `ood_scores` (G-ODIN on a G-ODIN
+    model, Mahalanobis, energy, GradNorm, MSP) against every OOD set. With `energy_epochs`
+    > 0, a copy of the model is then fine-tuned with outliers (`_energy_finetuned`, Liu et
+    al. 2020) and scored by `finetuned_scores`, named `<score>_ft` (`energy_ft`: the
+    thesis' Energy column)."""
+    metrics, reliability = classifier_test_metrics(model, data, config["num_bins"])
+    metrics["num_params"] = sum(p.numel() for p in model.parameters())
+    ood = evaluate_ood(model, data, resolve_scores(model, config["ood_scores"]))
+    if config["energy_epochs"] > 0:
+        tuned, tuned_metrics = _energy_finetuned(model, data, config)
+        metrics.update(tuned_metrics)
+        tuned_ood = evaluate_ood(tuned, data, resolve_scores(tuned, config["finetuned_scores"]))
+        ood.rows += [{**row, "score": f"{row['score']}_ft"} for row in tuned_ood.rows]
+    metrics.update(ood.flat_metrics())
+    return metrics, {"reliability": reliability, "ood": ood.rows, "samples": ood.samples}
+
+
+def _energy_finetuned(model: nn.Module, data, config: dict[str, Any]):
+    """A copy of `model` fine-tuned with the energy-bounded loss on the training split and
+    the outlier set `outlier_set` (`workloads.energy_finetuning`, `workloads.data.outliers`)
+    for `energy_epochs`; with its test accuracy `test_acc_ft` and the mean energies of the
+    ID training inputs and the outliers before and after (`energy_in_before`, ...), which
+    show whether the margins `energy_m_in` / `energy_m_out` bind."""
+    outliers = load_outliers(config["outlier_set"], data, config.get("data_dir"),
+                             seed=config["data_seed"])
+    tuned = copy.deepcopy(model)
+    metrics = {"energy_in_before": mean_energy(tuned, data.x_train),
+               "energy_out_before": mean_energy(tuned, outliers)}
+    history = finetune_with_outliers(
+        tuned, data.x_train, data.y_train, outliers, epochs=config["energy_epochs"],
+        lr=config["energy_lr"], batch_size=config["energy_batch_size"],
+        outlier_batch_size=config["outlier_batch_size"], m_in=config["energy_m_in"],
+        m_out=config["energy_m_out"], weight=config["energy_weight"],
+        momentum=config["energy_momentum"], weight_decay=config["energy_weight_decay"],
+        seed=config["seed"])
+    tuned.eval()
+    metrics.update(energy_in_after=mean_energy(tuned, data.x_train),
+                   energy_out_after=mean_energy(tuned, outliers),
+                   energy_ft_loss=history[-1]["loss"],
+                   test_acc_ft=evaluate_split(tuned, data.x_test, data.y_test)["acc"])
+    return tuned, metrics
+
+
 def _flow_of(model: nn.Module) -> Flow:
     model = _unwrap(model)
     return model.flow if isinstance(model, DIGLM) else model
@@ -362,6 +416,21 @@ def _diagnostic(model: nn.Module, data, config: dict[str, Any], epoch: int,
     rows = ood_auroc_snapshot(model, data, scores, config.get("diagnostic_samples", 256))
     history += [{"epoch": epoch, **row} for row in rows]
     return {f"diag_auroc_{r['score']}_{r['ood_set']}": r["auroc"] for r in rows}
+
+
+def diagnostic_endpoints(history: list[dict[str, Any]]) -> dict[str, float]:
+    """`diag_auroc_<score>_first` / `_last`: the diagnostic's AUROC (mean over OOD sets) at
+    its first and last snapshot, the quantities of the thesis's Fig. 3.17 claim that the AM
+    ordering degrades during training."""
+    if not history:
+        return {}
+    frame: dict[tuple[str, int], list[float]] = {}
+    for row in history:
+        frame.setdefault((row["score"], row["epoch"]), []).append(row["auroc"])
+    first, last = min(r["epoch"] for r in history), max(r["epoch"] for r in history)
+    return {f"diag_auroc_{score}_{end}": float(sum(v) / len(v))
+            for (score, epoch), v in frame.items()
+            for end, at in (("first", first), ("last", last)) if epoch == at}
 
 
 def train_generative(config: dict[str, Any], session: Session) -> None:
@@ -463,6 +532,7 @@ def train_generative(config: dict[str, Any], session: Session) -> None:
         ood = evaluate_ood(evaluated, data, scores)
         metrics.update(ood.flat_metrics(), epochs=epoch + 1, status="completed",
                        loop_seconds=time.perf_counter() - loop_started)
+        metrics.update(diagnostic_endpoints(state["diagnostic"]))
         final.update(ood=ood.rows, samples=ood.samples, diagnostic=state["diagnostic"])
         state["final_metrics"] = metrics
         session.report(metrics, state=state, final=final)
@@ -485,10 +555,174 @@ def _background_model(config: dict[str, Any], data, device):
     return flow.eval(), history
 
 
+def train_vae(config: dict[str, Any], session: Session) -> None:
+    """Document 002's VAE (section 3.3; `workloads.models.vae.ConvVAE`): Gaussian or 256-way
+    categorical decoder, trained on -ELBO with KL weight `beta` (1: VAE, > 1: beta-VAE) by
+    Adam at `lr` for `epochs`, or until the validation loss has not improved for `patience`
+    epochs (0: never; the document stops early on validation data) -- the best validation
+    epoch's weights are evaluated.
+
+    Reports every epoch: `epoch`, `train_loss`, `train_recon`, `train_kl`, `val_loss`
+    (-ELBO of the validation inputs), `steps`, `status`, `train_seconds`, `loop_seconds`.
+    The last report adds `best_epoch`, `epochs_run`, `test_nll` / `test_bpd` (IWAE with the
+    largest K) and the OOD stage of `vae_final_stage`. A non-finite loss ends the trial with
+    `status="diverged"`."""
+    loop_started = time.perf_counter()
+    clock = CheckpointClock(config)
+    torch.manual_seed(config["seed"])
+    data = load_trial_data(config)
+    model = session.prepare_model(build_vae(config, data.input_shape, data.levels))
+    vae = _unwrap(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
+    epochs, patience, beta = config["epochs"], config.get("patience", 0), config["beta"]
+
+    state, final_artifacts = session.restore()
+    if state is not None and "final_metrics" in state:
+        session.report(state["final_metrics"], state=state, final=final_artifacts)
+        return
+    if state is None:
+        state = {"epoch": -1, "steps": 0, "train_seconds": 0.0, "best_val_loss": math.inf,
+                 "best_epoch": -1, "best_model": None}
+    else:
+        vae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+
+    for epoch in range(state["epoch"] + 1, epochs):
+        objective = vae_objective(vae, _generator(config["seed"], epoch, session.rank), beta)
+        started = time.perf_counter()
+        stats = train_epoch(model, optimizer, objective, data.x_train, data.y_train,
+                            config["batch_size"], epoch, seed=config["seed"],
+                            rank=session.rank, world_size=session.world_size,
+                            device=session.device)
+        state["train_seconds"] += time.perf_counter() - started
+        state["steps"] += stats.steps
+        state["epoch"] = epoch
+        metrics = {"epoch": epoch + 1, "train_loss": stats.loss,
+                   **{f"train_{k}": v for k, v in stats.parts.items()},
+                   "steps": state["steps"], "lr": config["lr"],
+                   "train_seconds": state["train_seconds"]}
+        if not math.isfinite(stats.loss):
+            session.report({**metrics, "val_loss": math.nan, "status": "diverged",
+                            "diverged_epoch": epoch + 1})
+            return
+        metrics["val_loss"] = _vae_validation_loss(vae, data.x_val, beta, config["seed"])
+        if metrics["val_loss"] < state["best_val_loss"]:
+            state.update(best_val_loss=metrics["val_loss"], best_epoch=epoch,
+                         best_model=copy.deepcopy(vae.state_dict()))
+        stop = patience > 0 and epoch - state["best_epoch"] >= patience
+        metrics["loop_seconds"] = time.perf_counter() - loop_started
+        state["model"] = vae.state_dict()
+        state["optimizer"] = optimizer.state_dict()
+        if not (stop or epoch + 1 == epochs):
+            session.report({**metrics, "status": "running"},
+                           state=state if clock.due(epoch) else None)
+            continue
+        # `epochs_run`, not `epochs`: that is the config's maximum, a key of the trial
+        metrics.update(best_epoch=state["best_epoch"] + 1, epochs_run=epoch + 1,
+                       status="completed")
+        if session.rank != 0:  # rank 0 evaluates; the others wait at the collective report
+            session.report(metrics)
+            return
+        evaluated = copy.deepcopy(vae)
+        evaluated.load_state_dict(state["best_model"])
+        final, artifacts = vae_final_stage(evaluated.eval(), data, config)
+        metrics.update(final, loop_seconds=time.perf_counter() - loop_started)
+        state["final_metrics"] = metrics
+        session.report(metrics, state=state, final=artifacts)
+        return
+
+
+def vae_objective(vae: nn.Module, noise: torch.Generator, beta: float):
+    """The batch objective of `train_epoch`: -ELBO_beta of the inputs, dequantized with
+    `noise` for a Gaussian decoder (through the model passed in: DDP's wrapper in training)."""
+
+    def objective(model, xb, yb):
+        return beta_vae_loss(model, vae.dequantize(xb, noise), beta)
+
+    return objective
+
+
+@torch.no_grad()
+def _vae_validation_loss(vae: nn.Module, x: torch.Tensor, beta: float, seed: int,
+                         batch_size: int = 512) -> float:
+    """Mean -ELBO_beta of `x` in eval mode, with fixed posterior noise and dequantization."""
+    device = next(vae.parameters()).device
+    was_training = vae.training
+    vae.eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        losses = [beta_vae_loss(vae, vae.dequantize(x[i:i + batch_size]).to(device),
+                                beta)[0].item() * len(x[i:i + batch_size])
+                  for i in range(0, len(x), batch_size)]
+    vae.train(was_training)
+    return sum(losses) / len(x)
+
+
+def vae_score_name(samples: int, bn: str) -> str:
+    """`iwae5`, `iwae50` (encoder BN in eval mode), `iwae5_bn`, `iwae50_bn` (adapted)."""
+    return f"iwae{samples}" + ("_bn" if bn == "adapted" else "")
+
+
+def vae_final_stage(model: nn.Module, data, config: dict[str, Any]):
+    """Document 002 on a trained VAE: test NLL and bits/dim (IWAE with the largest K of
+    `iwae_samples`); OOD detection with IWAE_K for each K of `iwae_samples` ("5+50") and each
+    encoder BN mode of `bn_modes` ("eval+adapted"; adapted: statistics of each batch of
+    `bn_batch` scored inputs, section 3.3.5); and document 002's Table 3.1 test
+    (`latent_svm` rows): a linear SVM separating the test inputs' posterior means (positive)
+    from each OOD set's (negative), in each BN mode, beside the two controls of section
+    3.3.7 -- training vs test inputs of the ID set, and a random projection of the raw
+    pixels to the latent size."""
+    samples = sorted(int(k) for k in _numbers(config["iwae_samples"]))
+    modes = str(config["bn_modes"]).split("+")
+    scores = {vae_score_name(k, bn): build_score("iwae", samples=k, bn=bn,
+                                                 bn_batch=config["bn_batch"],
+                                                 seed=config["seed"])
+              for bn in modes for k in samples}
+    plain = "eval" if "eval" in modes else modes[0]
+    test_log_px = scores[vae_score_name(samples[-1], plain)](model, data.x_test)
+    # bits/dim of the discrete pixels: a Gaussian decoder's density times the grid cell
+    # volume (levels - 1)^-D gives the pixels' probability; a categorical decoder's already is
+    nll, dim = -test_log_px.mean().item(), math.prod(data.input_shape)
+    cell = math.log(data.levels - 1) if config["decoder"] == "gaussian" else 0.0
+    metrics = {"test_nll": nll, "test_bpd": (nll / dim + cell) / math.log(2)}
+    ood = evaluate_ood(model, data, scores)
+    metrics.update(ood.flat_metrics())
+    rows = []
+    n = min(len(data.x_test), config.get("svm_samples", 1000))
+    x_id = data.x_test[:n]
+    controls = {f"{config['dataset']} train": data.x_train[:n]}
+    for bn in modes:
+        adapted = bn == "adapted"
+        codes_id = latent_means(model, x_id, adapted, config["bn_batch"])
+        for negative, x_neg in {**controls, **data.ood}.items():
+            codes_neg = latent_means(model, x_neg[:n], adapted, config["bn_batch"])
+            rows.append({"representation": f"latent ({bn} BN)", "positive": config["dataset"],
+                         "negative": negative,
+                         **linear_separability(codes_id, codes_neg, seed=config["seed"])})
+    for negative, x_neg in {**controls, **data.ood}.items():
+        project = functools.partial(random_projection, dim=config["latent_dim"],
+                                    seed=config["seed"])
+        rows.append({"representation": "pixels (random projection)",
+                     "positive": config["dataset"], "negative": negative,
+                     **linear_separability(project(x_id), project(x_neg[:n]),
+                                           seed=config["seed"])})
+    for row in rows:
+        if row["representation"].startswith("latent") and row["negative"] in data.ood:
+            key = "svm_bn" if "adapted" in row["representation"] else "svm"
+            metrics[f"{key}_{row['negative']}_pos_acc"] = row["pos_acc"]
+            metrics[f"{key}_{row['negative']}_neg_acc"] = row["neg_acc"]
+            metrics[f"{key}_min_acc"] = min(metrics.get(f"{key}_min_acc", 1.0),
+                                            row["pos_acc"], row["neg_acc"])
+    return metrics, {"ood": ood.rows, "samples": ood.samples, "latent_svm": rows}
+
+
 LOOPS: dict[str, Callable[[dict[str, Any], Session], None]] = {
     "classifier": train_classifier,
     "feature_gmm": functools.partial(train_classifier, final_stage=feature_gmm_final_stage),
     "failure_prediction": functools.partial(train_classifier,
                                             final_stage=failure_prediction_final_stage),
+    "class_anomaly": train_class_anomaly,
     "generative": train_generative,
+    "ood_baselines": functools.partial(train_classifier, final_stage=ood_baselines_final_stage),
+    "vae": train_vae,
 }

@@ -72,7 +72,8 @@ def profile_values(profile: Profile, key: str) -> list[Any]:
     return list(dict.fromkeys(c.get(key) for c in profile.trial_configs()))
 
 
-SCORE_KEYS = ("ood_scores", "failure_scores")  # config keys that name scores
+SCORE_KEYS = ("ood_scores", "failure_scores", "finetuned_scores")  # keys that name scores
+COUNT_LISTS = ("gmm_components", "iwae_samples")  # positive integers joined by "+"
 
 
 def check_scores(profile: Profile) -> None:
@@ -83,6 +84,11 @@ def check_scores(profile: Profile) -> None:
     from workloads.scores import OOD_SCORES
 
     for config in profile.trial_configs():
+        for key in COUNT_LISTS:
+            if key in config and not all(v.strip().isdigit() and int(v) > 0
+                                         for v in str(config[key]).split("+")):
+                raise UsageError(f"--set {key}={config[key]}: expected positive integers "
+                                 f"joined by '+', e.g. 5+50")
         if not 0 <= config.get("background_mu", 0) < 1:
             raise UsageError(f"--set background_mu={config['background_mu']}: must be in "
                              f"[0, 1) (the fraction of pixels the background model's inputs "
@@ -135,6 +141,31 @@ def check_datasets(profile: Profile, data_dir: str, download: bool) -> None:
             what = key[0] + (f" (normal_class {key[2]})" if key[2] >= 0 else "")
             raise UsageError(f"--set batch_size={batch_size}: larger than the {sizes[key]:,} "
                              f"training examples of {what}")
+    check_outliers(profile, data_dir, download)
+
+
+def check_outliers(profile: Profile, data_dir: str, download: bool) -> None:
+    """Trials that fine-tune with outliers (`energy_epochs` > 0; `ood_baselines`): the
+    outlier set exists for the dataset and is on disk (or downloaded), and the energy
+    margins are ordered, m_in < m_out (Liu et al. 2020)."""
+    from workloads.data import IMAGE_DATASETS
+    from workloads.data.outliers import resolve_outlier_set
+
+    for config in profile.trial_configs():
+        if config.get("energy_epochs", 0) < 0:
+            raise UsageError(f"--set energy_epochs={config['energy_epochs']}: must be >= 0")
+        if config.get("energy_epochs", 0) == 0:
+            continue
+        try:
+            name = resolve_outlier_set(config["outlier_set"], config["dataset"])
+        except ValueError as error:
+            raise UsageError(f"--set outlier_set={config['outlier_set']}: {error}") from None
+        if not config["energy_m_in"] < config["energy_m_out"]:
+            raise UsageError(f"--set energy_m_in={config['energy_m_in']}, energy_m_out="
+                             f"{config['energy_m_out']}: m_in must be below m_out (ID "
+                             f"energies are pushed below m_in, outliers' above m_out)")
+        if name in IMAGE_DATASETS:
+            ensure_dataset(name, data_dir, download=download)
 
 
 def check_storage(storage: str) -> None:

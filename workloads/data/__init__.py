@@ -12,6 +12,7 @@ from workloads.data.datasets import (
     dataset_files,
     ensure_dataset,
     iterate_minibatches,
+    load_celeba,
     load_dataset,
     load_digits,
     load_image_dataset,
@@ -29,7 +30,7 @@ __all__ = [
     "CROSS_DATASET_OOD", "DATASET_NAMES", "DIGITS", "IMAGE_DATASETS", "Dataset",
     "DatasetMissingError", "DatasetUnreadableError", "absent_ood_sets",
     "check_idx_file", "dataset_files",
-    "ensure_dataset", "iterate_minibatches", "load_dataset", "load_digits",
+    "ensure_dataset", "iterate_minibatches", "load_celeba", "load_dataset", "load_digits",
     "load_image_dataset", "load_trial_data", "match_shape", "natural_image_patches",
     "noise_ood_sets", "one_class_split",
 ]

@@ -8,6 +8,7 @@ Every loader returns a `Dataset` of in-memory float tensors in [0, 1] with shape
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,10 +23,13 @@ from workloads.data.ood_sets import (
 )
 
 DIGITS = "digits"
-IMAGE_DATASETS = ("mnist", "fashionmnist", "kmnist", "svhn", "cifar10", "cifar100")
+CELEBA = "celeba"  # in-distribution set of document 002 (VAEs; OOD: SVHN, LSUN)
+IMAGE_DATASETS = ("mnist", "fashionmnist", "kmnist", "svhn", "cifar10", "cifar100", CELEBA)
 DATASET_NAMES = (DIGITS, *IMAGE_DATASETS)
 TINY_IMAGENET = "tinyimagenet"  # an OOD set only (document 003): no labels are read
-NUM_CLASSES = {"cifar100": 100}  # the others have 10
+CELEBA_ATTRIBUTE = "Male"  # CelebA's label: this binary attribute of list_attr_celeba.txt
+CELEBA_SIZE = 32  # document 002 §3.3.3: "resize and crop the data into size 32 x 32"
+NUM_CLASSES = {"cifar100": 100, CELEBA: 2}  # the others have 10
 
 # Files torchvision expects under DATA_DIR, for the error message of a missing dataset.
 EXPECTED_FILES = {
@@ -47,6 +51,12 @@ EXPECTED_FILES = {
                "EMNIST/raw/emnist-letters-test-labels-idx1-ubyte"],
     "dtd": ["dtd/dtd/images/<texture>/*.jpg", "dtd/dtd/labels/test1.txt"],
     "gtsrb": ["gtsrb/GTSRB/Final_Test/Images/*.ppm", "gtsrb/GT-final_test.csv"],
+    "places365": ["places365/places365_val.txt", "places365/val_256/*.jpg"],
+    "inaturalist_plants": ["iNaturalist/2021_valid/<NNNNN_Plantae_phylum_class_order_family_"
+                           "genus_species>/*.jpg (or iNaturalist/images/*.jpg)"],
+    "lsun": ["LSUN/test/*.jpg (or LSUN_resize/LSUN_resize/*.jpg)"],
+    CELEBA: ["celeba/list_eval_partition.txt", "celeba/list_attr_celeba.txt",
+             "celeba/img_align_celeba/*.jpg"],
 }
 # The python-pickle versions of CIFAR (Krizhevsky 2009): batch files of a dict with "data"
 # (N x 3072 uint8, channel-major 32x32) and the labels.
@@ -221,9 +231,11 @@ def _torchvision_split(name: str, data_dir: Path, train: bool, download: bool):
 
 def load_image_dataset(name: str, data_dir: str | Path, download: bool = False,
                        seed: int = 0, val_fraction: float = 0.1) -> Dataset:
-    """MNIST, FashionMNIST, KMNIST, SVHN, CIFAR-10 or CIFAR-100 (torchvision's files).
+    """MNIST, FashionMNIST, KMNIST, SVHN, CIFAR-10, CIFAR-100 (torchvision's files) or
+    CelebA (`load_celeba`).
 
-    The validation set is a seeded, stratified `val_fraction` of the training split.
+    The validation set is a seeded, stratified `val_fraction` of the training split
+    (CelebA: its official validation partition; `seed` and `val_fraction` are unused).
     Raises DatasetMissingError when the files are absent and `download` is False.
     """
     from sklearn.model_selection import train_test_split
@@ -231,6 +243,8 @@ def load_image_dataset(name: str, data_dir: str | Path, download: bool = False,
     data_dir = Path(data_dir).expanduser()
     if not data_dir.is_dir() and not download:
         raise DatasetMissingError(name, data_dir)
+    if name == CELEBA:
+        return load_celeba(data_dir, download=download)
     x, y = _torchvision_split(name, data_dir, train=True, download=download)
     x_test, y_test = _torchvision_split(name, data_dir, train=False, download=download)
     x_train, x_val, y_train, y_val = train_test_split(
@@ -242,6 +256,106 @@ def load_image_dataset(name: str, data_dir: str | Path, download: bool = False,
     return Dataset(name, to_tensor(x_train), torch.from_numpy(y_train), to_tensor(x_val),
                    torch.from_numpy(y_val), to_tensor(x_test), torch.from_numpy(y_test),
                    num_classes=NUM_CLASSES.get(name, 10))
+
+
+def _celeba_root(data_dir: Path, download: bool) -> Path:
+    """`<data_dir>/celeba`, downloaded there by torchvision's `CelebA` when asked and
+    absent; DatasetMissingError when its partition list, attribute list or image folder
+    is missing."""
+    root = data_dir / "celeba"
+
+    def present() -> bool:
+        return ((root / "list_eval_partition.txt").is_file()
+                and (root / "list_attr_celeba.txt").is_file()
+                and (root / "img_align_celeba").is_dir())
+
+    if download and not present():
+        import torchvision.datasets as tvd
+
+        tvd.CelebA(str(data_dir), split="all", target_type=[], download=True)
+    if not present():
+        raise DatasetMissingError(CELEBA, data_dir)
+    return root
+
+
+def _read_celeba_lists(root: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """CelebA's image files, their partition (0 train, 1 valid, 2 test) from
+    `list_eval_partition.txt` ("<file> <partition>" lines) and their label, the
+    CELEBA_ATTRIBUTE column of `list_attr_celeba.txt` (a count line, a line of the 40
+    attribute names, then "<file> <40 values of -1 or 1>" lines) mapped to {0, 1} as
+    torchvision maps it. Both are whitespace-separated, as torchvision reads them."""
+    partition_path = root / "list_eval_partition.txt"
+    files, partition = [], []
+    try:
+        for line in partition_path.read_text().splitlines():
+            if line.strip():
+                file_name, part = line.split()
+                files.append(file_name)
+                partition.append(int(part))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise DatasetUnreadableError(CELEBA, partition_path, f"not CelebA's partition list "
+                                     f"({type(error).__name__}: {error})") from None
+    if not files:
+        raise DatasetUnreadableError(CELEBA, partition_path, "an empty partition list")
+    attr_path = root / "list_attr_celeba.txt"
+    values = {}
+    try:
+        lines = attr_path.read_text().splitlines()
+        column = 1 + lines[1].split().index(CELEBA_ATTRIBUTE)
+        for line in lines[2:]:
+            fields = line.split()
+            if fields:
+                values[fields[0]] = int(fields[column])
+        labels = [(values[file_name] + 1) // 2 for file_name in files]
+    except (IndexError, ValueError, KeyError, UnicodeDecodeError) as error:
+        raise DatasetUnreadableError(CELEBA, attr_path, f"not CelebA's attribute list with "
+                                     f"'{CELEBA_ATTRIBUTE}' for every image of the partition "
+                                     f"list ({type(error).__name__}: {error})") from None
+    return files, np.asarray(partition, dtype=np.int64), np.asarray(labels, dtype=np.int64)
+
+
+def _center_cropped(image, size: int) -> np.ndarray:
+    """A PIL image as an RGB uint8 (size, size, 3) array: the shorter side resized to
+    `size` (bilinear), then the central square cut out, as torchvision's
+    `Resize(size)` + `CenterCrop(size)` do."""
+    from PIL import Image
+
+    width, height = image.size
+    if width <= height:
+        new_width, new_height = size, int(size * height / width)
+    else:
+        new_width, new_height = int(size * width / height), size
+    image = image.convert("RGB").resize((new_width, new_height), Image.BILINEAR)
+    left = int(round((new_width - size) / 2.0))
+    top = int(round((new_height - size) / 2.0))
+    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def load_celeba(data_dir: str | Path, download: bool = False) -> Dataset:
+    """CelebA as an in-distribution set (document 002 §3.3: VAEs trained on CelebA, SVHN
+    and LSUN as OOD), center-cropped to CELEBA_SIZE x CELEBA_SIZE RGB (§3.3.3: "resize and
+    crop the data into size 32 x 32"), in [0, 1].
+
+    Layout: torchvision's `CelebA(root)` with root `<data_dir>`, i.e.
+    `celeba/img_align_celeba/*.jpg`, `celeba/list_eval_partition.txt` and
+    `celeba/list_attr_celeba.txt`. The lists are read here as torchvision reads them but
+    without its MD5 check (of these and of `identity_CelebA.txt`, `list_bbox_celeba.txt`,
+    `list_landmarks_align_celeba.txt`, which are not needed), which only the original
+    files pass. Splits are the official partitions (train / valid / test); the label is the
+    binary attribute CELEBA_ATTRIBUTE ("Male": 1, else 0), so `num_classes` is 2.
+    """
+    data_dir = Path(data_dir).expanduser()
+    root = _celeba_root(data_dir, download)
+    files, partition, labels = _read_celeba_lists(root)
+    x = _read_images(CELEBA, [root / "img_align_celeba" / f for f in files],
+                     lambda image: _center_cropped(image, CELEBA_SIZE))
+
+    def part(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        keep = partition == k
+        images = torch.from_numpy(np.ascontiguousarray(x[keep].transpose(0, 3, 1, 2)))
+        return images.float().div_(255.0), torch.from_numpy(labels[keep])
+
+    return Dataset(CELEBA, *part(0), *part(1), *part(2), num_classes=NUM_CLASSES[CELEBA])
 
 
 def load_tiny_imagenet(data_dir: str | Path, n: int, size: tuple[int, int]) -> torch.Tensor:
@@ -336,15 +450,144 @@ def load_gtsrb(data_dir: str | Path, n: int, size: tuple[int, int]) -> torch.Ten
                                n, size)
 
 
+def _read_images(name: str, paths: list[Path], prepare) -> np.ndarray:
+    """`prepare(image)` (an (H, W, 3) uint8 array) of each image file, stacked in order;
+    decoded in a few threads (PIL releases the GIL while it decodes and resizes). A listed
+    file that is absent or not an image is a DatasetUnreadableError naming it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image, UnidentifiedImageError
+
+    def read(path: Path) -> np.ndarray:
+        try:
+            with Image.open(path) as image:
+                return prepare(image)
+        except FileNotFoundError:
+            raise DatasetUnreadableError(name, path, "listed but absent") from None
+        except (UnidentifiedImageError, OSError) as error:
+            raise DatasetUnreadableError(name, path, f"not an image ({error})") from None
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return np.stack(list(pool.map(read, paths)))
+
+
+def _image_batch(name: str, paths: list[Path], size: tuple[int, int]) -> torch.Tensor:
+    """The images at `paths` resized to `size` (H, W), as (N, 3, H, W) in [0, 1]."""
+    x = _read_images(name, paths, lambda image: _resized(image, size))
+    return torch.from_numpy(x).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+
+
+def _spread(items: list, n: int) -> list:
+    """`n` of `items` evenly spaced over the list (all of them when n >= len(items))."""
+    k = min(n, len(items))
+    return [items[i * len(items) // k] for i in range(k)]
+
+
+def load_places365(data_dir: str | Path, n: int, size: tuple[int, int]) -> torch.Tensor:
+    """The first `n` images of the Places365 validation list, resized (thesis 000,
+    Table 3.1: CIFAR-10 -> Places365).
+
+    Layout: torchvision's `Places365(root, split="val", small=True)` with root
+    `<data_dir>/places365`: the list `places365/places365_val.txt` ("<file> <class>" lines)
+    and the 256x256 images `places365/val_256/<file>`. The list is parsed as torchvision
+    parses it, but read here without torchvision's MD5 check of the list (and of
+    `categories_places365.txt`, not needed: no labels are read), which only the original
+    files pass.
+    """
+    root = Path(data_dir).expanduser() / "places365"
+    listing = root / "places365_val.txt"
+    if not listing.is_file() or not (root / "val_256").is_dir():
+        raise DatasetMissingError("places365", data_dir)
+    names = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
+    if not names:
+        raise DatasetUnreadableError("places365", listing, "an empty image list")
+    paths = [root / "val_256" / name.lstrip("/") for name in names[:n]]
+    return _image_batch("places365", paths, size)
+
+
+PLANTAE = "Plantae"  # iNaturalist's plant kingdom (thesis 000, Table 3.1: "plants")
+
+
+def _inaturalist_plant_files(version_dir: Path, data_dir: str | Path) -> list[Path]:
+    """The images of the Plantae categories of an iNaturalist 2021 folder, as torchvision's
+    `INaturalist` indexes it (category folders `NNNNN_Kingdom_Phylum_Class_Order_Family_
+    Genus_species`, kingdom from the name), sorted by category and file name."""
+    import torchvision.datasets as tvd
+
+    try:
+        dataset = tvd.INaturalist(str(version_dir.parent), version=version_dir.name,
+                                  target_type="kingdom")
+    except RuntimeError as error:
+        if "not found" in str(error).lower():
+            raise DatasetMissingError("inaturalist_plants", data_dir) from None
+        raise DatasetUnreadableError("inaturalist_plants", version_dir, str(error)) from None
+    plantae = dataset.categories_index["kingdom"].get(PLANTAE)
+    return sorted(Path(dataset.root, dataset.all_categories[category], file_name)
+                  for category, file_name in dataset.index
+                  if dataset.categories_map[category]["kingdom"] == plantae)
+
+
+def load_inaturalist_plants(data_dir: str | Path, n: int,
+                            size: tuple[int, int]) -> torch.Tensor:
+    """`n` plant images of iNaturalist, resized (thesis 000, Table 3.1: CIFAR-10 ->
+    iNaturalist (plants); the thesis splits iNaturalist "into 'Animalia' and 'Plantae'
+    parts", and the OOD benchmark of Huang & Li, MOS 2021, uses plants).
+
+    Primary layout: torchvision's `INaturalist(root, version="2021_valid")` with root
+    `<data_dir>/iNaturalist`, i.e. `iNaturalist/2021_valid/<NNNNN_Kingdom_Phylum_Class_
+    Order_Family_Genus_species>/*.jpg`; only the categories whose kingdom is Plantae are
+    kept, and `n` images are taken evenly spaced over them (sorted by category, then file),
+    so every part of the plant taxonomy is drawn from. Where that folder is absent (or has
+    no Plantae category), the prepared benchmark folder of Huang & Li (their 10,000 plant
+    images) is read: `iNaturalist/images/*.jpg`, the first `n` by name.
+    """
+    root = Path(data_dir).expanduser() / "iNaturalist"
+    version_dir = root / "2021_valid"
+    paths: list[Path] = []
+    if version_dir.is_dir():
+        paths = _spread(_inaturalist_plant_files(version_dir, data_dir), n)
+    if not paths:
+        paths = sorted((root / "images").glob("*.jpg"))[:n]
+    if not paths:
+        raise DatasetMissingError("inaturalist_plants", data_dir)
+    return _image_batch("inaturalist_plants", paths, size)
+
+
+# The prepared LSUN OOD folders of ODIN's release (Liang et al. 2018; 10,000 test images,
+# 32x32): `LSUN.tar.gz` (crops) and `LSUN_resize.tar.gz` (resized), as extracted.
+LSUN_FOLDERS = ("LSUN/test", "LSUN_resize/LSUN_resize")
+
+
+def load_lsun(data_dir: str | Path, n: int, size: tuple[int, int]) -> torch.Tensor:
+    """The first `n` images (by name) of the prepared LSUN OOD folder, resized (document
+    002, §3.3.1: CelebA -> LSUN).
+
+    torchvision's `LSUN` reads LSUN's LMDB databases and needs the `lmdb` package, which
+    this project does not install; the folder read instead is ODIN's widely used release,
+    `LSUN/test/*.jpg` (or `LSUN_resize/LSUN_resize/*.jpg`), read with PIL.
+    """
+    root = Path(data_dir).expanduser()
+    for folder in LSUN_FOLDERS:
+        paths = sorted((root / folder).glob("*.jpg"))[:n]
+        if paths:
+            return _image_batch("lsun", paths, size)
+    raise DatasetMissingError("lsun", data_dir)
+
+
 # OOD sets that are never trained on: name -> loader(data_dir, n, (H, W)) -> (n, C, h, w)
 OOD_ONLY_LOADERS = {TINY_IMAGENET: load_tiny_imagenet, "emnist": load_emnist_letters,
-                    "dtd": load_dtd, "gtsrb": load_gtsrb}
+                    "dtd": load_dtd, "gtsrb": load_gtsrb, "places365": load_places365,
+                    "inaturalist_plants": load_inaturalist_plants, "lsun": load_lsun}
 # how to tell that an OOD-only set's files are present (a glob under the data directory)
 OOD_ONLY_PRESENT = {TINY_IMAGENET: ("tiny-imagenet-200/test/images/*.JPEG",
                                     "tiny-imagenet-200/val/images/*.JPEG"),
                     "emnist": ("EMNIST/raw/emnist-letters-test-images-idx3-ubyte",),
                     "dtd": ("dtd/dtd/labels/test1.txt",),
-                    "gtsrb": ("gtsrb/GT-final_test.csv",)}
+                    "gtsrb": ("gtsrb/GT-final_test.csv",),
+                    "places365": ("places365/places365_val.txt",),
+                    "inaturalist_plants": (f"iNaturalist/2021_valid/*_{PLANTAE}_*/*.jpg",
+                                           "iNaturalist/images/*.jpg"),
+                    "lsun": tuple(f"{folder}/*.jpg" for folder in LSUN_FOLDERS)}
 
 
 def ensure_dataset(name: str, data_dir: str | Path | None, download: bool = False) -> None:
@@ -361,6 +604,9 @@ def ensure_dataset(name: str, data_dir: str | Path | None, download: bool = Fals
     data_dir = Path(data_dir).expanduser()
     if not data_dir.is_dir() and not download:
         raise DatasetMissingError(name, data_dir)
+    if name == CELEBA:
+        _celeba_root(data_dir, download)
+        return
     for train in (True, False):
         _torchvision_dataset(name, data_dir, train, download)
     if name in CIFAR_FILES:
@@ -404,12 +650,14 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
 FILE_PATTERNS = {"mnist": "MNIST/raw/*-ubyte", "fashionmnist": "FashionMNIST/raw/*-ubyte",
                  "kmnist": "KMNIST/raw/*-ubyte", "svhn": "*_32x32.mat",
                  "cifar10": "cifar-10-batches-py/*_batch*",
-                 "cifar100": "cifar-100-python/t*"}
+                 "cifar100": "cifar-100-python/t*",
+                 CELEBA: "celeba/*.txt"}  # CelebA: its lists, not its 202,599 images
 
 
 def dataset_files(name: str, data_dir: str | Path | None = None) -> list[Path]:
     """The files `name` is read from, those present: scikit-learn's bundled digits file, or
-    the torchvision files under `data_dir` (what a provenance record hashes)."""
+    the torchvision files under `data_dir` (what a provenance record hashes; for CelebA
+    its partition and annotation lists)."""
     if name == DIGITS:
         from importlib.resources import files
 

@@ -35,7 +35,12 @@ class DeconfHead(nn.Module):
 
 class GODIN(nn.Module):
     """A classifier whose last layer is replaced by the `DeconfHead` of G-ODIN: `features`
-    are the base classifier's, `head` the decomposed-confidence head."""
+    are the base classifier's, `head` the decomposed-confidence head. Hsu et al. (2020, section
+    4) train it with SGD and weight decay on every parameter but the class vectors of h
+    (as in the public implementations, e.g. OpenOOD's `GodinTrainer`); `no_weight_decay`
+    names them for `workloads.training.classifier_optimizer`."""
+
+    no_weight_decay = ("head.class_vectors.weight",)
 
     def __init__(self, base: nn.Module):
         super().__init__()

@@ -9,8 +9,10 @@ A score is built by name with its parameters, fitted once on in-distribution tra
 
 The interface and registry are in `base`; one module per family registers its scores:
 `softmax` (msp, msp_calibrated, max_logit, energy, lnz, odin), `features` (mahalanobis,
-gmm), `density` (log_px, neg_am), `dropout` (mc_dropout), `confidnet` (a head trained to
+gmm), `density` (log_px, neg_am), `vae` (iwae: a VAE's importance-weighted log p(x)),
+`dropout` (mc_dropout), `confidnet` (a head trained to
 predict the true-class probability), `laplace` (last-layer Laplace, laplace-torch);
+`anomaly` (gradcon, ocgan: the class-anomaly baselines' scores),
 `pytorch_ood_detectors` adapts
 pytorch-ood's post-hoc detectors (vim, knn, react, ash, dice, gradnorm, ...; by name).
 A score fits on the training split, or on the validation split where it says so
@@ -26,6 +28,8 @@ from workloads.scores import dropout  # noqa: F401
 from workloads.scores import confidnet  # noqa: F401  (asked for by name)
 from workloads.scores import laplace  # noqa: F401  (asked for by name)
 from workloads.scores import density  # noqa: F401
+from workloads.scores import vae  # noqa: F401
+from workloads.scores import anomaly  # noqa: F401  (gradcon, ocgan: class anomaly)
 from workloads.scores import pytorch_ood_detectors  # noqa: F401  (asked for by name)
 # isort: on
 from workloads.scores.base import (
