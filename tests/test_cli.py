@@ -66,6 +66,18 @@ def test_overrides_fix_a_value_or_sweep_it():
     assert profile.num_trials() == 2 * 2 * 2  # model x lr_scaling x lr
 
 
+def test_an_override_that_makes_linked_setups_equal_leaves_one():
+    space = get_search_space("vae_ood")  # paper: setups FashionMNIST, CIFAR-10
+    paper = space.profile("paper")
+    assert paper.num_trials() == 2 * 2  # setups x decoder
+    one = apply_overrides(space, paper, ["dataset=celeba"])
+    assert one.num_trials() == 2 and "setup" not in one.grid
+    assert [c["dataset"] for c in one.trial_configs()] == ["celeba", "celeba"]
+    flows = get_search_space("alpha_flow")  # setups differ in lr etc.: all kept
+    kept = apply_overrides(flows, flows.profile("paper"), ["dataset=cifar10"])
+    assert len(kept.grid["setup"]) == 2
+
+
 def test_every_sweep_declares_three_profiles_and_smoke_is_small():
     for name in sweep_names():
         space = get_search_space(name)

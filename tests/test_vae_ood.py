@@ -289,3 +289,30 @@ def test_vae_ood_paper_profile_on_fashionmnist_and_cifar_files(tmp_path, env):
     assert ("fashionmnist", "mnist") in pairs and ("cifar10", "fashionmnist") in pairs
     assert np.isfinite(ood.auroc).all()
     assert set(ood.score) == {"iwae5", "iwae50", "iwae5_bn", "iwae50_bn"}
+
+
+@pytest.mark.slow
+def test_vae_ood_on_celeba_with_lsun(tmp_path, env):
+    """Document 002's main pair: CelebA (its aligned JPEGs and lists) -> LSUN (ODIN's
+    prepared folder), SVHN skipped when absent; the latent SVM separates CelebA from LSUN."""
+    from test_datasets import write_celeba, write_lsun
+
+    data = tmp_path / "data"
+    write_celeba(data, 100, seed=0)
+    write_lsun(data, 40, seed=1)
+    proc = command("sweep", "vae_ood", "--profile", "paper", "--set", "dataset=celeba",
+                   "--set", "decoder=gaussian", "--set", "epochs=1", "--set", "hidden=4",
+                   "--set", "latent_dim=8", "--set", "batch_size=16", "--seeds", 1,
+                   "--gpus-per-worker", 0, "--cpus-per-worker", 1, "--data-dir", data,
+                   "--storage", tmp_path / "runs", "--wandb", "disabled", env=env)
+    assert "OOD set svhn of celeba is skipped" in proc.stdout
+    (sweep_dir,) = (tmp_path / "runs").glob("vae_ood-paper-*")
+    table = pd.read_csv(sweep_dir / "results" / "trials.csv")
+    assert list(table.dataset) == ["celeba"] and table.status[0] == "completed"
+    ood = pd.read_csv(sweep_dir / "results" / "ood.csv")
+    assert "lsun" in set(ood.ood_set) and "svhn" not in set(ood.ood_set)
+    assert np.isfinite(ood.auroc).all()
+    svm = pd.read_csv(sweep_dir / "results" / "latent_svm.csv")
+    assert {"lsun", "celeba train"} <= set(svm.negative)
+    text = (sweep_dir / "REPRODUCTION.md").read_text()
+    assert [line for line in text.splitlines() if "latent (eval BN)" in line and "lsun" in line]

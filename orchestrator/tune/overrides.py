@@ -31,7 +31,9 @@ def _parse_scalar(key: str, text: str, example: Any) -> Any:
 
 
 def apply_overrides(space: SearchSpace, profile: Profile, overrides: list[str]) -> Profile:
-    """Profile with `--set key=value` applied. A comma-separated value becomes a grid."""
+    """Profile with `--set key=value` applied. A comma-separated value becomes a grid. An
+    override replaces the key in every linked `setup` of the grid; setups it makes identical
+    (`--set dataset=celeba` over a grid of dataset setups) become one."""
     config, grid = dict(profile.config), {k: list(v) for k, v in profile.grid.items()}
     setups = [dict(s) for s in grid.get(SETUP, [])]
     known = sorted({*config, *grid, *(k for s in setups for k in s)} - {SETUP})
@@ -62,8 +64,11 @@ def apply_overrides(space: SearchSpace, profile: Profile, overrides: list[str]) 
             config[key] = values[0]
         else:
             grid[key] = values
-    if setups:
+    setups = [s for i, s in enumerate(setups) if s not in setups[:i]]
+    if any(setups):
         grid[SETUP] = setups
+    else:
+        grid.pop(SETUP, None)
     return replace(profile, config=config, grid=grid)
 
 
