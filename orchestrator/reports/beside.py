@@ -61,13 +61,18 @@ def table_3_1(ood: pd.DataFrame, dataset: str) -> str:
              f"cells AUROC/AUPR-in/TNR95; G-ODIN: the `ood_baselines` sweep.\n",
              pd.DataFrame(lines).to_markdown(index=False, disable_numparse=True)]
     if not any((dataset, s) in published.TABLE_3_1 for s in rows.ood_set.unique()):
-        thesis_rows = [{"ID -> OOD": f"{i} -> {o}",
-                        **{m: "/".join(_short(v) for v in cells[m])
-                           for m in published.TABLE_3_1_METHODS}}
-                       for (i, o), cells in published.TABLE_3_1.items()]
-        parts += ["", DIFFERENT_DATA.format(ours=dataset) + " The thesis' rows:\n",
-                  pd.DataFrame(thesis_rows).to_markdown(index=False, disable_numparse=True)]
+        parts += _thesis_rows(dataset, published.TABLE_3_1_METHODS)
     return "\n".join(parts)
+
+
+def _thesis_rows(dataset: str, methods) -> list[str]:
+    """Where our data is not the thesis': a note, then Table 3.1's rows with its `methods`
+    columns (AUROC/AUPR/TNR95)."""
+    rows = [{"ID -> OOD": f"{i} -> {o}",
+             **{m: "/".join(_short(v) for v in cells[m]) for m in methods}}
+            for (i, o), cells in published.TABLE_3_1.items()]
+    return ["", DIFFERENT_DATA.format(ours=dataset) + " The thesis' rows:\n",
+            pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)]
 
 
 # Our scores beside the thesis' baselines in `table_3_1_baselines` (none in the thesis).
@@ -101,12 +106,7 @@ def table_3_1_baselines(ood: pd.DataFrame, dataset: str) -> str:
              f"after fine-tuning with outliers, as the thesis trained it.\n",
              pd.DataFrame(lines).to_markdown(index=False, disable_numparse=True)]
     if not any((dataset, s) in published.TABLE_3_1 for s in ood.ood_set.unique()):
-        thesis_rows = [{"ID -> OOD": f"{i} -> {o}",
-                        **{m: "/".join(_short(v) for v in cells[m])
-                           for m in published.TABLE_3_1_BASELINE_SCORES}}
-                       for (i, o), cells in published.TABLE_3_1.items()]
-        parts += ["", DIFFERENT_DATA.format(ours=dataset) + " The thesis' rows:\n",
-                  pd.DataFrame(thesis_rows).to_markdown(index=False, disable_numparse=True)]
+        parts += _thesis_rows(dataset, published.TABLE_3_1_BASELINE_SCORES)
     return "\n".join(parts)
 
 
