@@ -204,7 +204,13 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
             param_space=param_space,
             tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode,
                                         max_concurrent_trials=concurrent,
-                                        reuse_actors=True),
+                                        # Locally a finished trial's process serves the
+                                        # next one (no start-up cost). On a cluster Tune
+                                        # would also hand a trial whose own actor is still
+                                        # starting on another node to a cached local actor
+                                        # and drop the remote one: short trials then ran
+                                        # one by one on the head while a worker node idled.
+                                        reuse_actors=not address),
             run_config=tune.RunConfig(
                 name=run_name, storage_path=storage.root,
                 storage_filesystem=storage.filesystem, callbacks=callbacks,
