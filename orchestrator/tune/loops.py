@@ -690,29 +690,26 @@ def vae_final_stage(model: nn.Module, data, config: dict[str, Any]):
     rows = []
     n = min(len(data.x_test), config.get("svm_samples", 1000))
     x_id = data.x_test[:n]
-    controls = {f"{config['dataset']} train": data.x_train[:n]}
+    negatives = {f"{config['dataset']} train": data.x_train[:n], **data.ood}
     for bn in modes:
-        adapted = bn == "adapted"
+        adapted, key = bn == "adapted", "svm_bn" if bn == "adapted" else "svm"
         codes_id = latent_means(model, x_id, adapted, config["bn_batch"])
-        for negative, x_neg in {**controls, **data.ood}.items():
+        for negative, x_neg in negatives.items():
             codes_neg = latent_means(model, x_neg[:n], adapted, config["bn_batch"])
+            result = linear_separability(codes_id, codes_neg, seed=config["seed"])
             rows.append({"representation": f"latent ({bn} BN)", "positive": config["dataset"],
-                         "negative": negative,
-                         **linear_separability(codes_id, codes_neg, seed=config["seed"])})
-    for negative, x_neg in {**controls, **data.ood}.items():
-        project = functools.partial(random_projection, dim=config["latent_dim"],
-                                    seed=config["seed"])
+                         "negative": negative, **result})
+            if negative in data.ood:
+                metrics[f"{key}_{negative}_pos_acc"] = result["pos_acc"]
+                metrics[f"{key}_{negative}_neg_acc"] = result["neg_acc"]
+                metrics[f"{key}_min_acc"] = min(metrics.get(f"{key}_min_acc", 1.0),
+                                                result["pos_acc"], result["neg_acc"])
+    pixels_id = random_projection(x_id, config["latent_dim"], config["seed"])
+    for negative, x_neg in negatives.items():
+        pixels_neg = random_projection(x_neg[:n], config["latent_dim"], config["seed"])
         rows.append({"representation": "pixels (random projection)",
                      "positive": config["dataset"], "negative": negative,
-                     **linear_separability(project(x_id), project(x_neg[:n]),
-                                           seed=config["seed"])})
-    for row in rows:
-        if row["representation"].startswith("latent") and row["negative"] in data.ood:
-            key = "svm_bn" if "adapted" in row["representation"] else "svm"
-            metrics[f"{key}_{row['negative']}_pos_acc"] = row["pos_acc"]
-            metrics[f"{key}_{row['negative']}_neg_acc"] = row["neg_acc"]
-            metrics[f"{key}_min_acc"] = min(metrics.get(f"{key}_min_acc", 1.0),
-                                            row["pos_acc"], row["neg_acc"])
+                     **linear_separability(pixels_id, pixels_neg, seed=config["seed"])})
     return metrics, {"ood": ood.rows, "samples": ood.samples, "latent_svm": rows}
 
 
