@@ -31,20 +31,46 @@ def test_typicality_per_input_and_per_batch_by_hand():
     flow = standard_normal_flow()
     g = torch.Generator().manual_seed(0)
     train, x = torch.randn(400, 5, generator=g), torch.randn(12, 5, generator=g) * 1.5
+    val = torch.randn(300, 5, generator=g)
     entropy = nll(train).mean().item()  # ~ D/2 (1 + log 2 pi) = 7.09 for D = 5
-    single = build_score("typicality").fit(flow, train, None)
+    single = build_score("typicality").fit(flow, train, None, val, None)
     assert single.entropy == pytest.approx(entropy, rel=1e-6)
     assert torch.allclose(single(flow, x).double(), -(nll(x) - entropy).abs(), atol=1e-4)
-    batch = build_score("typicality", batch=4).fit(flow, train, None)
+    batch = build_score("typicality", batch=4).fit(flow, train, None, val, None)
     expected = -(nll(x).reshape(3, 4).mean(1) - entropy).abs().repeat_interleave(4)
     assert torch.allclose(batch(flow, x).double(), expected, atol=1e-4)
     # the bootstrap epsilon: seeded, and smaller for larger batches (~ 1/sqrt(M))
-    again = build_score("typicality", batch=4).fit(flow, train, None)
-    big = build_score("typicality", batch=16).fit(flow, train, None)
+    again = build_score("typicality", batch=4).fit(flow, train, None, val, None)
+    big = build_score("typicality", batch=16).fit(flow, train, None, val, None)
     assert batch.threshold == again.threshold and big.threshold < batch.threshold
     # a last partial group is its own batch
     assert torch.allclose(batch(flow, x[:6]).double()[4:],
                           -(nll(x[4:6]).mean() - entropy).abs().repeat(2), atol=1e-4)
+
+
+def test_typicality_draws_its_bootstrap_batches_from_validation_data():
+    """Nalisnick et al. (2019), Algorithm 1: H from the training NLL, epsilon the 1 - alpha
+    quantile of |mean NLL of M validation inputs - H| over K batches drawn with replacement;
+    `fit_score` hands the score both splits. The training set's own batches would give
+    another epsilon (here the validation inputs are wider than the training ones)."""
+    from types import SimpleNamespace
+
+    from workloads.scores import fit_score
+
+    flow = standard_normal_flow()
+    g = torch.Generator().manual_seed(1)
+    train, val = torch.randn(400, 5, generator=g), 1.2 * torch.randn(200, 5, generator=g)
+    data = SimpleNamespace(x_train=train, y_train=None, x_val=val, y_val=None)
+    score = fit_score("typicality", {"batch": 4, "resamples": 500, "quantile": 0.9}, flow,
+                      data)
+    entropy = nll(train).mean().item()
+    draws = np.random.default_rng(0).integers(0, len(val), size=(500, 4))
+    expected = np.quantile(np.abs(nll(val).numpy()[draws].mean(1) - entropy), 0.9)
+    assert score.threshold == pytest.approx(expected, rel=1e-6)
+    on_train = np.quantile(np.abs(nll(train).numpy()[draws % 400].mean(1) - entropy), 0.9)
+    assert score.threshold > on_train
+    with pytest.raises(ValueError, match="held-out"):
+        build_score("typicality").fit(flow, train, None)
 
 
 def test_input_complexity_adds_the_code_length_in_bits():

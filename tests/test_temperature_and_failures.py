@@ -56,15 +56,18 @@ def test_failure_metrics_by_hand():
     AUPR-Success = (1 + 1 + 3/4) / 3 = 11/12.
     AUROC: pairs (success, error) with the success more confident: (0.9: 2) (0.8: 2)
     (0.4: 1 of 2) = 5 of 6.
-    FPR95: flagging 95% of the 2 errors means both, threshold -0.6 on -confidence: successes
-    flagged = those with confidence <= 0.6: 0.4 -> 1 of 3."""
+    FPR95-error: flagging 95% of the 2 errors means both, threshold -0.6 on -confidence:
+    successes flagged = those with confidence <= 0.6: 0.4 -> 1 of 3. FPR95-success (Corbière
+    et al.): keeping 95% of the 3 successes means all, threshold 0.4: errors accepted = those
+    with confidence >= 0.4: 0.6 -> 1 of 2."""
     confidence = np.array([0.9, 0.8, 0.4, 0.6, 0.3])
     correct = np.array([True, True, True, False, False])
     m = failure_metrics(confidence, correct)
     assert m["aupr_error"] == pytest.approx(5 / 6)
     assert m["aupr_success"] == pytest.approx(11 / 12)
     assert m["auroc"] == pytest.approx(5 / 6)
-    assert m["fpr95"] == pytest.approx(1 / 3)
+    assert m["fpr95_error"] == pytest.approx(1 / 3)
+    assert m["fpr95_success"] == pytest.approx(1 / 2)
     assert all(math.isnan(v) for v in failure_metrics(confidence, np.ones(5, bool)).values())
 
 
@@ -85,7 +88,7 @@ def test_mistake_detection_rows_follow_the_scores_and_the_predictions():
     row = rows["msp"]
     assert row["n_correct"] == correct.sum() and row["n_wrong"] == (~correct).sum() > 10
     expected = failure_metrics(msp, correct)
-    for metric in ("auroc", "aupr_success", "aupr_error", "fpr95"):
+    for metric in ("auroc", "aupr_success", "aupr_error", "fpr95_success", "fpr95_error"):
         assert row[metric] == pytest.approx(expected[metric]), metric
     assert row["mw_u"] / (row["n_correct"] * row["n_wrong"]) == pytest.approx(row["auroc"])
     assert row["auroc"] > 0.8 and row["mw_p"] < 1e-6  # 0.896 here

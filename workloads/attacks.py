@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workloads.models.flows.regularizer import approximate_mass
+from workloads.models.modes import evaluating
 
 NORMS = ("Linf", "L2")
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -315,10 +316,8 @@ def _run_adversary(adversary, model: nn.Module, x: torch.Tensor, y: torch.Tensor
                    batch_size: int) -> torch.Tensor:
     if x.dim() != 4:
         raise AttackError("AutoAttack needs (N, C, H, W) images (its Square attack is 2-D)")
-    was_training = model.training
-    model.eval()
-    x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
-    model.train(was_training)
+    with evaluating(model):
+        x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
     return x_adv.detach()
 
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from workloads.data import iterate_minibatches
 from workloads.models.gradcon import GradConAE, gradcon_step
+from workloads.models.modes import evaluating
 from workloads.models.ocgan import OCGAN, ocgan_optimizers, ocgan_step
 
 
@@ -62,9 +63,7 @@ def train_anomaly_epoch(model: nn.Module, optimizers: dict[str, torch.optim.Opti
 def reconstruction_mse(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> float:
     """Mean squared error per pixel of the model's reconstruction of `x` (eval mode)."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total = sum((model(x[i:i + batch_size].to(device)) - x[i:i + batch_size].to(device))
-                .pow(2).sum().item() for i in range(0, len(x), batch_size))
-    model.train(was_training)
+    with evaluating(model):
+        total = sum((model(x[i:i + batch_size].to(device)) - x[i:i + batch_size].to(device))
+                    .pow(2).sum().item() for i in range(0, len(x), batch_size))
     return total / x.numel()

@@ -3,11 +3,13 @@
 Calibration: ECE = sum_m |B_m|/n * |acc(B_m) - conf(B_m)| over M equal-width confidence
 bins, MCE = max_m |acc(B_m) - conf(B_m)| over non-empty bins (M = 15 by default).
 OOD detection: in-distribution is the positive class and a higher score means more ID;
-AUROC, AUPR-in, AUPR-out and FPR at 95% TPR come from scikit-learn's curves.
+AUROC, AUPR-in and AUPR-out are scikit-learn's; FPR at 95% TPR is `fpr_at_tpr`, by its
+definition (ties included).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,13 +67,27 @@ def classifier_calibration(logits: torch.Tensor, targets: torch.Tensor,
     return calibration(confidence.cpu().numpy(), correct, num_bins)
 
 
+def fpr_at_tpr(score_positive: np.ndarray, score_negative: np.ndarray,
+               level: float = 0.95) -> float:
+    """The false-positive rate at the threshold where the true-positive rate first reaches
+    `level` (FPR95 at 0.95): inputs with score >= t are accepted as positive; lowering t from
+    the highest score, the first t (a score value) that accepts at least `level` of the
+    positives, i.e. the ceil(level * n)-th highest positive score; the FPR is the fraction of
+    negatives scored >= t, ties with t included. (scikit-learn's default `roc_curve` drops
+    collinear points, one of which can be that threshold.)"""
+    positive = np.sort(np.asarray(score_positive, dtype=np.float64).ravel())[::-1]
+    negative = np.asarray(score_negative, dtype=np.float64).ravel()
+    needed = max(1, math.ceil(level * len(positive) - 1e-9))  # positives to accept
+    return float(np.mean(negative >= positive[needed - 1]))
+
+
 def ood_metrics(score_id: np.ndarray, score_ood: np.ndarray) -> dict[str, float]:
     """AUROC, AUPR-in, AUPR-out, FPR95 and TNR95 with ID as positive, higher score = ID.
 
     FPR95 is the fraction of OOD inputs scored at or above the threshold at which 95% of
-    ID inputs are accepted (the smallest FPR whose TPR reaches 0.95 on the ROC curve).
+    ID inputs are first accepted (`fpr_at_tpr`); TNR95 = 1 - FPR95.
     """
-    from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+    from sklearn.metrics import average_precision_score, roc_auc_score
 
     score_id = np.asarray(score_id, dtype=np.float64).ravel()
     score_ood = np.asarray(score_ood, dtype=np.float64).ravel()
@@ -80,8 +96,7 @@ def ood_metrics(score_id: np.ndarray, score_ood: np.ndarray) -> dict[str, float]
         nan = float("nan")
         return {"auroc": nan, "aupr_in": nan, "aupr_out": nan, "fpr95": nan, "tnr95": nan}
     labels = np.concatenate([np.ones_like(score_id), np.zeros_like(score_ood)])
-    fpr, tpr, _ = roc_curve(labels, scores)
-    fpr95 = float(fpr[np.searchsorted(tpr, 0.95, side="left")])
+    fpr95 = fpr_at_tpr(score_id, score_ood)
     return {
         "auroc": float(roc_auc_score(labels, scores)),
         "aupr_in": float(average_precision_score(labels, scores)),
@@ -103,18 +118,31 @@ def mann_whitney(scores_correct: np.ndarray, scores_wrong: np.ndarray) -> dict[s
             "auroc": float(result.statistic) / (len(scores_correct) * len(scores_wrong))}
 
 
+FAILURE_METRICS = ("aupr_error", "aupr_success", "auroc", "fpr95_success", "fpr95_error")
+
+
 def failure_metrics(confidence: np.ndarray, correct: np.ndarray) -> dict[str, float]:
     """How well a confidence separates a classifier's errors from its successes (failure
-    prediction, document 001; Corbiere et al. 2019), with errors as the positive class:
-    `aupr_error` (errors positive, ranked by -confidence), `aupr_success` (successes
-    positive, ranked by confidence), `auroc`, and `fpr95`: the fraction of successes flagged
-    as errors at the threshold that flags 95% of the errors."""
+    prediction, document 001; Corbiere et al. 2019):
+
+    - `aupr_error`: average precision with errors the positive class, ranked by -confidence
+      (Corbiere et al.'s AUPR-Error); `aupr_success`: successes positive, ranked by
+      confidence (AUPR-Success);
+    - `auroc`: the probability that a success is more confident than an error;
+    - `fpr95_success`: Corbiere et al.'s FPR-95%-TPR (ConfidNet's `fpr_at_95tpr`): the
+      fraction of errors accepted at the threshold that first keeps 95% of the successes;
+    - `fpr95_error`: errors the positive class: the fraction of successes flagged at the
+      threshold that first flags 95% of the errors.
+
+    Both FPR95 forms follow `fpr_at_tpr` (ties counted). They answer different questions
+    (how many errors slip through at high coverage; how much coverage it costs to catch
+    nearly every error) and are not comparable with each other."""
     confidence = np.asarray(confidence, dtype=np.float64).ravel()
     correct = np.asarray(correct, dtype=bool).ravel()
     if correct.all() or not correct.any():
-        nan = float("nan")
-        return {"aupr_error": nan, "aupr_success": nan, "auroc": nan, "fpr95": nan}
+        return dict.fromkeys(FAILURE_METRICS, float("nan"))
     success = ood_metrics(confidence[correct], confidence[~correct])
     error = ood_metrics(-confidence[~correct], -confidence[correct])
     return {"aupr_error": error["aupr_in"], "aupr_success": success["aupr_in"],
-            "auroc": error["auroc"], "fpr95": error["fpr95"]}
+            "auroc": success["auroc"], "fpr95_success": success["fpr95"],
+            "fpr95_error": error["fpr95"]}

@@ -2,8 +2,8 @@
 ones it gets wrong? (document 003, section 4.1; NOTES.md D; failure prediction in 001.)
 
 Per score, with the same scores as the OOD stage (`workloads.scores`, higher = more
-confident): AUROC, AUPR both ways (successes positive, errors positive), FPR95 with errors
-as the positive class (`workloads.metrics.failure_metrics`), and the one-sided Mann-Whitney U
+confident): AUROC, AUPR both ways (successes positive, errors positive), FPR95 both ways
+(`workloads.metrics.failure_metrics`), and the one-sided Mann-Whitney U
 test that correct predictions score higher (003 reports p = 1.9e-13 for GMM-100 on
 CIFAR-100; `workloads.metrics.mann_whitney`).
 """
@@ -37,8 +37,8 @@ def error_pr_curve(values: np.ndarray, correct: np.ndarray,
 
 def evaluate_mistakes(model: nn.Module, data: Dataset, scores: dict[str, dict | OODScore],
                       curves: list[dict] | None = None) -> list[dict[str, float | str | int]]:
-    """One row per score: `n_correct`, `n_wrong`, `auroc`, `aupr_success`, `aupr_error`,
-    `fpr95`, `mw_u`, `mw_p`. Each score is fitted on its split first, unless given fitted.
+    """One row per score: `n_correct`, `n_wrong`, the `failure_metrics` (`auroc`,
+    `aupr_success`, `aupr_error`, `fpr95_success`, `fpr95_error`), `mw_u`, `mw_p`. Each score is fitted on its split first, unless given fitted.
     With a `curves` list, each score's `error_pr_curve` is appended to it (rows `score`,
     `recall`, `precision`)."""
     predictions = batched_logits(model, data.x_test).argmax(dim=1)

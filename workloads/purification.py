@@ -18,6 +18,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from workloads.models.modes import evaluating
+
 
 def bits_per_dim(log_density: torch.Tensor, dim: int) -> torch.Tensor:
     """BPD = -log p(F) / (D ln 2)."""
@@ -41,17 +43,24 @@ def purify_features(features: torch.Tensor,
 
 def purification_effect(model: nn.Module, log_density: Callable[[torch.Tensor], torch.Tensor],
                         x: torch.Tensor, y: torch.Tensor, eps: float, nu: float,
-                        steps: int = 100) -> dict[str, float]:
+                        steps: int = 100, batch_size: int = 1024) -> dict[str, float]:
     """Accuracy of `model` (which has `features` and `head`) on (x, y) before and after
-    purifying its features, and how many predictions it fixes and breaks (Table 4)."""
-    with torch.no_grad():
-        features = model.features(x)
-        before = model.head(features).argmax(dim=1)
-    purified = purify_features(features, log_density, eps, nu, steps)
-    head = model.head
-    with torch.no_grad():
-        after = head(purified.to(next(head.parameters()).dtype)).argmax(dim=1)
-    right_before, right_after = before == y, after == y
+    purifying its features, and how many predictions it fixes and breaks (Table 4). The
+    model runs in eval mode (its modes are left as found), on its device, in chunks of
+    `batch_size` inputs; each chunk's features are purified on that device."""
+    device = next(model.parameters()).device
+    dtype = next(model.head.parameters()).dtype
+    before, after = [], []
+    with evaluating(model):
+        for start in range(0, len(x), batch_size):
+            with torch.no_grad():
+                features = model.features(x[start:start + batch_size].to(device))
+                before.append(model.head(features).argmax(dim=1).cpu())
+            purified = purify_features(features, log_density, eps, nu, steps)
+            with torch.no_grad():
+                after.append(model.head(purified.to(dtype)).argmax(dim=1).cpu())
+    y = y.cpu()
+    right_before, right_after = torch.cat(before) == y, torch.cat(after) == y
     return {"eps": eps, "nu": nu, "accuracy_before": right_before.double().mean().item(),
             "accuracy_after": right_after.double().mean().item(),
             "fixed": int((~right_before & right_after).sum()),

@@ -122,11 +122,15 @@ def mistakes_markdown(mistakes: pd.DataFrame, space: SearchSpace) -> str:
                                     f"{(group.n_wrong + group.n_correct).mean():.0f}",
                      **{label: _mean_std(group[column]) for column, label in
                         (("auroc", "AUROC"), ("aupr_success", "AUPR-success"),
-                         ("aupr_error", "AUPR-error"), ("fpr95", "FPR95"))},
+                         ("aupr_error", "AUPR-error"),
+                         ("fpr95_success", "FPR95-success"), ("fpr95_error", "FPR95-error"))},
                      "Mann-Whitney p (max)": f"{group.mw_p.max():.2g}"})
     return (f"# {space.name}: mistake detection\n\n"
             f"Correct vs wrong test predictions, scored by each detector (higher = more "
-            f"confident; errors are the positive class of AUPR-error and FPR95); mean ± std "
+            f"confident; errors are the positive class of AUPR-error). FPR95-success: the "
+            f"fraction of errors accepted where 95% of the successes are kept (Corbière et "
+            f"al.'s FPR-95%-TPR); FPR95-error: the fraction of successes flagged where 95% of "
+            f"the errors are caught. Mean ± std "
             f"over {seeds} seed(s). The p-value is the one-sided Mann-Whitney U test that "
             f"correct predictions score higher (003: p = 1.9e-13 for GMM-100 on "
             f"CIFAR-100).\n\n"

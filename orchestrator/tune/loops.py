@@ -25,7 +25,7 @@ from workloads.energy_finetuning import finetune_with_outliers, mean_energy
 from workloads.latent_separability import linear_separability, random_projection
 from workloads.losses import classifier_loss
 from workloads.lr_scaling import scaled_lr
-from workloads.metrics import classifier_calibration
+from workloads.metrics import FAILURE_METRICS, classifier_calibration
 from workloads.mistake_detection import evaluate_mistakes
 from workloads.models import (
     DIGLM,
@@ -38,6 +38,7 @@ from workloads.models import (
 from workloads.models.diglm import diglm_objective
 from workloads.models.factory import classifier_options
 from workloads.models.flows import flow_objective
+from workloads.models.modes import evaluating
 from workloads.models.vae import beta_vae_loss, latent_means
 from workloads.ood_evaluation import evaluate_ood, ood_auroc_snapshot, resolve_scores
 from workloads.purification import purification_table
@@ -315,7 +316,7 @@ def failure_prediction_final_stage(model: nn.Module, data, config: dict[str, Any
     curves: list[dict] = []
     mistakes = evaluate_mistakes(model, data, chosen(failure_names), curves)
     for row in mistakes:
-        for key in ("aupr_error", "aupr_success", "auroc", "fpr95"):
+        for key in FAILURE_METRICS:
             metrics[f"mistake_{key}_{row['score']}"] = row[key]
     ood = evaluate_ood(model, data, chosen(config["ood_scores"]))
     metrics.update(ood.flat_metrics())
@@ -647,14 +648,11 @@ def _vae_validation_loss(vae: nn.Module, x: torch.Tensor, beta: float, seed: int
                          batch_size: int = 512) -> float:
     """Mean -ELBO_beta of `x` in eval mode, with fixed posterior noise and dequantization."""
     device = next(vae.parameters()).device
-    was_training = vae.training
-    vae.eval()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), evaluating(vae):
         torch.manual_seed(seed)
         losses = [beta_vae_loss(vae, vae.dequantize(x[i:i + batch_size]).to(device),
                                 beta)[0].item() * len(x[i:i + batch_size])
                   for i in range(0, len(x), batch_size)]
-    vae.train(was_training)
     return sum(losses) / len(x)
 
 

@@ -22,7 +22,10 @@ from torch import nn
 
 
 class FeatureCache(nn.Module):
-    """`model` with `features(x)` remembered per input chunk; `forward` = head(features)."""
+    """`model` with `features(x)` remembered per input chunk; `forward` = head(features).
+
+    The wrapper has no mode of its own: `training` is the wrapped model's, and `train(mode)`
+    / `eval()` set the wrapped model's modules (as on the model itself)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -33,6 +36,16 @@ class FeatureCache(nn.Module):
         # reused by another tensor that would then share its key
         self._features: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.hits = self.misses = 0
+
+    @property
+    def training(self) -> bool:
+        model = self.__dict__.get("_modules", {}).get("model")
+        return model.training if model is not None else False
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        """Ignored: `nn.Module.train(mode)` sets this flag, then those of the children, the
+        wrapped model's modules, which hold the mode."""
 
     @staticmethod
     def _key(x: torch.Tensor) -> tuple:

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from workloads.models.modes import evaluating
+
 DECODERS = ("gaussian", "categorical")
 LOG_2PI = math.log(2 * math.pi)
 
@@ -190,19 +192,17 @@ def adapted_encoder(model: ConvVAE) -> Iterator[ConvVAE]:
     """Within the block, the encoder's batch-norm layers normalise with the statistics of the
     batch they see (train mode) instead of the training set's running statistics: document
     002's adaptation of BN statistics (section 3.3.5, Fig. 3.7; AdaBN, Li et al. 2017) on a
-    batch of test inputs. The decoder stays in eval mode; the running statistics are left as
-    they were (momentum 0 inside the block)."""
+    batch of test inputs. The decoder stays in eval mode. Inside the block the layers track
+    no statistics, so their running statistics and batch counters are left as they were."""
     layers = [m for m in model.encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.training, m.momentum) for m in layers]
+    saved = [(m.training, m.track_running_stats) for m in layers]
     for m in layers:
-        m.train()
-        m.momentum = 0.0
+        m.training, m.track_running_stats = True, False
     try:
         yield model
     finally:
-        for m, (training, momentum) in zip(layers, saved, strict=True):
-            m.train(training)
-            m.momentum = momentum
+        for m, (training, tracking) in zip(layers, saved, strict=True):
+            m.training, m.track_running_stats = training, tracking
 
 
 def latent_means(model: ConvVAE, x: torch.Tensor, adapted: bool = False,
@@ -210,11 +210,7 @@ def latent_means(model: ConvVAE, x: torch.Tensor, adapted: bool = False,
     """The posterior means of `x` (N, d), in batches of `batch_size` (with `adapted`, each
     batch normalises the encoder with its own statistics)."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     context = adapted_encoder(model) if adapted else contextlib.nullcontext()
-    with torch.no_grad(), context:
-        means = torch.cat([model.encode(x[i:i + batch_size].to(device))[0].cpu()
-                           for i in range(0, len(x), batch_size)])
-    model.train(was_training)
-    return means
+    with torch.no_grad(), evaluating(model), context:
+        return torch.cat([model.encode(x[i:i + batch_size].to(device))[0].cpu()
+                          for i in range(0, len(x), batch_size)])

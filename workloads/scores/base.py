@@ -13,6 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from workloads.models.modes import evaluating
+
 
 class OODScore:
     """Base class: `fit` (optional) on ID training data, then `__call__(model, x)`.
@@ -25,7 +27,9 @@ class OODScore:
 
     name = ""
     requires: tuple[str, ...] = ("logits",)
-    fit_split = "train"    # the split `fit` takes: "train", or "validation" (held-out data)
+    # the data `fit` takes: "train" (x_train, y_train), "validation" (held-out data in their
+    # place), or "train+validation" (both: fit(model, x_train, y_train, x_val, y_val))
+    fit_split = "train"
     in_default_set = True  # part of "every applicable score"
     batch_size = 1024      # inputs per chunk in __call__
     not_differentiable: str | None = None
@@ -61,12 +65,20 @@ def build_score(name: str, **params) -> OODScore:
     return OOD_SCORES[name](**params)
 
 
+FIT_SPLITS = ("train", "validation", "train+validation")
+
+
 def fit_score(name: str, params: dict, model: nn.Module, data) -> OODScore:
-    """Score `name` built with `params` and fitted on the split of `data` (a
+    """Score `name` built with `params` and fitted on the split(s) of `data` (a
     `workloads.data.Dataset`) it declares in `fit_split`."""
     score = build_score(name, **params)
+    if score.fit_split not in FIT_SPLITS:
+        raise ValueError(f"score '{name}': fit_split {score.fit_split!r} is not one of "
+                         f"{', '.join(FIT_SPLITS)}")
     if score.fit_split == "validation":
         return score.fit(model, data.x_val, data.y_val)
+    if score.fit_split == "train+validation":
+        return score.fit(model, data.x_train, data.y_train, data.x_val, data.y_val)
     return score.fit(model, data.x_train, data.y_train)
 
 
@@ -99,14 +111,12 @@ def _device(model: nn.Module) -> torch.device:
 @torch.no_grad()
 def _in_chunks(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
                x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """`forward` over `x` in chunks on the model's device, in eval mode, back on the CPU."""
+    """`forward` over `x` in chunks on the model's device, in eval mode, back on the CPU;
+    every module's mode is left as it was (`workloads.models.modes`)."""
     device = _device(model)
-    was_training = model.training
-    model.eval()
-    out = torch.cat([forward(x[i:i + batch_size].to(device)).float().cpu()
-                     for i in range(0, len(x), batch_size)])
-    model.train(was_training)
-    return out
+    with evaluating(model):
+        return torch.cat([forward(x[i:i + batch_size].to(device)).float().cpu()
+                          for i in range(0, len(x), batch_size)])
 
 
 def batched_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:

@@ -135,12 +135,16 @@ class Typicality(OODScore):
     mean negative log-likelihood of a batch of M inputs lies from the entropy estimate H of
     the training data, -| mean(-log p(x_1..M)) - H |; higher = more typical = ID. M = 1 is
     the per-input score; with M > 1, consecutive groups of M inputs share their batch's
-    score (the paper's batch test). `fit` also sets `threshold`: the paper's bootstrap
-    epsilon, the `quantile` of |mean - H| over `resamples` batches of M training inputs; a
-    batch is flagged OOD when its distance exceeds it."""
+    score (the paper's batch test). `fit` estimates H on the training inputs and sets
+    `threshold`, the paper's bootstrap epsilon (Nalisnick et al., Algorithm 1): the
+    `quantile` (1 - alpha) of |mean NLL - H| over `resamples` batches of M inputs drawn with
+    replacement from held-out validation data (batches of training inputs would sit closer
+    to H than any unseen ID batch: the training NLL is what the model minimised). A batch is
+    flagged OOD when its distance exceeds it."""
 
     requires = ("log_prob",)
     in_default_set = False
+    fit_split = "train+validation"
 
     def __init__(self, batch: int = 1, resamples: int = 1000, quantile: float = 0.99,
                  seed: int = 0, batch_size: int = 256):
@@ -151,14 +155,20 @@ class Typicality(OODScore):
         self.entropy: float | None = None
         self.threshold: float | None = None
 
-    def fit(self, model, x_train, y_train):
+    def _nll(self, model, x: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
-            nll = -torch.cat([model.log_prob(chunk).double().cpu()
-                              for chunk in _batches(model, x_train, self.batch_size)]).numpy()
-        self.entropy = float(nll.mean())
+            return -torch.cat([model.log_prob(chunk).double().cpu()
+                               for chunk in _batches(model, x, self.batch_size)]).numpy()
+
+    def fit(self, model, x_train, y_train, x_val=None, y_val=None):
+        if x_val is None:
+            raise ValueError("typicality draws its bootstrap batches from held-out data: "
+                             "fit(model, x_train, y_train, x_val, y_val)")
+        self.entropy = float(self._nll(model, x_train).mean())
+        nll_val = self._nll(model, x_val)
         rng = np.random.default_rng(self.seed)
-        draws = rng.integers(0, len(nll), size=(self.resamples, self.batch))
-        self.threshold = float(np.quantile(np.abs(nll[draws].mean(axis=1) - self.entropy),
+        draws = rng.integers(0, len(nll_val), size=(self.resamples, self.batch))
+        self.threshold = float(np.quantile(np.abs(nll_val[draws].mean(axis=1) - self.entropy),
                                            self.quantile))
         return self
 

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workloads.models.modes import evaluating
 from workloads.scores.base import OODScore, _device, register_score
 
 
@@ -31,15 +32,10 @@ class MCDropout(OODScore):
         if not dropouts:
             raise ValueError(f"{type(model).__name__} has no dropout layers for MC dropout")
         device = _device(model)
-        was_training = model.training
-        model.eval()
-        for layer in dropouts:
-            layer.train()
         torch.manual_seed(self.seed)
-        with torch.no_grad():
+        with torch.no_grad(), evaluating(model, train=dropouts):  # batch norm stays in eval
             probs = torch.stack([model(x.to(device)).softmax(dim=1).cpu()
                                  for _ in range(self.passes)])  # (T, N, K)
-        model.train(was_training)
         mean = probs.mean(0)
         if self.kind == "variation_ratio":
             votes = F.one_hot(probs.argmax(2), probs.shape[2]).sum(0)

@@ -10,6 +10,7 @@ import warnings
 
 import torch
 
+from workloads.models.modes import evaluating
 from workloads.scores.base import OODScore, _device, register_score
 
 
@@ -37,18 +38,16 @@ class LastLayerLaplace(OODScore):
         loader = torch.utils.data.DataLoader(
             torch.utils.data.TensorDataset(x_train.to(device), y_train.to(device)),
             batch_size=self.batch)
-        was_training = model.training
-        model.eval()
-        self.laplace = Laplace(model, "classification", subset_of_weights="last_layer",
-                               hessian_structure=self.hessian,
-                               prior_precision=self.prior_precision or 1.0)
-        with warnings.catch_warnings():  # "By default `link_approx` is `probit`": as we call it
+        prior = 1.0 if self.prior_precision is None else self.prior_precision  # 0.0 is a prior
+        with evaluating(model), warnings.catch_warnings():
+            # "By default `link_approx` is `probit`": as we call it
             warnings.filterwarnings("ignore", message=".*link_approx.*")
+            self.laplace = Laplace(model, "classification", subset_of_weights="last_layer",
+                                   hessian_structure=self.hessian, prior_precision=prior)
             self.laplace.fit(loader)
             if self.prior_precision is None:
                 self.laplace.optimize_prior_precision(method="marglik", pred_type="glm",
                                                       link_approx="probit")
-        model.train(was_training)
         return self
 
     def forward(self, model, x):

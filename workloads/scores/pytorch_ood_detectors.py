@@ -39,7 +39,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from workloads.scores.base import OODScore, register_score
+from workloads.models.modes import evaluating
+from workloads.scores.base import OODScore, _device, register_score
 
 # pytorch-ood warns once per fit that it picked the CPU when no device was set; we set it.
 logging.getLogger("pytorch_ood").setLevel(logging.ERROR)
@@ -90,7 +91,7 @@ class PytorchOODScore(OODScore):
             y_train: torch.Tensor) -> PytorchOODScore:
         detector = self._build(model)
         loader = DataLoader(TensorDataset(x_train, y_train), batch_size=self.batch_size)
-        with torch.no_grad():
+        with torch.no_grad(), evaluating(model):
             detector.fit(loader)
         return self
 
@@ -99,10 +100,11 @@ class PytorchOODScore(OODScore):
             if self.detector_class.requires_fit:
                 raise RuntimeError(f"score '{self.name}' must be fitted on the model first")
             self._build(model)
-        device = next(model.parameters()).device
-        scores = [-self.detector.predict(x[i:i + self.batch_size].to(device)).detach()
-                  for i in range(0, len(x), self.batch_size)]
-        return torch.cat(scores).cpu()
+        device = _device(model)
+        with evaluating(model):
+            scores = [-self.detector.predict(x[i:i + self.batch_size].to(device)).detach().cpu()
+                      for i in range(0, len(x), self.batch_size)]
+        return torch.cat(scores)
 
 
 def adapt(name: str, detector_class: type[pood.Detector], parts: dict[str, str],
