@@ -159,3 +159,25 @@ def train_digits_classifier(arch: str = "mlp", epochs: int = 10, width: int = 32
             F.cross_entropy(model(data.x_train[i:i + 64]), data.y_train[i:i + 64]).backward()
             optimizer.step()
     return model.eval(), data
+
+
+def model_state(model):
+    """Every module's training flag, and a copy of every parameter and buffer, by name:
+    what evaluation must leave as it found it."""
+    flags = {name: module.training for name, module in model.named_modules()}
+    tensors = {f"param {name}": p.detach().clone() for name, p in model.named_parameters()}
+    tensors.update({f"buffer {name}": b.detach().clone() for name, b in model.named_buffers()})
+    return flags, tensors
+
+
+def assert_model_unchanged(model, before):
+    """Assert that `model` has the flags, parameters and buffers of `before` (`model_state`),
+    naming every module or tensor that changed."""
+    import torch
+
+    flags, tensors = model_state(model)
+    changed_flags = {n: (before[0].get(n), f) for n, f in flags.items() if before[0].get(n) != f}
+    assert not changed_flags, f"modes changed (before, after): {changed_flags}"
+    assert set(tensors) == set(before[1]), "parameters or buffers added or removed"
+    changed = [n for n, t in tensors.items() if not torch.equal(t, before[1][n])]
+    assert not changed, f"changed: {changed}"

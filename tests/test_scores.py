@@ -226,3 +226,17 @@ def test_every_differentiable_score_has_an_input_gradient_and_forward_equals_cal
                and not issubclass(cls, PytorchOODScore))
     assert all(cls.not_differentiable for cls in OOD_SCORES.values()
                if issubclass(cls, PytorchOODScore))
+
+
+def test_an_explicit_laplace_prior_precision_is_honoured_even_zero():
+    """`prior_precision=0.0` (a flat prior) was turned into 1.0 by `or`; a negative one is
+    refused. With None the precision is fitted by marginal likelihood."""
+    from conftest import train_digits_classifier
+
+    model, data = train_digits_classifier(epochs=2)
+    flat = build_score("laplace", prior_precision=0.0).fit(model, data.x_train, data.y_train)
+    assert float(flat.laplace.prior_precision) == 0.0
+    fixed = build_score("laplace", prior_precision=3.0).fit(model, data.x_train, data.y_train)
+    assert float(fixed.laplace.prior_precision) == 3.0
+    with pytest.raises(ValueError, match="prior_precision"):
+        build_score("laplace", prior_precision=-1.0)

@@ -26,6 +26,7 @@ from pytorch_ood.loss import EnergyRegularizedLoss
 from torch import nn
 
 from workloads.data import iterate_minibatches
+from workloads.models.modes import evaluating
 
 OUTLIER = -1  # the label pytorch-ood gives an outlier
 
@@ -48,11 +49,11 @@ def energy_bounded_loss(logits_in: torch.Tensor, targets: torch.Tensor,
 
 @torch.no_grad()
 def mean_energy(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> float:
-    """Mean E(x) of `model` (in eval mode) over the inputs `x`."""
+    """Mean E(x) of `model` (in eval mode; its modes left as found) over the inputs `x`."""
     device = next(model.parameters()).device
-    model.eval()
-    total = sum(energy(model(x[i:i + batch_size].to(device))).sum().item()
-                for i in range(0, len(x), batch_size))
+    with evaluating(model):
+        total = sum(energy(model(x[i:i + batch_size].to(device))).sum().item()
+                    for i in range(0, len(x), batch_size))
     return total / len(x)
 
 
@@ -66,8 +67,18 @@ def finetune_with_outliers(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     from `lr` to `final_lr` by a cosine over all steps (Liu et al.'s schedule). Each step
     takes an ID batch of `batch_size` and `outlier_batch_size` outliers drawn at random, in
     one forward pass. Returns one record per epoch: mean `loss`, `ce`, and the mean energy
-    of the ID (`energy_in`) and outlier (`energy_out`) batches."""
-    device = next(model.parameters()).device
+    of the ID (`energy_in`) and outlier (`energy_out`) batches. Everything random (the
+    batches, the outliers drawn, dropout's masks) follows `seed`; the caller's random state
+    is left as it was."""
+    device = torch.device(next(model.parameters()).device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return _finetune(model, x, y, outliers, epochs, lr, batch_size, outlier_batch_size,
+                         m_in, m_out, weight, momentum, weight_decay, final_lr, seed, device)
+
+
+def _finetune(model, x, y, outliers, epochs, lr, batch_size, outlier_batch_size, m_in, m_out,
+              weight, momentum, weight_decay, final_lr, seed, device):
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
                                 nesterov=momentum > 0, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(x) / batch_size)

@@ -38,9 +38,9 @@ def error_pr_curve(values: np.ndarray, correct: np.ndarray,
 def evaluate_mistakes(model: nn.Module, data: Dataset, scores: dict[str, dict | OODScore],
                       curves: list[dict] | None = None) -> list[dict[str, float | str | int]]:
     """One row per score: `n_correct`, `n_wrong`, the `failure_metrics` (`auroc`,
-    `aupr_success`, `aupr_error`, `fpr95_success`, `fpr95_error`), `mw_u`, `mw_p`. Each score is fitted on its split first, unless given fitted.
-    With a `curves` list, each score's `error_pr_curve` is appended to it (rows `score`,
-    `recall`, `precision`)."""
+    `aupr_success`, `aupr_error`, `fpr95_success`, `fpr95_error`), `mw_u`, `mw_p`. Each
+    score is fitted on its split first, unless given fitted. With a `curves` list, each
+    score's `error_pr_curve` is appended to it (rows `score`, `recall`, `precision`)."""
     predictions = batched_logits(model, data.x_test).argmax(dim=1)
     correct = (predictions == data.y_test.to(predictions.device)).cpu().numpy()
     rows = []

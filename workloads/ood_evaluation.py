@@ -6,7 +6,8 @@
     result.samples       # raw log p(x) and AM values (ID and each OOD set), for histograms
     result.flat_metrics()  # ood_<score>_<set>_<metric> and the mean AUROC auroc_<score>
 
-ID and OOD counts are balanced: each pair uses n = min(#ID test, #OOD) of each.
+ID and OOD counts are balanced: each pair uses n = min(#ID test, #OOD) of each, the first
+ones; a dataset with `balanced_ood` False (class anomaly) compares every input of both.
 """
 
 from __future__ import annotations
@@ -79,7 +80,9 @@ def evaluate_ood(model: nn.Module, data: Dataset, scores: dict[str, dict | OODSc
                  max_samples: int = 2000, resamples: int = 1000,
                  seed: int = 0) -> OODEvaluation:
     """Fit each score on the training split (unless given fitted), then compare ID test
-    inputs with every OOD set of `data` on balanced counts. Each row also holds a 95%
+    inputs with every OOD set of `data` on balanced counts (unless `data.balanced_ood` is
+    False: all of both; the row's `n` is the OOD count, `n_id` the ID one). Each row also
+    holds a 95%
     bootstrap interval over the test inputs of AUROC, AUPR-in, AUPR-out and FPR95
     (`<metric>_lo`, `<metric>_hi`; `resamples` seeded by `seed`, 0: none). Keeps up to
     `max_samples` raw values per set of the histogram scores (log p(x), AM)."""
@@ -88,15 +91,17 @@ def evaluate_ood(model: nn.Module, data: Dataset, scores: dict[str, dict | OODSc
         score = fitted_score(name, score_params, model, data)
         values = {"id": score(model, data.x_test).double().numpy()}
         for ood_name, x_ood in data.ood.items():
-            n = min(len(values["id"]), len(x_ood))
+            n = min(len(values["id"]), len(x_ood)) if data.balanced_ood else len(x_ood)
+            n_id = n if data.balanced_ood else len(values["id"])
             values[ood_name] = score(model, x_ood[:n]).double().numpy()
-            row = ood_metrics(values["id"][:n], values[ood_name])
+            row = ood_metrics(values["id"][:n_id], values[ood_name])
             if resamples:
-                intervals = bootstrap_ood_intervals(values["id"][:n], values[ood_name],
+                intervals = bootstrap_ood_intervals(values["id"][:n_id], values[ood_name],
                                                     resamples, seed)
                 for metric, (lo, hi) in intervals.items():
                     row[f"{metric}_lo"], row[f"{metric}_hi"] = lo, hi
-            result.rows.append({"score": name, "ood_set": ood_name, "n": n, **row})
+            result.rows.append({"score": name, "ood_set": ood_name, "n": n, "n_id": n_id,
+                                **row})
         if name in HISTOGRAM_SCORES:
             key, sign = HISTOGRAM_SCORES[name]
             result.samples[key] = {k: (sign * v[:max_samples]).tolist()

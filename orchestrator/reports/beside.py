@@ -144,7 +144,7 @@ def class_anomaly(ood: pd.DataFrame, dataset: str) -> str:
                   for m, v in published.CLASS_ANOMALY_AVERAGE.get(table, {}).items()}}
     source = {"mnist": published.TABLE_3_2_SOURCE, "cifar10": published.TABLE_3_3_SOURCE}
     parts = [f"Source: {source.get(table, 'none for this dataset')}. Ours: AUROC of the "
-             f"normal class's test inputs against a seeded sample of the other classes', "
+             f"normal class's test inputs against all the other classes' test inputs, "
              f"the flow's scores at alpha = 2.\n",
              pd.DataFrame([*lines, average]).to_markdown(index=False, disable_numparse=True)]
     if dataset != table:

@@ -124,6 +124,9 @@ class Dataset:
     ood: dict[str, torch.Tensor] = field(default_factory=dict)
     levels: int = 256  # pixel values are k / (levels - 1): the dequantization grid
     skipped_ood: dict[str, str] = field(default_factory=dict)  # absent pair -> file expected
+    # True: each OOD set is compared with as many ID test inputs as it has, and the reverse
+    # (n = min of the two, the thesis' balanced Table 3.1); False: every input of both
+    balanced_ood: bool = True
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -694,10 +697,11 @@ def load_trial_data(config: dict) -> Dataset:
 
 def one_class_split(data: Dataset, normal_class: int, seed: int = 0) -> Dataset:
     """Class anomaly detection (NOTES.md B, Tables 3.2/3.3): train, validate and test on
-    `normal_class` alone; the test examples of every other class, in an order drawn with
-    `seed`, are the one OOD set, `other_classes`. The OOD evaluation compares the ID test
-    set with as many OOD inputs, the first ones: a seeded random sample of the other
-    classes, not the first classes of the file."""
+    `normal_class` alone; the test examples of every other class are the one OOD set,
+    `other_classes`, compared whole with the normal class's test examples (not balanced:
+    the protocol of GradCon and OCGAN, whose numbers the thesis quotes, scores the whole
+    test split). Its order is drawn with `seed`, so that a prefix (the training-time
+    diagnostic's subsample, the histograms) is a random sample of the other classes."""
     if not 0 <= normal_class < data.num_classes:
         raise ValueError(f"normal_class must be in 0..{data.num_classes - 1}, got {normal_class}")
 
@@ -709,7 +713,7 @@ def one_class_split(data: Dataset, normal_class: int, seed: int = 0) -> Dataset:
     return Dataset(f"{data.name}-class{normal_class}", *keep(data.x_train, data.y_train),
                    *keep(data.x_val, data.y_val), *keep(data.x_test, data.y_test),
                    num_classes=data.num_classes, ood={"other_classes": others[order]},
-                   levels=data.levels)
+                   levels=data.levels, balanced_ood=False)
 
 
 def iterate_minibatches(num_examples: int, batch_size: int, epoch: int, seed: int = 0,

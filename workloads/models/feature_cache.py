@@ -5,8 +5,8 @@ over the same training, validation, test and OOD inputs; on a DenseNet that is m
 evaluation's time. `FeatureCache` wraps a classifier with `features` and `head` and keeps
 `features(x)` for each input chunk it has seen (by the chunk's storage, shape and strides),
 so each chunk goes through the network once. Only in eval mode and without gradients: an
-input that requires grad, or a model with any layer in train mode (MC dropout), is always
-recomputed. Only chunks that are views of another tensor (the scores' `x[i:i + batch]` of
+input that requires grad, a model with any layer in train mode (MC dropout), or a pass inside
+a `torch.func` transform, is always recomputed. Only chunks that are views of another tensor (the scores' `x[i:i + batch]` of
 a dataset's tensors) are kept: a computed input (ODIN's perturbed one) is not, so the cache
 holds no copies of inputs. Use it for the span of one evaluation over inputs that stay alive
 and unchanged. The chunks are keyed as the scores hand them to the model: on the CPU they are
@@ -30,12 +30,18 @@ class FeatureCache(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.head = model.head
         self.provides = getattr(model, "provides", ("logits", "features"))
         # key -> (the input, its features); holding the input keeps its memory from being
         # reused by another tensor that would then share its key
         self._features: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.hits = self.misses = 0
+
+    @property
+    def head(self) -> nn.Module:
+        """The wrapped model's final layer (not registered a second time: `torch.func`'s
+        `functional_call`, which GradNorm uses, swaps a module's parameters by one name and
+        would leave the other name's copy swapped)."""
+        return self.model.head
 
     @property
     def training(self) -> bool:
@@ -51,9 +57,16 @@ class FeatureCache(nn.Module):
     def _key(x: torch.Tensor) -> tuple:
         return (x.device, x.dtype, x.data_ptr(), tuple(x.shape), x.stride(), x._version)
 
+    def _cacheable(self, x: torch.Tensor) -> bool:
+        """Plain evaluation of a view: no graph, no layer in train mode (MC dropout), not
+        inside a `torch.func` transform (GradNorm's per-example gradients swap the
+        parameters for wrapped ones: their features must not outlive the transform)."""
+        return not (x.requires_grad or torch.is_grad_enabled() or x._base is None
+                    or torch._C._functorch.maybe_current_level() is not None
+                    or any(m.training for m in self.model.modules()))
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        if x.requires_grad or torch.is_grad_enabled() or x._base is None or any(
-                m.training for m in self.model.modules()):  # MC dropout: layers in train mode
+        if not self._cacheable(x):
             return self.model.features(x)
         key = self._key(x)
         if key not in self._features:

@@ -44,6 +44,9 @@ class GODIN(nn.Module):
 
     def __init__(self, base: nn.Module):
         super().__init__()
+        if not isinstance(base.features, nn.Module):  # a method would leave its layers out
+            raise TypeError(f"G-ODIN takes a classifier whose `features` is a module; "
+                            f"{type(base).__name__}.features is not")
         self.features = base.features
         self.head = DeconfHead(base.head.in_features, base.head.out_features)
 

@@ -18,7 +18,8 @@ from workloads.scores.base import OODScore, _device, register_score
 class LastLayerLaplace(OODScore):
     """max_k p(y = k | x) under laplace-torch's last-layer `Laplace` (GLM predictive,
     probit link), fitted on the training split; the prior precision by marginal likelihood,
-    or fixed (`prior_precision`)."""
+    or fixed (`prior_precision` >= 0, as given: 0 is a flat prior, whose posterior is
+    singular unless the last layer's Hessian has full rank)."""
 
     requires = ("logits", "features")
     in_default_set = False
@@ -26,6 +27,8 @@ class LastLayerLaplace(OODScore):
 
     def __init__(self, hessian: str = "kron", batch: int = 256,
                  prior_precision: float | None = None):
+        if prior_precision is not None and prior_precision < 0:
+            raise ValueError(f"laplace: prior_precision must be >= 0, got {prior_precision}")
         self.hessian, self.batch, self.prior_precision = hessian, batch, prior_precision
         self.laplace = None
 

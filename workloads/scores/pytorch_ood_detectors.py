@@ -53,15 +53,19 @@ MODEL_PARTS: dict[str, Callable[[nn.Module], Any]] = {
     "b": lambda model: model.head.bias.detach(),
     "maps_backbone": lambda model: model.feature_maps,
     "maps_head": lambda model: model.head_from_feature_maps,
-    "head_only": lambda model: _in_head,
+    "head_only": lambda model: _head_parameter_filter(model),
     "half_feature_dim": lambda model: model.head.in_features // 2,
 }
 """What a detector's constructor can be given: a part of our model, or a value derived
 from it."""
 
 
-def _in_head(parameter_name: str) -> bool:
-    return parameter_name.startswith("head.")
+def _head_parameter_filter(model: nn.Module) -> Callable[[str], bool]:
+    """Whether a parameter name of `model` is one of its final layer's: by identity, so
+    that a wrapper's names (`FeatureCache`: `model.head.weight`) select it too."""
+    head = {id(p) for p in model.head.parameters()}
+    names = {name for name, p in model.named_parameters() if id(p) in head}
+    return names.__contains__
 
 
 class PytorchOODScore(OODScore):
