@@ -23,9 +23,10 @@ from conftest import assert_model_unchanged, model_state
 from torch import nn
 
 from orchestrator.tune import loops
+from orchestrator.tune.anomaly_loop import anomaly_final_stage
 from search_spaces import get_search_space
 from workloads.data import load_dataset
-from workloads.models import FeatureCache, build_flow
+from workloads.models import DIGLM, FeatureCache, build_flow
 from workloads.models.godin import GODIN
 from workloads.models.gradcon import GradConAE
 from workloads.models.modes import evaluating
@@ -96,7 +97,9 @@ def models(data):
     with torch.no_grad():  # a training pass sets the encoder's running statistics
         vae.train()
         vae.encode(data.x_train)
-    return {"classifier": classifier, "godin": godin, "flow": flow.eval(),
+    diglm = DIGLM(build_flow("vector", data.input_shape, data.levels, num_couplings=2,
+                             hidden=16), data.num_classes)
+    return {"classifier": classifier, "godin": godin, "flow": flow.eval(), "diglm": diglm,
             "background": background.eval(), "vae": vae.eval(),
             "gradcon": GradConAE(data.input_shape, "small").eval(),
             "ocgan": OCGAN(data.input_shape, "small", latent_dim=4).eval()}
@@ -221,13 +224,21 @@ FINAL_STAGES = {
                                                            ood_scores="godin+msp")),
     "vae": ("vae", lambda: _stage_config("vae_ood", iwae_samples="2+3", bn_batch=32,
                                          svm_samples=60)),
+    "flow": ("flow", lambda: _stage_config(
+        "alpha_flow", ood_scores="log_px+neg_am+typicality+input_complexity",
+        background_mu=0.2, background_epochs=1)),
+    "diglm": ("diglm", lambda: _stage_config("alpha_diglm")),
+    "gradcon": ("gradcon", lambda: _stage_config("class_anomaly", method="gradcon")),
+    "ocgan": ("ocgan", lambda: _stage_config("class_anomaly", method="ocgan")),
 }
 STAGE_FUNCTIONS = {"classifier": loops.classifier_final_stage,
                    "feature_gmm": loops.feature_gmm_final_stage,
                    "failure_prediction": loops.failure_prediction_final_stage,
                    "ood_baselines": loops.ood_baselines_final_stage,
                    "ood_baselines_godin": loops.ood_baselines_final_stage,
-                   "vae": loops.vae_final_stage}
+                   "vae": loops.vae_final_stage, "flow": loops.generative_final_stage,
+                   "diglm": loops.generative_final_stage, "gradcon": anomaly_final_stage,
+                   "ocgan": anomaly_final_stage}
 
 
 def _same(a, b) -> bool:
@@ -255,8 +266,10 @@ def test_a_final_stage_leaves_the_model_as_found_and_repeats_itself(stage, model
 
 def test_every_final_stage_of_the_loops_is_covered():
     """`LOOPS` entries built with a final stage (functools.partial(..., final_stage=f)) and
-    the VAE's: each is exercised above."""
+    the final stages of the other loops: each is exercised above."""
     used = {loop.keywords["final_stage"] for loop in loops.LOOPS.values()
             if getattr(loop, "keywords", None) and "final_stage" in loop.keywords}
-    assert used | {loops.classifier_final_stage, loops.vae_final_stage} \
-        <= set(STAGE_FUNCTIONS.values())
+    others = {loops.classifier_final_stage, loops.vae_final_stage,
+              loops.generative_final_stage, anomaly_final_stage}
+    assert used | others <= set(STAGE_FUNCTIONS.values())
+    assert {"classifier", "generative", "vae", "class_anomaly"} <= set(loops.LOOPS)

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import torch
+from torch import nn
 
 from orchestrator.tune.session import Session
 from workloads.class_anomaly import anomaly_optimizers, reconstruction_mse, train_anomaly_epoch
@@ -87,11 +88,17 @@ def train_class_anomaly(config: dict[str, Any], session: Session) -> None:
             session.report({**metrics, "status": "running"},
                            state=state if clock.due(epoch) else None)
             continue
-        model.eval()
-        ood = evaluate_ood(model, data, SCORES[config["method"]](config))
-        metrics.update(ood.flat_metrics(), test_recon_mse=reconstruction_mse(model, data.x_test),
-                       epochs=epoch + 1, status="completed",
+        final_metrics, final = anomaly_final_stage(model, data, config)
+        metrics.update(final_metrics, epochs=epoch + 1, status="completed",
                        loop_seconds=time.perf_counter() - loop_started)
         state["final_metrics"] = metrics
-        session.report(metrics, state=state, final={"ood": ood.rows})
+        session.report(metrics, state=state, final=final)
         return
+
+
+def anomaly_final_stage(model: nn.Module, data, config: dict[str, Any]):
+    """A trained GradCon or OCGAN: the OOD stage of its score (the normal class's test
+    inputs against every test input of the other classes) and `test_recon_mse`."""
+    ood = evaluate_ood(model, data, SCORES[config["method"]](config))
+    return ({**ood.flat_metrics(), "test_recon_mse": reconstruction_mse(model, data.x_test)},
+            {"ood": ood.rows})

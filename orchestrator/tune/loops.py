@@ -516,28 +516,37 @@ def train_generative(config: dict[str, Any], session: Session) -> None:
         if session.rank != 0:  # rank 0 evaluates; the others wait at the collective report
             session.report({**metrics, "epochs": epoch + 1, "status": "completed"})
             return
-        final: dict[str, Any] = {}
-        metrics.update(_density_metrics(evaluated, data.x_test, config["seed"], "test"))
-        if diglm:
-            test, final["reliability"] = classifier_test_metrics(evaluated, data,
-                                                                 config["num_bins"])
-            metrics.update(test)
-        requested, params = config["ood_scores"], dict(config.get("score_params") or {})
-        if config.get("background_mu", 0) > 0:  # the likelihood ratio's background model
-            background, history = _background_model(config, data, session.device)
-            params["likelihood_ratio"] = {"background": background}
-            names = list(resolve_scores(evaluated, requested))
-            requested = "+".join(dict.fromkeys([*names, "likelihood_ratio"]))
-            metrics["background_train_nll"] = history[-1].loss
-        scores = resolve_scores(evaluated, requested, params)
-        ood = evaluate_ood(evaluated, data, scores)
-        metrics.update(ood.flat_metrics(), epochs=epoch + 1, status="completed",
+        final_metrics, final = generative_final_stage(evaluated, data, config)
+        metrics.update(final_metrics, epochs=epoch + 1, status="completed",
                        loop_seconds=time.perf_counter() - loop_started)
         metrics.update(diagnostic_endpoints(state["diagnostic"]))
-        final.update(ood=ood.rows, samples=ood.samples, diagnostic=state["diagnostic"])
+        final["diagnostic"] = state["diagnostic"]
         state["final_metrics"] = metrics
         session.report(metrics, state=state, final=final)
         return
+
+
+def generative_final_stage(model: nn.Module, data, config: dict[str, Any]):
+    """A trained flow or DIGLM: test bits/dim, log p(x) and AM (`test_*`), a DIGLM's test
+    accuracy and calibration, and the OOD stage of `ood_scores` (with `score_params`); with
+    `background_mu` > 0, a background model trained first and the likelihood ratio added."""
+    final: dict[str, Any] = {}
+    metrics = _density_metrics(model, data.x_test, config["seed"], "test")
+    if isinstance(model, DIGLM):
+        test, final["reliability"] = classifier_test_metrics(model, data, config["num_bins"])
+        metrics.update(test)
+    requested, params = config["ood_scores"], dict(config.get("score_params") or {})
+    if config.get("background_mu", 0) > 0:  # the likelihood ratio's background model
+        device = next(model.parameters()).device
+        background, history = _background_model(config, data, device)
+        params["likelihood_ratio"] = {"background": background}
+        names = list(resolve_scores(model, requested))
+        requested = "+".join(dict.fromkeys([*names, "likelihood_ratio"]))
+        metrics["background_train_nll"] = history[-1].loss
+    ood = evaluate_ood(model, data, resolve_scores(model, requested, params))
+    metrics.update(ood.flat_metrics())
+    final.update(ood=ood.rows, samples=ood.samples)
+    return metrics, final
 
 
 def _background_model(config: dict[str, Any], data, device):
