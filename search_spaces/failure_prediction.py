@@ -4,8 +4,9 @@ NOTES.md G).
 Each trial trains a classifier with dropout, then (`orchestrator.tune.loops.
 failure_prediction_final_stage`) predicts its own test errors with MCP (max softmax
 probability), temperature-scaled MCP, MC dropout (variation ratio, predictive entropy,
-mutual information over `mc_passes` passes), ConfidNet (a head on the frozen features
-regressing the true-class probability) and a last-layer Laplace approximation
+mutual information over `mc_passes` passes), ConfidNet (a head on the classifier's
+features regressing the true-class probability, trained as Corbière et al.'s code trains
+it, `workloads.scores.confidnet`) and a last-layer Laplace approximation
 (laplace-torch), errors as the positive class (AUPR-error, AUPR-success, AUROC, FPR95;
 precision-recall curves); and detects OOD inputs with MCP, MC dropout and ODIN. A deep
 ensemble of the seeds of each configuration: `python -m orchestrator.ensemble SWEEP`.
@@ -13,9 +14,14 @@ ensemble of the seeds of each configuration: `python -m orchestrator.ensemble SW
 Paper profile: the course's LeNet with dropout 0.5 on MNIST, Adam 1e-3, batch 128, 20 epochs
 (the document states no settings; these are the TP's usual ones), OOD sets FashionMNIST and
 KMNIST where present. Local: an MLP with dropout on the embedded digits, OOD noise and image
-patches. ConfidNet: Adam at 1e-4 (Corbière et al.), 5 layers of 400 units, on the training
-split (`confidnet_split`), 20 epochs on MNIST and 100 on the 1,077 digits; ODIN:
-T = 1000, eps = 0.0014 (Liang et al.'s MNIST-scale settings).
+patches. ConfidNet (Corbière et al.'s protocol): 5 layers of 400 units, Adam at 1e-4, on
+the training split with the classifier's dropout active (`confidnet_dropout`) and its
+misclassified inputs weighted by `confidnet_weighting` (theirs: 1), 20 epochs on MNIST and
+1,000 on the 1,077 digits (about 9,000 steps of 128 either way; 100 left it unconverged,
+README), the epoch of best validation AUPR-error kept; then, with
+`confidnet_finetune_epochs` > 0, their fine-tuning of a copy of the encoder with the head
+(dropout off, Adam at `confidnet_finetune_lr`). ODIN: T = 1000, eps = 0.0014 (Liang et
+al.'s MNIST-scale settings).
 """
 
 from search_spaces import Claim, CompareMetrics, Profile, SearchSpace
@@ -43,9 +49,12 @@ BASE = {
     "failure_scores": "msp+msp_calibrated+mc_dropout+confidnet+laplace",
     "ood_scores": "msp+mc_dropout+odin",
     "mc_passes": 20,
-    "confidnet_epochs": 100,        # 20 on the paper profile's 54,000 MNIST images
+    "confidnet_epochs": 1000,       # 20 on the paper profile's 54,000 MNIST images
     "confidnet_lr": 1e-4,
-    "confidnet_split": "train",     # as Corbiere et al.; "validation": held-out inputs
+    "confidnet_dropout": True,      # phase 1 under the classifier's dropout, as their code
+    "confidnet_weighting": 1.0,     # loss weight of misclassified inputs (theirs: 1)
+    "confidnet_finetune_epochs": 0,  # phase 2 (their encoder cloning) when > 0
+    "confidnet_finetune_lr": 1e-5,
     "odin_temperature": 1000.0,
     "odin_eps": 0.0014,
     "checkpoint_every": 0,
@@ -108,9 +117,9 @@ SPACE = SearchSpace(
         "optimizer": ("adam", "sgd"),
         "augment": ("none", "translate_flip"),
         "budget": ("A", "B"),
-        "confidnet_split": ("train", "validation"),
     },
     positive=("lr", "batch_size", "reference_batch_size", "epochs_b", "num_bins", "mc_passes",
-              "confidnet_epochs", "confidnet_lr", "checkpoint_seconds"),
+              "confidnet_epochs", "confidnet_lr", "confidnet_weighting",
+              "confidnet_finetune_lr", "checkpoint_seconds"),
     claims=CLAIMS,
 )

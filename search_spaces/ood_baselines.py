@@ -33,14 +33,19 @@ The thesis says only "Those methods are initialized with a similar number of par
 `alpha_flow` flow of its profile and dataset (`FLOW_PARAMS`; tests/test_ood_baselines.py
 builds both): 331,264 (local vector RealNVP, digits), 4,465,459 (FashionMNIST preset) and
 9,683,651 (CIFAR-10 preset; the thesis' own flows were ~10M and ~60M, NOTES.md B).
-Mahalanobis is Lee et al.'s final-layer score without input preprocessing or the layer
-ensemble (eq. 3.13-3.14 need OOD validation data for their weights).
+Mahalanobis in two forms: `mahalanobis`, Lee et al.'s final-layer score without input
+preprocessing or the layer ensemble (document 003's baseline), and `mahalanobis_lee`, their
+detector (`workloads.scores.mahalanobis`, which lists where it departs from their code):
+every layer the network names in `feature_layers` and the penultimate one, each after its
+input step, combined by a logistic regression (eq. 3.13-3.14); eps and the weights are
+tuned as in their "validation on adversarial samples", on ID validation inputs against
+FGSM examples of them (step 0.05), never on OOD data.
 """
 
 from search_spaces import Claim, CompareMetrics, Profile, SearchSpace
 from workloads.data.outliers import OUTLIER_SETS
 
-SCORES = "msp+energy+mahalanobis+gradnorm"
+SCORES = "msp+energy+mahalanobis+mahalanobis_lee+gradnorm"
 GODIN_SCORES = f"godin+{SCORES}"
 
 # The parameter count of the alpha_flow flow each classifier matches (thesis 3.6.6).
@@ -165,7 +170,8 @@ SPACE = SearchSpace(
     },
     table_keys=("dataset", "arch"),
     table_metrics=("num_params", "test_acc", "test_acc_ft", "auroc_msp", "auroc_energy",
-                   "auroc_energy_ft", "auroc_mahalanobis", "auroc_gradnorm", "auroc_godin",
+                   "auroc_energy_ft", "auroc_mahalanobis", "auroc_mahalanobis_lee",
+                   "auroc_gradnorm", "auroc_godin",
                    "energy_in_after", "energy_out_after"),
     choices={
         "dataset": ("digits", "fashionmnist", "cifar10"),  # those with an outlier pairing

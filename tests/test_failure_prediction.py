@@ -10,12 +10,14 @@ import pandas as pd
 import pytest
 import torch
 from conftest import command
+from torch import nn
 
 from orchestrator.tracking.offline import find_offline_runs, read_offline_run
 from workloads.data import load_dataset
 from workloads.ensemble import ensemble_scores
+from workloads.metrics import failure_metrics
 from workloads.mistake_detection import error_pr_curve
-from workloads.models import build_classifier
+from workloads.models import FeatureCache, build_classifier
 from workloads.scores import build_score, capabilities, fit_score
 from workloads.training import fit_classifier
 
@@ -58,8 +60,7 @@ def test_confidnet_regresses_the_true_class_probability_and_leaves_the_classifie
         tcp = model(data.x_train).softmax(1).gather(1, data.y_train.view(-1, 1)).squeeze(1)
     predicted = score(model, data.x_train)
     assert ((predicted - tcp) ** 2).mean() < ((tcp.mean() - tcp) ** 2).mean() + 1e-6
-    assert score.fit_split == "train"
-    assert build_score("confidnet", split="validation").fit_split == "validation"
+    assert score.fit_split == "train+validation"  # trained on train, its epoch chosen on val
     inputs = data.x_test[:8].clone().requires_grad_(True)  # attacks can follow it
     values = score.forward(model, inputs)
     (grad,) = torch.autograd.grad(values.sum(), inputs)
@@ -91,6 +92,157 @@ def test_ensemble_scores_by_hand():
     assert a["ensemble_mi"][0] == pytest.approx(0.0, abs=1e-7)
     assert d["ensemble_mi"][0] == pytest.approx(-(entropy([0.5, 0.5]) - entropy([0.9, 0.1])))
     assert d["ensemble_entropy"][0] == pytest.approx(-entropy([0.5, 0.5]))
+
+
+# --- ConfidNet as Corbière et al.'s code trains it -----------------------------------------
+
+class BNDropoutNet(nn.Module):
+    """A classifier with batch norm and dropout in its features (their VGG16 has both)."""
+
+    provides = ("logits", "features", "dropout")
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32),
+                                      nn.ReLU(), nn.Dropout(0.5))
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+@pytest.fixture(scope="module")
+def bn_trained(trained):
+    torch.manual_seed(1)
+    data = trained[1]
+    return fit_classifier(BNDropoutNet(), data.x_train, data.y_train, epochs=3), data
+
+
+FAST = {"epochs": 2, "lr": 1e-3, "width": 32}  # a small head, two epochs: seconds
+
+
+def test_tcp_loss_is_their_weighted_mse():
+    from workloads.scores.confidnet import tcp_loss
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])  # predicts 0, 1; labels 0, 0: one error
+    confidence, y = torch.tensor([[0.0], [1.0]]), torch.tensor([0, 0])
+    p0 = torch.softmax(logits, 1)[:, 0]
+    c = torch.sigmoid(confidence[:, 0])
+    expected = ((c[0] - p0[0]) ** 2 + 3.0 * (c[1] - p0[1]) ** 2) / 2
+    assert torch.isclose(tcp_loss(logits, confidence, y, weighting=3.0), expected)
+
+
+def test_confidnet_keeps_the_epoch_of_best_validation_aupr_error(trained, monkeypatch):
+    model, data = trained
+    val_correct = (model(data.x_val).argmax(1) == data.y_val).numpy()
+    score = fit_score("confidnet", {**FAST, "epochs": 6}, model, data)
+    history = score.val_aupr_error
+    assert len(history) == 6 and score.best_epoch == int(np.nanargmax(history)) + 1
+    recomputed = failure_metrics(score(model, data.x_val).numpy(), val_correct)["aupr_error"]
+    assert recomputed == pytest.approx(max(history), abs=1e-9)  # the head kept is that epoch's
+
+    # the choice itself, on validation AUPR-errors given by hand: epoch 2 of 4 is kept, and
+    # its head is the one a 2-epoch fit ends with (the same seed: the same trajectory)
+    import workloads.scores.confidnet as confidnet
+
+    def given(values):
+        it = iter(values)
+        monkeypatch.setattr(confidnet, "failure_metrics", lambda *a: {"aupr_error": next(it)})
+
+    given([0.2, 0.6, 0.4, 0.1])
+    peak = fit_score("confidnet", {**FAST, "epochs": 4}, model, data)
+    given([0.2, 0.6])
+    two = fit_score("confidnet", {**FAST, "epochs": 2}, model, data)
+    given([0.1, 0.2, 0.3, 0.4])
+    last = fit_score("confidnet", {**FAST, "epochs": 4}, model, data)
+    assert (peak.best_epoch, two.best_epoch, last.best_epoch) == (2, 2, 4)
+    assert torch.equal(peak(model, data.x_test), two(model, data.x_test))
+    assert not torch.equal(peak(model, data.x_test), last(model, data.x_test))
+    given([float("nan")] * 3)  # no validation error: AUPR-error undefined, the last epoch
+    assert fit_score("confidnet", {**FAST, "epochs": 3}, model, data).best_epoch == 3
+
+
+def _record_dropout(model):
+    """Every call of a dropout layer (the model's, or a deep copy's: hooks are copied):
+    (the module, its training flag)."""
+    calls = []
+    handles = [m.register_forward_hook(lambda m, i, o: calls.append((m, m.training)))
+               for m in model.modules() if isinstance(m, nn.Dropout)]
+    return calls, handles
+
+
+def test_confidnet_dropout_is_on_in_phase_1_steps_and_off_in_phase_2(bn_trained):
+    model, data = bn_trained
+    model.eval()
+    mine = {m for m in model.modules() if isinstance(m, nn.Dropout)}
+    calls, handles = _record_dropout(model)
+    try:
+        fit_score("confidnet", {**FAST, "finetune_epochs": 1}, model, data)
+        steps = 2 * math.ceil(len(data.x_train) / 128)
+        assert sum(flag for m, flag in calls if m in mine) == steps  # every phase-1 step
+        copied = [flag for m, flag in calls if m not in mine]
+        assert copied and not any(copied)  # phase 2: the copy's dropout off
+        calls.clear()
+        fit_score("confidnet", {**FAST, "dropout": False}, model, data)
+        assert calls and not any(flag for _, flag in calls)  # the comparison: no dropout
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _snapshot(model):
+    return ([(name, m.training) for name, m in model.named_modules()],
+            {k: v.clone() for k, v in model.state_dict().items()},
+            [(p.requires_grad, p.grad) for p in model.parameters()])
+
+
+@pytest.mark.parametrize("modes", ["train", "mc_dropout"])
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_confidnet_leaves_a_batchnorm_dropout_classifier_exactly_as_found(bn_trained, modes,
+                                                                          wrapped):
+    model, data = bn_trained
+    model.train()  # BN in train mode would update its statistics on any forward pass
+    if modes == "mc_dropout":
+        model.eval()
+        model.features[4].train()
+    scored = FeatureCache(model) if wrapped else model
+    flags, state, grads = _snapshot(model)
+    try:
+        score = fit_score("confidnet", {**FAST, "finetune_epochs": 1}, scored, data)
+        assert _snapshot(model)[0] == flags
+        assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+        assert [(p.requires_grad, p.grad) for p in model.parameters()] == grads
+        values = score(scored, data.x_test)
+        assert torch.isfinite(values).all()
+        after_flags, after_state, _ = _snapshot(model)
+        assert after_flags == flags
+        assert all(torch.equal(state[k], v) for k, v in after_state.items())
+    finally:
+        model.eval()
+
+
+def test_confidnet_phase_2_fine_tunes_a_copy_and_is_deterministic(bn_trained):
+    model, data = bn_trained
+    model.eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    params = {**FAST, "finetune_epochs": 2, "finetune_lr": 1e-3}
+    rng = torch.get_rng_state()
+    score = fit_score("confidnet", params, model, data)
+    assert torch.equal(torch.get_rng_state(), rng)  # the caller's random state is kept
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    copy = score.encoder.state_dict()
+    changed = [k for k in state if not torch.equal(state[k], copy[k])]
+    assert {"features.1.weight", "features.2.weight"} <= set(changed)  # linear, BN affine
+    assert not {"features.2.running_mean", "features.2.running_var"} & set(changed)  # BN eval
+    assert len(score.finetune_val_aupr_error) == 2 and score.finetune_best_epoch in (1, 2)
+    x = data.x_test
+    with torch.no_grad():  # the score reads the copy's features, not the model's
+        expected = torch.sigmoid(score.head(score.encoder.features(x))).squeeze(1)
+        original = torch.sigmoid(score.head(model.features(x))).squeeze(1)
+    assert torch.allclose(score(model, x), expected) and not torch.allclose(expected, original)
+    again = fit_score("confidnet", params, model, data)
+    assert torch.equal(score(model, x), again(model, x))  # same seed, same score
+    assert score.val_aupr_error == again.val_aupr_error
 
 
 # --- the sweep, end to end ------------------------------------------------------------------

@@ -14,6 +14,25 @@ from workloads.scores import build_score, capabilities, fit_score
 from workloads.training import fit_classifier
 
 
+def test_godin_refuses_a_classifier_whose_features_is_a_method():
+    """G-ODIN keeps `base.features` as its body: a bound method would leave the base's
+    layers unregistered (never put in eval mode, not in the state dict)."""
+    from torch import nn
+
+    from workloads.models.godin import GODIN
+
+    class MethodFeatures(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = nn.Linear(4, 3), nn.Linear(3, 2)
+
+        def features(self, x):
+            return self.body(x)
+
+    with pytest.raises(TypeError, match="features"):
+        GODIN(MethodFeatures())
+
+
 def test_deconf_head_is_cosine_over_a_gate_by_hand():
     torch.manual_seed(0)
     head = DeconfHead(4, 3).eval()  # eval: BN uses its running stats (mean 0, var 1)

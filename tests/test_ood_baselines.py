@@ -82,6 +82,35 @@ def test_finetuning_lowers_id_energy_and_raises_the_outliers():
     assert after[1] - after[0] > before[1] - before[0]  # the energy gap widens
 
 
+def test_finetuning_with_dropout_is_seeded_and_refuses_a_batch_larger_than_the_data():
+    """Dropout's masks follow `seed` (two fine-tunings of one copy agree to the bit; they
+    came from the caller's random state, so the ood_baselines final stage gave other
+    numbers when run twice), and the caller's random state is left alone. A batch larger
+    than the training set meant no step at all (ZeroDivisionError); now a clear error."""
+    import copy
+
+    from workloads.models import build_classifier
+
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    model = build_classifier("dropout_mlp", data.input_shape, data.num_classes, width=32)
+    outliers = shuffled_pixels(data.x_train, seed=1)
+    settings = dict(epochs=1, lr=0.01, batch_size=64, outlier_batch_size=64, m_in=-5.0,
+                    m_out=-1.0, weight=0.1, seed=3)
+    tuned = []
+    for _ in range(2):
+        copied = copy.deepcopy(model)
+        torch.manual_seed(len(tuned))  # a different caller state each time
+        state = torch.random.get_rng_state()
+        finetune_with_outliers(copied, data.x_train, data.y_train, outliers, **settings)
+        assert torch.equal(torch.random.get_rng_state(), state)
+        tuned.append(copied.state_dict())
+    assert all(torch.equal(tuned[0][k], tuned[1][k]) for k in tuned[0])
+    with pytest.raises(ValueError, match="exceeds the 20 training inputs"):
+        finetune_with_outliers(copy.deepcopy(model), data.x_train[:20], data.y_train[:20],
+                               outliers, **settings)
+
+
 # --- training outlier sets ------------------------------------------------------------------
 
 def test_shuffled_pixels_permutes_each_image_on_its_own():
@@ -214,8 +243,10 @@ def test_ood_baselines_smoke_sweep(tmp_path, env):
         assert math.isfinite(plain[column]), column
     assert math.isfinite(table[table.arch == "godin_mlp"].auroc_godin.iloc[0])
     ood = pd.read_csv(results / "ood.csv")
-    scores = {"mlp": {"msp", "energy", "mahalanobis", "gradnorm", "energy_ft", "msp_ft"},
-              "godin_mlp": {"godin", "msp", "energy", "mahalanobis", "gradnorm"}}
+    scores = {"mlp": {"msp", "energy", "mahalanobis", "mahalanobis_lee", "gradnorm",
+                      "energy_ft", "msp_ft"},
+              "godin_mlp": {"godin", "msp", "energy", "mahalanobis", "mahalanobis_lee",
+                            "gradnorm"}}
     for arch, expected in scores.items():
         assert set(ood[ood.arch == arch].score) == expected
     assert set(ood.ood_set) == {"gaussian_noise", "uniform_noise", "natural_patches"}

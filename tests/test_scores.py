@@ -117,9 +117,10 @@ def test_every_registered_score_is_covered():
     corrections |= {"likelihood_ratio"}
     failure = {"confidnet", "laplace"}  # tests/test_failure_prediction.py
     godin = {"godin"}  # tests/test_godin.py
+    lee = {"mahalanobis_lee"}  # tests/test_mahalanobis.py
     generative = {"iwae", "gradcon", "ocgan"}  # tests/test_vae_ood.py, test_class_anomaly.py
     assert set(SCORE_PARAMS) | set(DENSITY_SCORE_PARAMS) | corrections | failure | godin \
-        | generative == ours
+        | lee | generative == ours
 
 
 def test_density_scores_match_a_standard_normal():

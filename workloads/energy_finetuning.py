@@ -70,6 +70,9 @@ def finetune_with_outliers(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     of the ID (`energy_in`) and outlier (`energy_out`) batches. Everything random (the
     batches, the outliers drawn, dropout's masks) follows `seed`; the caller's random state
     is left as it was."""
+    if batch_size > len(x):  # the last incomplete batch is dropped: no step at all
+        raise ValueError(f"energy fine-tuning: batch size {batch_size} exceeds the {len(x)} "
+                         f"training inputs")
     device = torch.device(next(model.parameters()).device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)

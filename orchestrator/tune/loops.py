@@ -274,13 +274,17 @@ MC_DROPOUT_KINDS = {"variation_ratio": "vr", "predictive_entropy": "entropy",
 def failure_scores(model: nn.Module, data, config: dict[str, Any],
                    requested: str) -> dict[str, OODScore]:
     """The scores of `requested` (names joined by "+"), fitted, with the study's parameters
-    (`mc_passes`, `confidnet_epochs`, `confidnet_lr`, `confidnet_split`, `odin_temperature`,
-    `odin_eps`);
+    (`mc_passes`; ConfidNet's `confidnet_epochs`, `confidnet_lr`, `confidnet_dropout`,
+    `confidnet_weighting`, `confidnet_finetune_epochs`, `confidnet_finetune_lr`;
+    `odin_temperature`, `odin_eps`);
     "mc_dropout" stands for its three uncertainties, `mc_dropout_vr` (variation ratio),
     `mc_dropout_entropy` and `mc_dropout_mi`."""
     params = {"mc_dropout": {"passes": config["mc_passes"], "seed": config["seed"]},
               "confidnet": {"epochs": config["confidnet_epochs"], "lr": config["confidnet_lr"],
-                            "split": config.get("confidnet_split", "train"),
+                            "dropout": config.get("confidnet_dropout", True),
+                            "weighting": config.get("confidnet_weighting", 1.0),
+                            "finetune_epochs": config.get("confidnet_finetune_epochs", 0),
+                            "finetune_lr": config.get("confidnet_finetune_lr"),
                             "seed": config["seed"]},
               "odin": {"temperature": config["odin_temperature"],
                        "epsilon": config["odin_eps"]}}

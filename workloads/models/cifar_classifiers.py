@@ -1,7 +1,8 @@
 """The CIFAR classifiers of document 003 (Appendix C): DenseNet-BC-100 (k = 12) and Wide
 ResNet-28-10, each behind per-channel standardization of its inputs and with the interface
 our scores use: `features(x)` (penultimate), `head` (the last linear layer), `feature_maps`
-and `head_from_feature_maps` (what ASH, SCALE and RankFeat reshape).
+and `head_from_feature_maps` (what ASH, SCALE and RankFeat reshape), and `feature_layers`
+(the intermediate layers of Lee et al.'s Mahalanobis detector).
 
 DenseNet-BC-100 is torchvision's `DenseNet` with the CIFAR stem (one 3x3 convolution with
 24 = 2k channels, no pooling; Huang et al. 2017): three dense blocks of 16 bottleneck layers,
@@ -46,6 +47,9 @@ class DenseNetBC100(nn.Module):
     """DenseNet-BC-100, k = 12, on 32x32 inputs; features = tanh(pooled maps), 342-d."""
 
     provides = ("logits", "features", "feature_maps")
+    # Lee et al.'s DenseNet layers (their `feature_list`): the stem, each dense block's
+    # transition; the last, the final block through BN-ReLU, is the penultimate `features`
+    feature_layers = ("maps.conv0", "maps.transition1", "maps.transition2")
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int,
                  growth_rate: int = 12, layers_per_block: int = 16, drop_rate: float = 0.2):
@@ -83,6 +87,9 @@ class WideResNet28(nn.Module):
     """Wide ResNet-28-10 (pytorch-ood's `WideResNet`) on 32x32 inputs; 640-d features."""
 
     provides = ("logits", "features", "feature_maps")
+    # the stem and each residual group, as Lee et al.'s ResNet layers; the third group is
+    # read through the final BN-ReLU, as the penultimate `features`
+    feature_layers = ("net.conv1", "net.block1", "net.block2")
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int,
                  depth: int = 28, widen_factor: int = 10, drop_rate: float = 0.3):

@@ -5,6 +5,10 @@ document 001 (`dropout_classifiers`), and either of the first two with G-ODIN's 
 
 The MLP and CNN have neither batch norm nor dropout: the GFFN protocol (NOTES.md A) forbids
 both, since their effect depends on the batch size being swept.
+
+Each classifier names its intermediate layers in `feature_layers` (module names; their
+outputs, maps averaged over space, are the layers of Lee et al.'s Mahalanobis detector,
+`workloads.scores.mahalanobis`, beside the penultimate `features`).
 """
 
 from __future__ import annotations
@@ -34,9 +38,16 @@ class MLPClassifier(nn.Module):
             size = width
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(size, num_classes)
+        # every hidden layer but the last (the penultimate `features`): Lee et al.'s layers
+        self.feature_layers = hidden_layers(self.features)[:-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+def hidden_layers(features: nn.Sequential) -> tuple[str, ...]:
+    """The names of the ReLUs of `features` (as `model.get_submodule` takes them)."""
+    return tuple(f"features.{i}" for i, m in enumerate(features) if isinstance(m, nn.ReLU))
 
 
 class SmallCNN(nn.Module):
@@ -47,6 +58,7 @@ class SmallCNN(nn.Module):
 
     provides = ("logits", "features", "feature_maps")
     MAPS = 6  # self.features[:MAPS] is the convolutional part (feature maps B x 64 x H/4 x W/4)
+    feature_layers = ("features.2", "features.5")  # each conv block (after its pooling)
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, width: int = 128):
         super().__init__()
@@ -77,7 +89,9 @@ class GODINMLP(GODIN):
     provides = ("logits", "features", "godin")
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, **kwargs):
-        super().__init__(MLPClassifier(input_shape, num_classes, **kwargs))
+        base = MLPClassifier(input_shape, num_classes, **kwargs)
+        super().__init__(base)
+        self.feature_layers = base.feature_layers  # `features` is the base's
 
 
 class GODINCNN(GODIN):
@@ -87,6 +101,7 @@ class GODINCNN(GODIN):
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, **kwargs):
         super().__init__(SmallCNN(input_shape, num_classes, **kwargs))
+        self.feature_layers = SmallCNN.feature_layers
 
 
 CLASSIFIERS = {"mlp": MLPClassifier, "cnn": SmallCNN, "densenet100": DenseNetBC100,

@@ -2,7 +2,8 @@
 MNIST (the course's `LeNet`: two 5x5 convolutions of 20 and 50 channels with max-pooling, a
 500-unit layer, dropout, the class layer) and an MLP with dropout for the embedded digits.
 Dropout is the last layer of `features` (identity in eval mode), so MC dropout
-(`workloads.scores.dropout`) samples the class layer's input."""
+(`workloads.scores.dropout`) samples the class layer's input. `feature_layers` names the
+intermediate layers of Lee et al.'s Mahalanobis detector (`workloads.scores.mahalanobis`)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ class DropoutMLP(nn.Module):
             size = width
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(size, num_classes)
+        # every hidden layer but the last (the penultimate `features`): Lee et al.'s layers
+        self.feature_layers = tuple(f"features.{i}" for i, m in enumerate(layers)
+                                    if isinstance(m, nn.ReLU))[:-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -38,6 +42,7 @@ class LeNet(nn.Module):
     (50) -> max-pool -> 500 ReLU units -> dropout -> K logits."""
 
     provides = ("logits", "features", "dropout")
+    feature_layers = ("features.2", "features.5")  # each conv block (after its pooling)
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int,
                  dropout: float = 0.5):

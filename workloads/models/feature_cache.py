@@ -6,13 +6,13 @@ evaluation's time. `FeatureCache` wraps a classifier with `features` and `head` 
 `features(x)` for each input chunk it has seen (by the chunk's storage, shape and strides),
 so each chunk goes through the network once. Only in eval mode and without gradients: an
 input that requires grad, a model with any layer in train mode (MC dropout), or a pass inside
-a `torch.func` transform, is always recomputed. Only chunks that are views of another tensor (the scores' `x[i:i + batch]` of
-a dataset's tensors) are kept: a computed input (ODIN's perturbed one) is not, so the cache
-holds no copies of inputs. Use it for the span of one evaluation over inputs that stay alive
-and unchanged. The chunks are keyed as the scores hand them to the model: on the CPU they are
-views of the dataset and repeat; on a GPU each chunk is a fresh copy (not a view), so there
-the cache is bypassed: correct, but no faster (keying the CPU chunk before the copy is
-left to do).
+a `torch.func` transform, is always recomputed. Only chunks that are views of another tensor
+(the scores' `x[i:i + batch]` of a dataset's tensors) are kept: a computed input (ODIN's
+perturbed one) is not, so the cache holds no copies of inputs. Use it for the span of one
+evaluation over inputs that stay alive and unchanged. The chunks are keyed as the scores hand
+them to the model: on the CPU they are views of the dataset and repeat; on a GPU each chunk is
+a fresh copy (not a view), so there the cache is bypassed: correct, but no faster (keying the
+CPU chunk before the copy is left to do).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ A score is built by name with its parameters, fitted once on in-distribution tra
 
 The interface and registry are in `base`; one module per family registers its scores:
 `softmax` (msp, msp_calibrated, max_logit, energy, lnz, odin), `features` (mahalanobis,
-gmm), `density` (log_px, neg_am), `vae` (iwae: a VAE's importance-weighted log p(x)),
+gmm), `mahalanobis` (mahalanobis_lee: Lee et al.'s layers, input step and layer weights),
+`density` (log_px, neg_am), `vae` (iwae: a VAE's importance-weighted log p(x)),
 `dropout` (mc_dropout), `confidnet` (a head trained to
 predict the true-class probability), `laplace` (last-layer Laplace, laplace-torch);
 `anomaly` (gradcon, ocgan: the class-anomaly baselines' scores),
@@ -24,6 +25,7 @@ A score fits on the training split, or on the validation split where it says so
 # score" (tables, the OOD stage): the classifier's own scores first, the density's last.
 from workloads.scores import softmax  # noqa: F401
 from workloads.scores import features  # noqa: F401
+from workloads.scores import mahalanobis  # noqa: F401  (mahalanobis_lee, by name)
 from workloads.scores import dropout  # noqa: F401
 from workloads.scores import confidnet  # noqa: F401  (asked for by name)
 from workloads.scores import laplace  # noqa: F401  (asked for by name)

@@ -15,7 +15,10 @@ from workloads.scores.base import OODScore, input_step, penultimate_features, re
 class Mahalanobis(OODScore):
     """Max over classes of the negative Mahalanobis distance of penultimate features to the
     class means under a shared covariance (Lee et al. 2018; NOTES.md D, E). With
-    `epsilon > 0`, inputs first take a step that raises the score (input preprocessing)."""
+    `epsilon > 0`, inputs first take a step that raises the score (input preprocessing).
+    The penultimate layer only, eps 0 unless set: document 003's baseline; Lee et al.'s
+    full detector (several layers, eps and layer weights tuned) is `mahalanobis_lee`
+    (`workloads.scores.mahalanobis`)."""
 
     requires = ("features",)
 
@@ -25,10 +28,15 @@ class Mahalanobis(OODScore):
         self.precision: torch.Tensor | None = None
 
     def fit(self, model, x_train, y_train):
-        features = penultimate_features(model, x_train).double()
-        classes = torch.unique(y_train)
-        self.means = torch.stack([features[y_train == c].mean(0) for c in classes])
-        centred = features - self.means[torch.searchsorted(classes, y_train)]
+        return self.fit_features(penultimate_features(model, x_train), y_train)
+
+    def fit_features(self, features: torch.Tensor, labels: torch.Tensor) -> Mahalanobis:
+        """Class means and the shared (tied) covariance of `features` (N x D) by `labels`;
+        its pseudo-inverse is the precision (also for one layer of `mahalanobis_lee`)."""
+        features = features.double()
+        classes = torch.unique(labels)
+        self.means = torch.stack([features[labels == c].mean(0) for c in classes])
+        centred = features - self.means[torch.searchsorted(classes, labels)]
         covariance = centred.T @ centred / len(features)
         self.precision = torch.linalg.pinv(covariance, hermitian=True)
         return self
