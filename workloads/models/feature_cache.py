@@ -84,3 +84,10 @@ class FeatureCache(nn.Module):
 
     def head_from_feature_maps(self, maps: torch.Tensor) -> torch.Tensor:
         return self.model.head_from_feature_maps(maps)
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The classifier behind a `FeatureCache` (the model itself otherwise)."""
+    while isinstance(model, FeatureCache):
+        model = model.model
+    return model

@@ -32,6 +32,11 @@ def restore_modes(saved: list[tuple[nn.Module, bool]]) -> None:
         module.training = flag
 
 
+def dropout_layers(model: nn.Module) -> list[nn.Module]:
+    """The dropout layers of `model` (what MC dropout and ConfidNet's training turn on)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+
+
 @contextlib.contextmanager
 def evaluating(model: nn.Module, train: Iterable[nn.Module] = ()) -> Iterator[nn.Module]:
     """Within the block, `model` is in eval mode except the modules of `train` (e.g. its

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from workloads.models.modes import evaluating
+from workloads.models.modes import dropout_layers, evaluating
 
 
 class OODScore:
@@ -92,7 +92,7 @@ def capabilities(model: nn.Module) -> set[str]:
     """What `model` offers to scores: its declared `provides`, plus `dropout` when it has
     dropout layers. Undeclared models are taken as classifiers (`logits`)."""
     offered = set(getattr(model, "provides", ("logits",)))
-    if any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules()):
+    if dropout_layers(model):
         offered.add("dropout")
     return offered
 

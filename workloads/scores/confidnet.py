@@ -51,8 +51,8 @@ import torch
 from torch import nn
 
 from workloads.metrics import failure_metrics
-from workloads.models.feature_cache import FeatureCache
-from workloads.models.modes import evaluating
+from workloads.models.feature_cache import unwrapped
+from workloads.models.modes import dropout_layers, evaluating
 from workloads.scores.base import (
     OODScore,
     _device,
@@ -71,10 +71,6 @@ def confidnet_head(features: int, width: int = 400, layers: int = 5) -> nn.Seque
         size = width
     modules.append(nn.Linear(size, 1))
     return nn.Sequential(*modules)
-
-
-def dropout_layers(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
 
 
 def tcp_loss(logits: torch.Tensor, confidence: torch.Tensor, y: torch.Tensor,
@@ -173,7 +169,7 @@ class ConfidNet(OODScore):
         """Their cloning: a copy of the classifier trained with the head, dropout off, BN in
         eval; the original model's predictions are the targets and stay the predictions."""
         device = _device(model)
-        base = model.model if isinstance(model, FeatureCache) else model
+        base = unwrapped(model)
         encoder = copy.deepcopy(base).eval().requires_grad_(True)
         train_logits = batched_logits(model, x_train)  # the original, in eval mode
         optimizer = torch.optim.Adam([*encoder.parameters(), *self.head.parameters()],

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from workloads.models.modes import evaluating
+from workloads.models.modes import dropout_layers, evaluating
 from workloads.scores.base import OODScore, _device, register_score
 
 
@@ -28,7 +27,7 @@ class MCDropout(OODScore):
         self.kind, self.passes, self.seed = kind, passes, seed
 
     def __call__(self, model, x):
-        dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+        dropouts = dropout_layers(model)
         if not dropouts:
             raise ValueError(f"{type(model).__name__} has no dropout layers for MC dropout")
         device = _device(model)

@@ -44,19 +44,12 @@ import torch
 from torch import nn
 
 from workloads.attacks import fgsm
-from workloads.models.feature_cache import FeatureCache
+from workloads.models.feature_cache import unwrapped
 from workloads.models.modes import evaluating
 from workloads.scores.base import OODScore, _device, input_step, register_score
 from workloads.scores.features import Mahalanobis
 
 PENULTIMATE = "features"  # the name of the last layer: the model's `features(x)`
-
-
-def unwrapped(model: nn.Module) -> nn.Module:
-    """The classifier behind a `FeatureCache` (the model itself otherwise)."""
-    while isinstance(model, FeatureCache):
-        model = model.model
-    return model
 
 
 def feature_layer_names(model: nn.Module) -> tuple[str, ...]:
