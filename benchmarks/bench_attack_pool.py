@@ -46,7 +46,7 @@ def config_for(version: str, batch_size: int) -> dict:
 def pool_runs(model, x, y, versions, batch_size) -> dict:
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     runs = {}
     with tempfile.TemporaryDirectory() as out:
         for version in versions:

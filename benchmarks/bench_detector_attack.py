@@ -77,7 +77,7 @@ def main() -> None:
 
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     config = {"steps": STEPS, "norm": "Linf", "seed": SEED, "batch_size": args.batch_size}
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()

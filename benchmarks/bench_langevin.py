@@ -99,7 +99,7 @@ def main() -> None:
 
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     steps = args.steps * 4
     config = {"steps": steps, "chains_per_unit": math.ceil(args.chains / 2),
               "checkpoint_every": steps // 4, "record_every": steps // 4, "eps": 8 / 255}

@@ -67,7 +67,7 @@ def start_ray() -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], logging_level="ERROR")
     else:
-        ray.init(include_dashboard=False, logging_level="ERROR")
+        ray.init(address="local", include_dashboard=False, logging_level="ERROR")
 
 
 def serial_units(model: nn.Module, x: torch.Tensor, y: torch.Tensor,

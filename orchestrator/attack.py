@@ -36,6 +36,7 @@ from typing import Any
 
 from orchestrator.cli import (
     add_job_arguments,
+    finite_float,
     job_parser,
     parse_eps,
     pool_arguments,
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--restarts", type=int,
                         help="apgd/apgd_adaptive: random restarts on the inputs still "
                              "robust (default 1)")
-    parser.add_argument("--lam", type=float,
+    parser.add_argument("--lam", type=finite_float,
                         help="apgd_adaptive: loss CE - lam * AM (default 1)")
     parser.add_argument("--n", type=int, default=1000,
                         help="attack the first N test inputs (and N of each OOD set) "

@@ -8,21 +8,35 @@ W&B).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import UsageError
+from orchestrator.errors import (
+    EXIT_NO_RESULTS,
+    EXIT_UNFINISHED,
+    EXIT_USAGE,
+    NoResultsError,
+    UsageError,
+)
 from orchestrator.pools.base import PoolError, actor_options
 from workloads.attacks import AttackError
 from workloads.data import DatasetMissingError, DatasetUnreadableError
 
-EXIT_USAGE = 2
 # What a command reports in one line with EXIT_USAGE: bad input, found before or during
 # the work (an impossible pool, an unknown attack, a missing dataset).
 USAGE_ERRORS = (UsageError, PoolError, AttackError, DatasetMissingError,
                 DatasetUnreadableError)
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a float that is finite ("inf" and "nan" are bad input, exit 2)."""
+    value = float(text)  # a ValueError is argparse's "invalid finite_float value"
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def run_command(parser: argparse.ArgumentParser, main, argv: list[str] | None = None) -> int:
@@ -34,6 +48,9 @@ def run_command(parser: argparse.ArgumentParser, main, argv: list[str] | None = 
     except USAGE_ERRORS as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except NoResultsError as error:
+        print(f"{parser.prog}: {error}", file=sys.stderr)
+        return EXIT_NO_RESULTS
     except Exception as error:
         from ray.exceptions import RayActorError
 
@@ -43,7 +60,7 @@ def run_command(parser: argparse.ArgumentParser, main, argv: list[str] | None = 
         print(f"{parser.prog}: error: an actor died more often than it is restarted "
               f"({first}); the finished units and chain checkpoints are kept, rerun with "
               f"--resume to continue", file=sys.stderr)
-        return 1
+        return EXIT_UNFINISHED
 
 
 def job_parser(command: str, doc: str, examples: list[str], sweep_help: str,
@@ -84,9 +101,9 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("actor pool")
     group.add_argument("--num-actors", type=int, default=2,
                        help="Ray actors in the pool (default 2)")
-    group.add_argument("--cpus-per-actor", type=float, default=1,
+    group.add_argument("--cpus-per-actor", type=finite_float, default=1,
                        help="CPUs per actor (default 1; its torch threads)")
-    group.add_argument("--gpus-per-actor", type=float, default=0,
+    group.add_argument("--gpus-per-actor", type=finite_float, default=0,
                        help="GPUs per actor; fractions (0.25, 0.5) share a GPU (default 0)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the latest run of this job: reuse its finished units "

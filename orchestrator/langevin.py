@@ -21,6 +21,7 @@ from typing import Any
 
 from orchestrator.cli import (
     add_job_arguments,
+    finite_float,
     job_parser,
     parse_eps,
     pool_arguments,
@@ -49,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     chains = parser.add_argument_group("chains (NOTES.md C)")
     chains.add_argument("--steps", type=int, default=1000, help="steps per chain (default "
                         "1000; the thesis runs up to 1e6)")
-    chains.add_argument("--eta", type=float, default=1e-3, help="step size (default 1e-3)")
-    chains.add_argument("--am-stop", type=float,
+    chains.add_argument("--eta", type=finite_float, default=1e-3, help="step size (default 1e-3)")
+    chains.add_argument("--am-stop", type=finite_float,
                         help="stop a chain once its approximate mass drops to this value")
     chains.add_argument("--eps", type=parse_eps,
                         help="L-inf radius of the final projection around the start point "

@@ -10,13 +10,14 @@ import sys
 from pathlib import Path
 
 from orchestrator.cli import run_command
-from orchestrator.errors import UsageError
+from orchestrator.errors import NoResultsError, UsageError
 from orchestrator.reports.collect import (
     RESULTS_DIR,
     SWEEP_FILE,
     load_results,
     recorded_settings,
     render_outputs,
+    status_counts,
 )
 from orchestrator.reports.reproduction import FILE as REPRODUCTION_FILE
 from orchestrator.reports.reproduction import verdict_lines, write_reproduction
@@ -57,6 +58,9 @@ def main(args: argparse.Namespace) -> int:
         "tables and provenance"))
     for line in verdict_lines(verdicts):
         print(f"  {line}")
+    if "status" in table and not (table.status == "completed").any():
+        raise NoResultsError(f"no trial of {sweep_dir} completed "
+                             f"({status_counts(table)}): the tables above are all there is")
     return 0
 
 

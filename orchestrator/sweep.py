@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from orchestrator.cli import run_command
+from orchestrator.cli import finite_float, run_command
 from orchestrator.errors import UsageError
 from orchestrator.tune.overrides import (
     apply_overrides,
@@ -35,7 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m orchestrator.sweep batch_size_gffn --set batch_size=8,64 "
                "--set lr=3e-4\n"
                "  python -m orchestrator.sweep batch_size_gffn --profile paper "
-               "--data-dir /data --gpus-per-worker 0.5",
+               "--data-dir /data --gpus-per-worker 0.5\n\n"
+               "exit codes: 0 every trial completed (or diverged); 1 some trials errored or "
+               "did not finish\n(--resume continues them); 2 bad input; 3 no trial "
+               "completed (the tables still hold what\nthe trials reported)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", nargs="?", help="sweep name (see --list)")
     parser.add_argument("--list", action="store_true", help="list the sweeps and exit")
@@ -52,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "same as --set seed=0,...,K-1 (default: the profile's count, "
                              "see --list)")
     parser.add_argument("--num-workers", type=int, help="data-parallel workers per trial")
-    parser.add_argument("--gpus-per-worker", type=float,
+    parser.add_argument("--gpus-per-worker", type=finite_float,
                         help="GPUs per worker (fractions share a GPU)")
     parser.add_argument("--cpus-per-worker", type=int, help="CPUs per worker")
     parser.add_argument("--max-concurrent-trials", type=int, metavar="N",
@@ -60,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "local Ray; on a cluster, as many as it grows to)")
     parser.add_argument("--verbose", action="store_true",
                         help="print Ray Tune's own progress tables (default: a line per "
-                             "finished trial and a status line every 10 s)")
+                             "finished trial and a status line every --status-interval s)")
+    parser.add_argument("--status-interval", type=finite_float, default=10.0, metavar="S",
+                        help="seconds between status lines: trials done, running, pending, "
+                             "ETA, and what each running trial is doing (default: 10)")
     parser.add_argument("--storage", default="runs",
                         help="directory or URI (s3://, gs://) for trials and checkpoints "
                              "(default: ./runs)")
@@ -120,6 +126,8 @@ def main(args: argparse.Namespace) -> int:
                          else args.gpus_per_worker),
         cpus_per_worker=(profile.cpus_per_worker if args.cpus_per_worker is None
                          else args.cpus_per_worker))
+    if not args.status_interval > 0:
+        raise UsageError("--status-interval must be a positive number of seconds")
     if args.max_concurrent_trials is not None and args.max_concurrent_trials < 1:
         raise UsageError("--max-concurrent-trials must be >= 1")
     if scaling.num_workers < 1 or scaling.gpus_per_worker < 0 or scaling.cpus_per_worker < 1:
@@ -140,7 +148,8 @@ def main(args: argparse.Namespace) -> int:
     tracking.prepare_environment(mode)
 
     return run_sweep(space, args.profile, profile, scaling, args.overrides, args.storage,
-                     args.resume, mode, data_dir, args.max_concurrent_trials, args.verbose)
+                     args.resume, mode, data_dir, args.max_concurrent_trials, args.verbose,
+                     args.status_interval)
 
 
 if __name__ == "__main__":

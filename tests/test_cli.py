@@ -26,6 +26,9 @@ def test_unknown_sweep_exits_2_and_lists_valid_names(sweep_env):
     ("batch_size=8,x", ["batch_size", "int"]),
     ("model=resnet", ["model", "ffn", "gffn"]),
     ("batch_size=0", ["batch_size", "positive"]),
+    ("lr=inf", ["lr=inf", "finite"]),  # passed as "positive"; every trial then diverged
+    ("lr=-inf", ["lr=-inf", "finite"]),
+    ("lr=nan", ["lr=nan", "finite"]),
     ("lr", ["KEY=VALUE"]),
 ])
 def test_bad_set_exits_2_and_names_the_key(sweep_env, setting, words):
@@ -34,6 +37,19 @@ def test_bad_set_exits_2_and_names_the_key(sweep_env, setting, words):
     assert "Traceback" not in proc.stderr
     for word in words:
         assert word in proc.stderr
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--status-interval", "0"], ["--status-interval", "positive"]),
+    (["--status-interval", "inf"], ["--status-interval", "finite"]),
+    (["--gpus-per-worker", "nan"], ["--gpus-per-worker", "finite"]),
+])
+def test_non_finite_or_bad_flag_values_exit_2(sweep_env, flags, words):
+    proc = sweep("batch_size_gffn", *flags, env=sweep_env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    for word in words:
+        assert word in last, last
 
 
 def test_missing_dataset_exits_2_with_directory_files_and_download(sweep_env, tmp_path):

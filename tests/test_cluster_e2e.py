@@ -331,3 +331,28 @@ def test_autoscaling_cluster_runs_trials_on_two_new_nodes_at_once(autoscaling_en
                    for b, (node_b, start_b, end_b) in spans.items()
                    if a < b and node_a != node_b and start_a < end_b and start_b < end_a]
     assert overlapping, spans
+
+
+def test_without_ray_address_a_sweep_starts_its_own_ray(sweep_env, monkeypatch, tmp_path):
+    """A Ray left running on the machine (here a head with no CPU, recorded in Ray's
+    ray_current_cluster file as `ray start` records it) is not joined by a sweep run
+    without RAY_ADDRESS: `ray.init(address=None)` joined it, and this sweep then found
+    "0 CPU" and refused to run."""
+    import ray._private.services as services
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    cluster = Cluster(initialize_head=True, connect=False,
+                      head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        assert services.find_bootstrap_address(None) == cluster.address  # the precondition
+        env = {**sweep_env, "RAY_AUTH_MODE": "disabled"}
+        env.pop("RAY_TMPDIR", None)  # where the left-running Ray is recorded
+        proc = subprocess.run(sweep_command(tmp_path / "runs"), env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "starting Ray locally" in proc.stdout
+        (sweep_dir,) = (tmp_path / "runs").glob("batch_size_gffn-smoke-*")
+        assert_failure_free_set(final_table(sweep_dir), epochs=1)
+    finally:
+        cluster.shutdown()

@@ -173,3 +173,20 @@ def test_driver_killed_mid_sweep_resumes_from_s3(s3, tmp_path):
             changes = [r for a, r in zip(rows, rows[1:]) if r["worker_pid"] != a["worker_pid"]]
             continued += [r["epoch"] for r in changes[:1]]
     assert continued and all(epoch > 1 for epoch in continued), continued
+
+
+def test_a_bucket_that_does_not_exist_is_named_before_ray_starts(s3, tmp_path):
+    """The S3 server answers but the bucket is not there: exit 2, one line naming the
+    storage, no traceback, nothing started (the old check let it through to a traceback
+    once Tune wrote there)."""
+    uri, env, _, bucket = s3
+    missing = uri.replace(f"s3://{bucket}/", "s3://no-such-bucket-here/")
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.sweep", "batch_size_gffn",
+                           "--profile", "smoke", "--storage", missing, "--wandb", "disabled"],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert "s3://no-such-bucket-here/runs" in line and "cannot write there" in line
+    assert "starting Ray" not in proc.stdout and not (tmp_path / "runs").exists()
+    assert time.monotonic() - started < 120

@@ -12,6 +12,7 @@ ones; a dataset with `balanced_ood` False (class anomaly) compares every input o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,18 +77,25 @@ def resolve_scores(model: nn.Module, requested: str | list[str] = "all",
     return {name: dict(params.get(name, {})) for name in names}
 
 
+def no_progress(text: str) -> None:
+    """The default `progress` of a long evaluation: says nothing (a sweep's trial passes
+    one that shows `text` on the console)."""
+
+
 def evaluate_ood(model: nn.Module, data: Dataset, scores: dict[str, dict | OODScore],
-                 max_samples: int = 2000, resamples: int = 1000,
-                 seed: int = 0) -> OODEvaluation:
+                 max_samples: int = 2000, resamples: int = 1000, seed: int = 0,
+                 progress: Callable[[str], None] = no_progress) -> OODEvaluation:
     """Fit each score on the training split (unless given fitted), then compare ID test
     inputs with every OOD set of `data` on balanced counts (unless `data.balanced_ood` is
     False: all of both; the row's `n` is the OOD count, `n_id` the ID one). Each row also
     holds a 95%
     bootstrap interval over the test inputs of AUROC, AUPR-in, AUPR-out and FPR95
     (`<metric>_lo`, `<metric>_hi`; `resamples` seeded by `seed`, 0: none). Keeps up to
-    `max_samples` raw values per set of the histogram scores (log p(x), AM)."""
+    `max_samples` raw values per set of the histogram scores (log p(x), AM). `progress` is
+    told each score as it starts ("OOD score 2/5: energy")."""
     result = OODEvaluation()
-    for name, score_params in scores.items():
+    for index, (name, score_params) in enumerate(scores.items()):
+        progress(f"OOD score {index + 1}/{len(scores)}: {name}")
         score = fitted_score(name, score_params, model, data)
         values = {"id": score(model, data.x_test).double().numpy()}
         for ood_name, x_ood in data.ood.items():

@@ -15,7 +15,7 @@ from torch import nn
 
 from workloads.data import Dataset, iterate_minibatches
 from workloads.metrics import accuracy, classifier_calibration, nll
-from workloads.ood_evaluation import evaluate_ood
+from workloads.ood_evaluation import evaluate_ood, no_progress
 from workloads.scores import batched_logits
 from workloads.uncertainty import bootstrap_ece_interval
 
@@ -181,17 +181,19 @@ def classifier_test_metrics(model: nn.Module, data: Dataset,
 
 
 def final_evaluation(model: nn.Module, data: Dataset,
-                     scores: dict[str, dict] | None = None,
-                     num_bins: int = 15) -> tuple[dict[str, float], dict]:
+                     scores: dict[str, dict] | None = None, num_bins: int = 15,
+                     progress: Callable[[str], None] = no_progress,
+                     ) -> tuple[dict[str, float], dict]:
     """Test accuracy, NLL, ECE, MCE and OOD metrics per (score, OOD set).
 
     `scores` maps registered OOD score names to their parameters (default: MSP and ln Z);
     scores that need it are fitted on the training split first.
 
     Returns flat scalar metrics (`test_acc`, `ood_<score>_<set>_auroc`, the mean AUROC per
-    score `auroc_<score>`, ...) and the reliability-diagram bins.
+    score `auroc_<score>`, ...) and the reliability-diagram bins. `progress` is told each
+    OOD score as it starts.
     """
     metrics, reliability = classifier_test_metrics(model, data, num_bins)
-    ood = evaluate_ood(model, data, scores or {"msp": {}, "lnz": {}})
+    ood = evaluate_ood(model, data, scores or {"msp": {}, "lnz": {}}, progress=progress)
     metrics.update(ood.flat_metrics())
     return metrics, reliability

@@ -16,21 +16,27 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
-from orchestrator.errors import UsageError
+from orchestrator.errors import NoResultsError, UsageError
 from orchestrator.pools.units import fingerprint
-from orchestrator.reports.collect import RESULTS_DIR, SWEEP_FILE
+from orchestrator.reports.collect import RESULTS_DIR, SWEEP_FILE, status_counts
 from orchestrator.reports.provenance import datasets_read, write_provenance
 from workloads.data import Dataset, DatasetMissingError, DatasetUnreadableError, load_trial_data
 from workloads.models import build_model
 
 
 def read_trials(sweep_dir: Path) -> pd.DataFrame:
-    """The sweep's `results/trials.csv`; UsageError when `sweep_dir` is not a finished sweep."""
+    """The sweep's `results/trials.csv`; UsageError when `sweep_dir` is not a finished sweep,
+    NoResultsError (exit 3) when none of its trials completed: a job needs a trained model."""
     path = Path(sweep_dir) / RESULTS_DIR / "trials.csv"
     if not path.exists() or not (Path(sweep_dir) / SWEEP_FILE).exists():
         raise UsageError(f"{sweep_dir} is not a finished sweep directory (no {SWEEP_FILE} and "
                        f"results/trials.csv)")
-    return pd.read_csv(path)
+    table = pd.read_csv(path)
+    if "status" in table and not (table.status == "completed").any():
+        raise NoResultsError(f"{sweep_dir}: no trial completed ({status_counts(table)}): "
+                             f"no trained model to run a job on")
+    return table
+
 
 
 def trial_config(table: pd.DataFrame, trial_id: str, sweep_dir: Path) -> dict[str, Any]:
@@ -38,6 +44,10 @@ def trial_config(table: pd.DataFrame, trial_id: str, sweep_dir: Path) -> dict[st
     if rows.empty:
         raise UsageError(f"no trial '{trial_id}' in {sweep_dir}; trials: "
                        f"{', '.join(map(str, table.trial_id))}")
+    if rows.iloc[0].get("status") == "diverged":
+        completed = table.trial_id[table.status == "completed"]
+        raise UsageError(f"trial '{trial_id}' diverged: no trained model; completed trials: "
+                         f"{', '.join(map(str, completed))}")
     return {k: v for k, v in json.loads(rows.iloc[0].to_json()).items() if v is not None}
 
 

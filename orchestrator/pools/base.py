@@ -126,4 +126,5 @@ def start_ray() -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level="WARNING")
+        # "local" without RAY_ADDRESS: a new Ray, never one a `ray start` left running
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING")

@@ -45,7 +45,8 @@ def aggregate_over_seeds(table: pd.DataFrame, settings: dict) -> pd.DataFrame:
             stats = t_interval(group[metric].to_numpy())
             row.update({f"{metric}_{k}": stats[k] for k in ("mean", "std", "lo", "hi")})
         rows.append(row)
-    return pd.DataFrame(rows)
+    # With no completed trial: the header alone (a file with no columns cannot be read)
+    return pd.DataFrame(rows, columns=None if rows else [*keys, "seeds"])
 
 
 def interval_text(mean: float, lo: float, hi: float) -> str:

@@ -217,3 +217,8 @@ def load_results(sweep_dir: str | Path) -> tuple[pd.DataFrame, Artifacts]:
     artifacts.tables = {name: pd.read_csv(out / f"{name}.csv") for name in LONG_TABLES
                         if (out / f"{name}.csv").exists()}
     return table, artifacts
+
+def status_counts(table: pd.DataFrame) -> str:
+    """"3 diverged, 1 error": how the trials of `table` ended."""
+    counts = table["status"].value_counts().sort_index() if "status" in table else {}
+    return ", ".join(f"{n} {status}" for status, n in counts.items()) or "no trials"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from orchestrator.tune.session import Session
 from workloads.class_anomaly import anomaly_optimizers, reconstruction_mse, train_anomaly_epoch
 from workloads.data import load_trial_data
 from workloads.models.factory import build_anomaly_model
-from workloads.ood_evaluation import evaluate_ood
+from workloads.ood_evaluation import evaluate_ood, no_progress
 
 # The OOD score of each baseline's model, with its parameters from the config.
 SCORES = {"gradcon": lambda config: {"gradcon": {"beta": config["gradcon_beta"]}},
@@ -88,7 +89,9 @@ def train_class_anomaly(config: dict[str, Any], session: Session) -> None:
             session.report({**metrics, "status": "running"},
                            state=state if clock.due(epoch) else None)
             continue
-        final_metrics, final = anomaly_final_stage(model, data, config)
+        session.progress("final stage")
+        final_metrics, final = anomaly_final_stage(model, data, config,
+                                                   progress=session.progress)
         metrics.update(final_metrics, epochs=epoch + 1, status="completed",
                        loop_seconds=time.perf_counter() - loop_started)
         state["final_metrics"] = metrics
@@ -96,9 +99,10 @@ def train_class_anomaly(config: dict[str, Any], session: Session) -> None:
         return
 
 
-def anomaly_final_stage(model: nn.Module, data, config: dict[str, Any]):
+def anomaly_final_stage(model: nn.Module, data, config: dict[str, Any],
+                        progress: Callable[[str], None] = no_progress):
     """A trained GradCon or OCGAN: the OOD stage of its score (the normal class's test
     inputs against every test input of the other classes) and `test_recon_mse`."""
-    ood = evaluate_ood(model, data, SCORES[config["method"]](config))
+    ood = evaluate_ood(model, data, SCORES[config["method"]](config), progress=progress)
     return ({**ood.flat_metrics(), "test_recon_mse": reconstruction_mse(model, data.x_test)},
             {"ood": ood.rows})

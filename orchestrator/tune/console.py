@@ -1,6 +1,11 @@
 """What a person reads while a sweep runs (Tune's own table only with `--verbose`): a line
-per finished trial (its key config, status, headline metrics, seconds) and a status line
-every `interval` seconds (trials done, running, pending, elapsed, ETA)."""
+per finished trial (its key config, status, headline metrics, seconds) and, every
+`interval` seconds, a status line (trials done, running, pending, elapsed, ETA) followed by
+what the running trials are doing: the epoch of their latest report, or the step of their
+final stage read from the sweep's progress board (progress_board.py).
+
+Tune calls only the hooks its `Callback` defines (`on_step_end`, `on_trial_result`, ...);
+tests/test_console.py fails on any `on_*` method here that is not one."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import math
 import sys
 import time
 from numbers import Number
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
@@ -20,18 +26,46 @@ def console_keys(table_keys: tuple[str, ...], settings: dict[str, Any]) -> tuple
     return (*table_keys, "seed") if isinstance(seeds, list) and len(seeds) > 1 else table_keys
 
 
+def planned_epochs(config: dict[str, Any]) -> str:
+    """The epochs a trial will run at most, as shown: "10", or "<=50" when early stopping
+    may end it sooner (budget A, or a `patience`); "" when the config does not say."""
+    if config.get("budget") == "B" and "epochs_b" in config:
+        return str(config["epochs_b"])
+    if config.get("budget") == "A" and "max_epochs_a" in config:
+        return f"<={config['max_epochs_a']}"
+    if not isinstance(config.get("epochs"), int):
+        return ""
+    return ("<=" if config.get("patience") else "") + str(config["epochs"])
+
+
+def error_line(trial) -> str:
+    """The last line of a failed trial's traceback (Tune's error.txt), e.g. "ValueError:
+    energy fine-tuning: batch size 100000 exceeds the 1077 training inputs"."""
+    try:
+        lines = Path(trial.error_file).read_text().splitlines()
+    except (OSError, TypeError):
+        return "see the sweep's ray.log"
+    lines = [line.strip() for line in lines if line.strip()]
+    return lines[-1][:200] if lines else "see the sweep's ray.log"
+
+
 class ConsoleReporter(Callback):
     def __init__(self, keys: tuple[str, ...], metrics: tuple[str, ...], total: int,
-                 interval: float = 10.0, headline: int = 3):
+                 interval: float = 10.0, headline: int = 3, board: str | None = None,
+                 shown: int = 4):
         self.keys, self.metrics, self.total = keys, metrics, total
-        self.interval, self.headline = interval, headline
+        self.interval, self.headline, self.board, self.shown = interval, headline, board, shown
         self._started = time.monotonic()
         self._last_status = self._started
         self._finished = 0
+        self._epochs: dict[str, tuple[int, float]] = {}  # trial id -> (epoch, time.time())
+        self._labels: dict[str, tuple[str, str]] = {}  # trial id -> (label, planned epochs)
+        self._board = None
 
     def __getstate__(self):  # Tune pickles callbacks with the experiment
         return {"keys": self.keys, "metrics": self.metrics, "total": self.total,
-                "interval": self.interval, "headline": self.headline}
+                "interval": self.interval, "headline": self.headline, "board": self.board,
+                "shown": self.shown}
 
     def __setstate__(self, state):
         self.__init__(**state)
@@ -39,9 +73,13 @@ class ConsoleReporter(Callback):
     def _say(self, text: str) -> None:
         print(text, file=sys.stdout, flush=True)
 
+    def label(self, config: dict[str, Any]) -> str:
+        """`model=gffn batch_size=16`: the trial's values of the sweep's key config."""
+        return " ".join(f"{k}={config[k]}" for k in self.keys if k in config)
+
     def trial_line(self, config: dict[str, Any], result: dict[str, Any], status: str) -> str:
         """`model=gffn batch_size=16: completed, test_acc 0.975, test_ece 0.021 (12.3 s)`."""
-        keys = " ".join(f"{k}={config[k]}" for k in self.keys if k in config)
+        keys = self.label(config)
         shown = [(m, result[m]) for m in self.metrics
                  if isinstance(result.get(m), Number) and not isinstance(result[m], bool)
                  and math.isfinite(result[m])][:self.headline]
@@ -54,16 +92,22 @@ class ConsoleReporter(Callback):
         from search_spaces import expand_setup
 
         self._finished += 1
+        self._epochs.pop(trial.trial_id, None)
+        self._labels.pop(trial.trial_id, None)
         line = self.trial_line(expand_setup(trial.config), trial.last_result or {}, status)
         self._say(f"[trial {self._finished}/{self.total}] {line}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if isinstance(result.get("epoch"), int):
+            self._epochs[trial.trial_id] = (result["epoch"], time.time())
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._finish(trial, (trial.last_result or {}).get("status", "completed"))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._finish(trial, "error")
+        self._finish(trial, f"error ({error_line(trial)})")
 
-    def on_step(self, iteration, trials, **info) -> None:
+    def on_step_end(self, iteration, trials, **info) -> None:
         now = time.monotonic()
         if now - self._last_status < self.interval:
             return
@@ -76,3 +120,43 @@ class ConsoleReporter(Callback):
         eta = f", ETA ~{elapsed / done * (self.total - done):.0f} s" if done else ""
         self._say(f"[sweep] {done}/{self.total} done, {counts.get('RUNNING', 0)} running, "
                   f"{counts.get('PENDING', 0)} pending, {elapsed:.0f} s{eta}")
+        running = [t for t in trials if t.status == "RUNNING"]
+        stages = self._stages() if running else {}
+        for trial in running[:self.shown]:
+            self._say(f"  {self._trial_label(trial)}: {self._doing(trial, stages)}")
+        if len(running) > self.shown:
+            self._say(f"  ... and {len(running) - self.shown} more running")
+
+    def _trial_label(self, trial) -> str:
+        from search_spaces import expand_setup
+
+        if trial.trial_id not in self._labels:
+            config = expand_setup(trial.config)
+            self._labels[trial.trial_id] = (self.label(config) or trial.trial_id,
+                                            planned_epochs(config))
+        return self._labels[trial.trial_id][0]
+
+    def _doing(self, trial, stages: dict[str, tuple[str, float]]) -> str:
+        """"epoch 3/10", or the final stage's latest step if it is newer than the epoch."""
+        epoch, reported = self._epochs.get(trial.trial_id, (None, 0.0))
+        stage, said = stages.get(trial.trial_id, (None, 0.0))
+        if stage is not None and said >= reported:
+            return stage if stage.startswith("final stage") else f"final stage: {stage}"
+        if epoch is None:
+            return "starting"
+        planned = self._labels[trial.trial_id][1]
+        return f"epoch {epoch}/{planned}" if planned else f"epoch {epoch}"
+
+    def _stages(self) -> dict[str, tuple[str, float]]:
+        if self.board is None:
+            return {}
+        from orchestrator.tune.progress_board import read_board
+
+        if self._board is None:
+            import ray
+
+            try:
+                self._board = ray.get_actor(self.board)
+            except ValueError:
+                return {}
+        return read_board(self._board)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
 import threading
@@ -18,8 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import UsageError
-from orchestrator.reports.collect import SWEEP_FILE, collect_results, write_results
+from orchestrator.errors import EXIT_NO_RESULTS, EXIT_UNFINISHED, UsageError
+from orchestrator.reports.collect import (
+    SWEEP_FILE,
+    collect_results,
+    status_counts,
+    write_results,
+)
 from orchestrator.reports.provenance import datasets_read, write_provenance
 from orchestrator.reports.reproduction import FILE as REPRODUCTION_FILE
 from orchestrator.reports.reproduction import (
@@ -37,6 +43,23 @@ from search_spaces import Profile, SearchSpace
 # Ray Train V2 hands a report to its controller only when the controller polls (every 2 s
 # by default), which made every epoch of a small DDP trial last 2 s; poll every 0.1 s.
 RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
+
+
+RAY_LOG = "ray.log"
+
+
+def send_ray_logs_to(path: Path) -> None:
+    """The driver's Ray log lines (the "ray" logger: start-up notices, Tune's warnings and
+    trial tracebacks) go to `path`, not the console, where the sweep's own lines are what
+    a person reads; the header names the file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger("ray")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.propagate = False
 
 
 def latest_run(storage: Storage, prefix: str) -> str | None:
@@ -123,12 +146,15 @@ def summary_run(mode: str, run_name: str, record: dict[str, Any], table, artifac
 def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: Scaling,
               overrides: list[str], storage: str, resume: bool, mode: str,
               data_dir: str, max_concurrent_trials: int | None = None,
-              verbose: bool = False) -> int:
+              verbose: bool = False, status_interval: float = 10.0) -> int:
     """Run (or with `resume`, continue) the sweep of `profile` with the trial resources of
     `scaling`, its W&B runs in `mode`, checkpoints under `storage` (a directory or a URI);
-    write the results and return the process exit code. `max_concurrent_trials` caps the
+    write the results and return the process exit code: 0, every trial completed or
+    diverged; 1 (EXIT_UNFINISHED), some errored or did not finish; 3 (EXIT_NO_RESULTS), no
+    trial completed. `max_concurrent_trials` caps the
     trials that run at once (default: `concurrent_trials`); `verbose` prints Tune's own
-    progress tables instead of a line per finished trial and a status line."""
+    progress tables instead of a line per finished trial and a status line every
+    `status_interval` seconds."""
     storage = open_storage(storage)
     prefix = f"{space.name}-{profile_name}"
     settings = sweep_settings(profile, scaling)
@@ -152,8 +178,12 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
     from ray import tune
 
     address = os.environ.get("RAY_ADDRESS")
+    send_ray_logs_to(local_dir / RAY_LOG)
     print(f"[sweep] {space.name} / {profile_name}: {profile.num_trials()} trials; "
-          f"{'connecting to ' + address if address else 'starting Ray locally'}", flush=True)
+          f"{'connecting to ' + address if address else 'starting Ray locally'}; "
+          f"Ray's log: {local_dir / RAY_LOG}", flush=True)
+    if not verbose:  # Tune's own console output off (its start-up box too); ours instead
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # The experiment snapshot that --resume reads: every second (Tune's default, "auto", is
     # at least 10 s), so a killed driver costs a trial about a second of epochs.
@@ -164,7 +194,9 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     # A local Ray starts without the dashboard (a cluster keeps its own): it is a process
     # and a web server competing with the trials for the machine's cores.
-    ray.init(address=address, logging_level="WARNING",
+    # address "local": without RAY_ADDRESS a new Ray, never one that `ray start` left
+    # running on this machine (ray.init(address=None) joins that one, silently)
+    ray.init(address=address or "local", logging_level="WARNING",
              **({} if address else {"include_dashboard": False}),
              runtime_env={"env_vars": {k: os.environ.get(k, v) for k, v in RAY_ENV.items()}})
     concurrent = concurrent_trials(ray.cluster_resources(), scaling.total_resources(),
@@ -179,8 +211,11 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
     print(f"[sweep] trial path: {path}; {at_once}; W&B {mode}; storage {sweep_dir}",
           flush=True)
 
+    from orchestrator.tune.progress_board import board_name, start_board
+
+    board = None if verbose else start_board(run_name)  # kept alive while the sweep runs
     trainable = make_trainable(space.loop, scaling, storage.path(run_name, "train"),
-                               storage.filesystem)
+                               storage.filesystem, board_name(run_name) if board else None)
     param_space = {**profile.config, "data_dir": data_dir,
                    **{k: tune.grid_search(v) for k, v in profile.grid.items()}}
     if resume:
@@ -196,7 +231,9 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
         callbacks = [JsonLoggerCallback(), CheckpointRetention(keep=KEEP_CHECKPOINTS)]
         if not verbose:
             callbacks.append(ConsoleReporter(console_keys(space.table_keys, settings),
-                                             space.table_metrics, profile.num_trials()))
+                                             space.table_metrics, profile.num_trials(),
+                                             interval=status_interval,
+                                             board=board_name(run_name)))
         callbacks += [cb for cb in [tracking.wandb_callback(
             mode, group=run_name, local_dir=str(local_dir))] if cb]
         tuner = tune.Tuner(
@@ -263,8 +300,12 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
     statuses = table["status"].value_counts().to_dict() if "status" in table else {}
     print(f"[sweep] status: {statuses}", flush=True)
     stopping.join()
+    if not statuses.get("completed"):
+        print(f"[sweep] no trial completed ({status_counts(table)}); the tables hold what "
+              f"they reported, see {local_dir / RAY_LOG} for errors", file=sys.stderr)
+        return EXIT_NO_RESULTS
     if statuses.get("error") or statuses.get("incomplete"):
         print(f"[sweep] some trials did not finish; rerun with --resume to continue "
               f"{run_name}", file=sys.stderr)
-        return 1
+        return EXIT_UNFINISHED
     return 0

@@ -40,7 +40,12 @@ from workloads.models.factory import classifier_options
 from workloads.models.flows import flow_objective
 from workloads.models.modes import evaluating
 from workloads.models.vae import beta_vae_loss, latent_means
-from workloads.ood_evaluation import evaluate_ood, ood_auroc_snapshot, resolve_scores
+from workloads.ood_evaluation import (
+    evaluate_ood,
+    no_progress,
+    ood_auroc_snapshot,
+    resolve_scores,
+)
 from workloads.purification import purification_table
 from workloads.scores import OODScore, batched_logits, build_score, fit_score
 from workloads.training import (
@@ -177,8 +182,9 @@ def train_classifier(config: dict[str, Any], session: Session,
         if budget == "A":
             evaluated = copy.deepcopy(evaluated)
             evaluated.load_state_dict(state["best_model"])
-        final, artifacts = (final_stage or classifier_final_stage)(evaluated.eval(), data,
-                                                                    config)
+        session.progress("final stage")
+        final, artifacts = (final_stage or classifier_final_stage)(
+            evaluated.eval(), data, config, progress=session.progress)
         train = evaluate_split(evaluated, data.x_train, data.y_train)
         metrics.update(final, train_acc=train["acc"],
                        loop_seconds=time.perf_counter() - loop_started)
@@ -187,18 +193,21 @@ def train_classifier(config: dict[str, Any], session: Session,
         return
 
 
-# final_stage(model, data, config) -> (final metrics, final artifacts for final.json)
-FinalStage = Callable[[nn.Module, Any, dict[str, Any]], tuple[dict[str, Any], dict[str, Any]]]
+# final_stage(model, data, config, progress=...) -> (final metrics, final artifacts for
+# final.json); `progress(text)` is told each step, shown beside the trial on the console.
+FinalStage = Callable[..., tuple[dict[str, Any], dict[str, Any]]]
+Progress = Callable[[str], None]
 AUGMENTATIONS = {"none": None, "translate_flip": translate_and_flip}
 
 
-def classifier_final_stage(model: nn.Module, data, config: dict[str, Any]):
+def classifier_final_stage(model: nn.Module, data, config: dict[str, Any],
+                           progress: Progress = no_progress):
     """Test accuracy, calibration and the OOD scores of `ood_scores` (MSP and ln Z by
     default); the reliability bins as the artifact."""
     scores = resolve_scores(model, config.get("ood_scores", "msp+lnz"),
                             {"lnz": {"kind": config["log_partition"]}})
     final, reliability = final_evaluation(model, data, num_bins=config["num_bins"],
-                                          scores=scores)
+                                          scores=scores, progress=progress)
     return final, {"reliability": reliability}
 
 
@@ -229,7 +238,8 @@ def feature_gmm_scores(model: nn.Module, data, config: dict[str, Any],
     return scores
 
 
-def feature_gmm_final_stage(model: nn.Module, data, config: dict[str, Any]):
+def feature_gmm_final_stage(model: nn.Module, data, config: dict[str, Any],
+                            progress: Progress = no_progress):
     """Document 003 on a trained classifier (NOTES.md D): diagonal GMMs on the penultimate
     training features, one per K of `gmm_components` ("100+1000": scores `gmm_100` and
     `gmm`, the largest K, which also purifies), beside MSP, temperature-scaled MSP, max
@@ -238,6 +248,7 @@ def feature_gmm_final_stage(model: nn.Module, data, config: dict[str, Any]):
     before and after temperature scaling; feature purification (eq. 9) over the
     `purify_eps` x `purify_nu` grid on the validation and test splits (Table 4)."""
     model = FeatureCache(model)  # the scores share one forward pass per input chunk
+    progress("fitting the scores")
     scores = feature_gmm_scores(model, data, config)
     metrics, reliability = classifier_test_metrics(model, data, config["num_bins"])
     if "msp_calibrated" in scores:
@@ -245,8 +256,9 @@ def feature_gmm_final_stage(model: nn.Module, data, config: dict[str, Any]):
         logits = batched_logits(model, data.x_test) / temperature
         metrics.update(temperature=temperature, test_ece_calibrated=classifier_calibration(
             logits, data.y_test, config["num_bins"]).ece)
-    ood = evaluate_ood(model, data, scores)
+    ood = evaluate_ood(model, data, scores, progress=progress)
     metrics.update(ood.flat_metrics())
+    progress("mistake detection")
     mistakes = evaluate_mistakes(model, data, scores)
     for row in mistakes:
         metrics.update({f"mistake_auroc_{row['score']}": row["auroc"],
@@ -255,6 +267,7 @@ def feature_gmm_final_stage(model: nn.Module, data, config: dict[str, Any]):
     artifacts = {"reliability": reliability, "ood": ood.rows, "samples": ood.samples,
                  "mistakes": mistakes}
     if "gmm" in scores and config.get("purify_steps", 0) > 0:
+        progress("feature purification")
         purification = purification_table(
             model, scores["gmm"].log_density,
             {"validation": (data.x_val, data.y_val), "test": (data.x_test, data.y_test)},
@@ -299,7 +312,8 @@ def failure_scores(model: nn.Module, data, config: dict[str, Any],
     return scores
 
 
-def failure_prediction_final_stage(model: nn.Module, data, config: dict[str, Any]):
+def failure_prediction_final_stage(model: nn.Module, data, config: dict[str, Any],
+                                   progress: Progress = no_progress):
     """Document 001 on a trained classifier with dropout (NOTES.md G): failure prediction
     (errors the positive class: AUPR-error, AUPR-success, AUROC, FPR95, and the
     precision-recall curves) for the scores of `failure_scores` (MCP, temperature-scaled
@@ -309,6 +323,7 @@ def failure_prediction_final_stage(model: nn.Module, data, config: dict[str, Any
     all_names = "+".join(dict.fromkeys([*failure_names.split("+"),
                                         *config["ood_scores"].split("+")]))
     model = FeatureCache(model)  # the scores share one forward pass per input chunk
+    progress("fitting the scores")
     scores = failure_scores(model, data, config, all_names)
 
     def chosen(names: str) -> dict[str, OODScore]:
@@ -318,17 +333,19 @@ def failure_prediction_final_stage(model: nn.Module, data, config: dict[str, Any
 
     metrics, reliability = classifier_test_metrics(model, data, config["num_bins"])
     curves: list[dict] = []
+    progress("failure prediction")
     mistakes = evaluate_mistakes(model, data, chosen(failure_names), curves)
     for row in mistakes:
         for key in FAILURE_METRICS:
             metrics[f"mistake_{key}_{row['score']}"] = row[key]
-    ood = evaluate_ood(model, data, chosen(config["ood_scores"]))
+    ood = evaluate_ood(model, data, chosen(config["ood_scores"]), progress=progress)
     metrics.update(ood.flat_metrics())
     return metrics, {"reliability": reliability, "mistakes": mistakes, "pr_curves": curves,
                      "ood": ood.rows, "samples": ood.samples}
 
 
-def ood_baselines_final_stage(model: nn.Module, data, config: dict[str, Any]):
+def ood_baselines_final_stage(model: nn.Module, data, config: dict[str, Any],
+                              progress: Progress = no_progress):
     """Thesis Table 3.1's baselines on a trained classifier (sections 3.3, 3.6.6; NOTES.md B,
     E): test accuracy and calibration, the parameter count `num_params` (the thesis matches
     it to the flow's), and OOD detection by the scores of `ood_scores` (G-ODIN on a G-ODIN
@@ -338,11 +355,14 @@ def ood_baselines_final_stage(model: nn.Module, data, config: dict[str, Any]):
     thesis' Energy column)."""
     metrics, reliability = classifier_test_metrics(model, data, config["num_bins"])
     metrics["num_params"] = sum(p.numel() for p in model.parameters())
-    ood = evaluate_ood(model, data, resolve_scores(model, config["ood_scores"]))
+    ood = evaluate_ood(model, data, resolve_scores(model, config["ood_scores"]),
+                       progress=progress)
     if config["energy_epochs"] > 0:
+        progress("energy fine-tuning")
         tuned, tuned_metrics = _energy_finetuned(model, data, config)
         metrics.update(tuned_metrics)
-        tuned_ood = evaluate_ood(tuned, data, resolve_scores(tuned, config["finetuned_scores"]))
+        tuned_ood = evaluate_ood(tuned, data, resolve_scores(tuned, config["finetuned_scores"]),
+                                 progress=lambda text: progress(f"fine-tuned model, {text}"))
         ood.rows += [{**row, "score": f"{row['score']}_ft"} for row in tuned_ood.rows]
     metrics.update(ood.flat_metrics())
     return metrics, {"reliability": reliability, "ood": ood.rows, "samples": ood.samples}
@@ -520,7 +540,9 @@ def train_generative(config: dict[str, Any], session: Session) -> None:
         if session.rank != 0:  # rank 0 evaluates; the others wait at the collective report
             session.report({**metrics, "epochs": epoch + 1, "status": "completed"})
             return
-        final_metrics, final = generative_final_stage(evaluated, data, config)
+        session.progress("final stage")
+        final_metrics, final = generative_final_stage(evaluated, data, config,
+                                                      progress=session.progress)
         metrics.update(final_metrics, epochs=epoch + 1, status="completed",
                        loop_seconds=time.perf_counter() - loop_started)
         metrics.update(diagnostic_endpoints(state["diagnostic"]))
@@ -530,7 +552,8 @@ def train_generative(config: dict[str, Any], session: Session) -> None:
         return
 
 
-def generative_final_stage(model: nn.Module, data, config: dict[str, Any]):
+def generative_final_stage(model: nn.Module, data, config: dict[str, Any],
+                           progress: Progress = no_progress):
     """A trained flow or DIGLM: test bits/dim, log p(x) and AM (`test_*`), a DIGLM's test
     accuracy and calibration, and the OOD stage of `ood_scores` (with `score_params`); with
     `background_mu` > 0, a background model trained first and the likelihood ratio added."""
@@ -541,13 +564,15 @@ def generative_final_stage(model: nn.Module, data, config: dict[str, Any]):
         metrics.update(test)
     requested, params = config["ood_scores"], dict(config.get("score_params") or {})
     if config.get("background_mu", 0) > 0:  # the likelihood ratio's background model
+        progress("training the background model")
         device = next(model.parameters()).device
         background, history = _background_model(config, data, device)
         params["likelihood_ratio"] = {"background": background}
         names = list(resolve_scores(model, requested))
         requested = "+".join(dict.fromkeys([*names, "likelihood_ratio"]))
         metrics["background_train_nll"] = history[-1].loss
-    ood = evaluate_ood(model, data, resolve_scores(model, requested, params))
+    ood = evaluate_ood(model, data, resolve_scores(model, requested, params),
+                       progress=progress)
     metrics.update(ood.flat_metrics())
     final.update(ood=ood.rows, samples=ood.samples)
     return metrics, final
@@ -639,7 +664,9 @@ def train_vae(config: dict[str, Any], session: Session) -> None:
             return
         evaluated = copy.deepcopy(vae)
         evaluated.load_state_dict(state["best_model"])
-        final, artifacts = vae_final_stage(evaluated.eval(), data, config)
+        session.progress("final stage")
+        final, artifacts = vae_final_stage(evaluated.eval(), data, config,
+                                           progress=session.progress)
         metrics.update(final, loop_seconds=time.perf_counter() - loop_started)
         state["final_metrics"] = metrics
         session.report(metrics, state=state, final=artifacts)
@@ -674,7 +701,8 @@ def vae_score_name(samples: int, bn: str) -> str:
     return f"iwae{samples}" + ("_bn" if bn == "adapted" else "")
 
 
-def vae_final_stage(model: nn.Module, data, config: dict[str, Any]):
+def vae_final_stage(model: nn.Module, data, config: dict[str, Any],
+                    progress: Progress = no_progress):
     """Document 002 on a trained VAE: test NLL and bits/dim (IWAE with the largest K of
     `iwae_samples`); OOD detection with IWAE_K for each K of `iwae_samples` ("5+50") and each
     encoder BN mode of `bn_modes` ("eval+adapted"; adapted: statistics of each batch of
@@ -690,14 +718,16 @@ def vae_final_stage(model: nn.Module, data, config: dict[str, Any]):
                                                  seed=config["seed"])
               for bn in modes for k in samples}
     plain = "eval" if "eval" in modes else modes[0]
+    progress("test bits/dim")
     test_log_px = scores[vae_score_name(samples[-1], plain)](model, data.x_test)
     # bits/dim of the discrete pixels: a Gaussian decoder's density times the grid cell
     # volume (levels - 1)^-D gives the pixels' probability; a categorical decoder's already is
     nll, dim = -test_log_px.mean().item(), math.prod(data.input_shape)
     cell = math.log(data.levels - 1) if config["decoder"] == "gaussian" else 0.0
     metrics = {"test_nll": nll, "test_bpd": (nll / dim + cell) / math.log(2)}
-    ood = evaluate_ood(model, data, scores)
+    ood = evaluate_ood(model, data, scores, progress=progress)
     metrics.update(ood.flat_metrics())
+    progress("latent SVMs (Table 3.1)")
     rows = []
     n = min(len(data.x_test), config.get("svm_samples", 1000))
     x_id = data.x_test[:n]

@@ -3,6 +3,8 @@ will need, made before Ray starts (bad input exits 2 naming the key)."""
 
 from __future__ import annotations
 
+import math
+import os
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -24,10 +26,14 @@ def _parse_scalar(key: str, text: str, example: Any) -> Any:
         if kind is int:
             return int(text)
         if kind is float:
-            return float(text)
-        return text
+            value = float(text)
+        else:
+            return text
     except ValueError:
         raise UsageError(f"--set {key}={text}: expected {kind.__name__}") from None
+    if not math.isfinite(value):  # inf passed "positive", and every trial diverged
+        raise UsageError(f"--set {key}={text}: expected a finite number")
+    return value
 
 
 def apply_overrides(space: SearchSpace, profile: Profile, overrides: list[str]) -> Profile:
@@ -174,14 +180,19 @@ def check_outliers(profile: Profile, data_dir: str, download: bool) -> None:
 
 
 def check_storage(storage: str) -> None:
-    """`--storage` must be a URI pyarrow can reach, or a directory this process can write
-    (created if absent)."""
+    """`--storage` must be a URI whose filesystem this process can write (a missing S3
+    bucket, bad credentials or an unreachable server found here, before Ray starts), or a
+    directory this process can write (created if absent)."""
     target = open_storage(storage)
     if target.is_uri:
+        probe = target.path(f".write-check-{os.getpid()}")
         try:
-            target.filesystem.get_file_info(target.root)
+            with target.filesystem.open_output_stream(probe) as stream:
+                stream.write(b"")
+            target.filesystem.delete_file(probe)
         except OSError as error:
-            raise UsageError(f"--storage {target.display()}: cannot reach it ({error})") \
+            detail = (str(error).strip().splitlines() or [""])[0]
+            raise UsageError(f"--storage {target.display()}: cannot write there ({detail})") \
                 from None
         return
     path = Path(storage)

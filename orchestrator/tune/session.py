@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 STATE_FILE = "state.pt"
+TRAIN_RUN_PREFIX = "train-"
 FINAL_FILE = "final.json"
 
 
@@ -41,6 +42,13 @@ class Session:
     def restore(self) -> tuple[dict | None, dict | None]:
         """The latest checkpoint's (state, final artifacts), or (None, None)."""
         raise NotImplementedError
+
+    def progress(self, text: str) -> None:
+        """Say what the trial is doing between reports (e.g. its final stage's step): shown
+        on the sweep's console. Only rank 0 speaks; without a board it says nothing."""
+        self._say(text)
+
+    _say = staticmethod(lambda text: None)  # a session with a board replaces it
 
 
 @contextmanager
@@ -127,10 +135,16 @@ class TuneSession(Session):
     epoch's metrics still reach result.json and W&B. Checkpoints and the final report go
     at once."""
 
-    def __init__(self, num_threads: int = 1, report_seconds: float = 0.0):
+    def __init__(self, num_threads: int = 1, report_seconds: float = 0.0,
+                 board: str | None = None):
+        from ray import tune
+
+        from orchestrator.tune.progress_board import trial_progress
+
         _quiet_ray_train_logs()
         torch.set_num_threads(max(1, num_threads))
         self.device = select_device(use_gpu=False)
+        self._say = trial_progress(board, tune.get_context().get_trial_id())
         self.report_seconds = report_seconds
         self._held: list[dict[str, Any]] = []
         self._last_sent = time.monotonic()
@@ -158,9 +172,11 @@ class TuneSession(Session):
 class TrainSession(Session):
     """The loop runs on a Ray Train worker; rank 0 writes the checkpoints."""
 
-    def __init__(self, num_threads: int = 1):
+    def __init__(self, num_threads: int = 1, board: str | None = None):
         import ray.train
         import ray.train.torch
+
+        from orchestrator.tune.progress_board import trial_progress
 
         _quiet_ray_train_worker_logs()
         torch.set_num_threads(max(1, num_threads))
@@ -168,6 +184,9 @@ class TrainSession(Session):
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
         self.device = ray.train.torch.get_device()
+        if self.rank == 0:  # the Train run is named train-<trial id> (trainable.py)
+            trial_id = context.get_experiment_name().removeprefix(TRAIN_RUN_PREFIX)
+            self._say = trial_progress(board, trial_id)
 
     def prepare_model(self, model):
         import ray.train.torch
@@ -196,6 +215,7 @@ class LocalSession(Session):
         if num_threads:
             torch.set_num_threads(num_threads)
         self.reports: list[dict[str, Any]] = []
+        self.stages: list[str] = []  # what progress() said
         self.final: dict | None = None
         self._state: dict | None = None
 
@@ -208,3 +228,6 @@ class LocalSession(Session):
 
     def restore(self):
         return self._state, self.final
+
+    def progress(self, text: str) -> None:
+        self.stages.append(text)

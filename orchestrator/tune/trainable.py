@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.tune.loops import LOOPS
-from orchestrator.tune.session import TrainSession, TuneSession
+from orchestrator.tune.session import TRAIN_RUN_PREFIX, TrainSession, TuneSession
 from search_spaces import expand_setup
 
 KEEP_CHECKPOINTS = 3
@@ -58,20 +58,21 @@ class Scaling:
 
 
 def make_trainable(loop_name: str, scaling: Scaling, train_storage: str | Path,
-                   filesystem=None) -> Callable:
+                   filesystem=None, board: str | None = None) -> Callable:
     """A Tune function trainable running `LOOPS[loop_name]` on the path `scaling` picks.
     Ray Train runs keep their checkpoints under `train_storage` in `filesystem` (a pyarrow
-    filesystem; None: the local disk)."""
+    filesystem; None: the local disk). `board` names the sweep's progress board, which the
+    loop's final stage tells its steps (progress_board.py)."""
     loop = LOOPS[loop_name]
     threads = scaling.cpus_per_worker
 
     def train_worker(config: dict[str, Any]) -> None:
-        loop(expand_setup(config), TrainSession(num_threads=threads))
+        loop(expand_setup(config), TrainSession(num_threads=threads, board=board))
 
     def trainable(config: dict[str, Any]) -> None:
         if scaling.in_process:
             config = expand_setup(config)
-            loop(config, TuneSession(threads, config.get("report_seconds", 0.0)))
+            loop(config, TuneSession(threads, config.get("report_seconds", 0.0), board))
             return
         from ray import train, tune
         from ray.train.torch import TorchTrainer
@@ -83,7 +84,7 @@ def make_trainable(loop_name: str, scaling: Scaling, train_storage: str | Path,
             train_loop_config=config,
             scaling_config=scaling.scaling_config(),
             run_config=train.RunConfig(
-                name=f"train-{trial_id}",
+                name=f"{TRAIN_RUN_PREFIX}{trial_id}",
                 storage_path=str(train_storage), storage_filesystem=filesystem,
                 callbacks=[TuneReportCallback()],
                 checkpoint_config=train.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
