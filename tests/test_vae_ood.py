@@ -316,3 +316,39 @@ def test_vae_ood_on_celeba_with_lsun(tmp_path, env):
     assert {"lsun", "celeba train"} <= set(svm.negative)
     text = (sweep_dir / "REPRODUCTION.md").read_text()
     assert [line for line in text.splitlines() if "latent (eval BN)" in line and "lsun" in line]
+
+
+def test_vae_final_stage_scores_each_input_once_per_score(monkeypatch):
+    """The test set's IWAE with the largest K is both the bits/dim and the OOD stage's ID
+    values: it is computed once (it was computed twice), and the OOD rows are the ones a
+    fresh evaluation gives."""
+    from orchestrator.tune.loops import vae_final_stage
+    from search_spaces import expand_setup, get_search_space
+    from workloads.ood_evaluation import evaluate_ood
+    from workloads.scores.vae import IWAELogLikelihood
+
+    config = expand_setup(get_search_space("vae_ood").profile("smoke").trial_configs()[0])
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    vae = ConvVAE(data.input_shape, data.levels, latent_dim=config["latent_dim"],
+                  hidden=config["hidden"]).eval()
+    scored: dict[tuple, int] = {}
+    forward = IWAELogLikelihood.forward
+
+    def counting(self, model, x):
+        key = (self.samples, self.bn)
+        scored[key] = scored.get(key, 0) + len(x)
+        return forward(self, model, x)
+
+    monkeypatch.setattr(IWAELogLikelihood, "forward", counting)
+    metrics, artifacts = vae_final_stage(vae, data, config)
+    per_score = len(data.x_test) + sum(min(len(data.x_test), len(x)) for x in data.ood.values())
+    samples = sorted(int(k) for k in config["iwae_samples"].split("+"))
+    modes = config["bn_modes"].split("+")
+    assert scored == {(k, bn): per_score for k in samples for bn in modes}
+
+    monkeypatch.setattr(IWAELogLikelihood, "forward", forward)
+    fresh = evaluate_ood(vae, data, {f"iwae{samples[-1]}": IWAELogLikelihood(
+        samples[-1], "eval", config["bn_batch"], config["seed"])})
+    ours = [r for r in artifacts["ood"] if r["score"] == f"iwae{samples[-1]}"]
+    assert ours == fresh.rows

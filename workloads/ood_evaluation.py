@@ -84,7 +84,8 @@ def no_progress(text: str) -> None:
 
 def evaluate_ood(model: nn.Module, data: Dataset, scores: dict[str, dict | OODScore],
                  max_samples: int = 2000, resamples: int = 1000, seed: int = 0,
-                 progress: Callable[[str], None] = no_progress) -> OODEvaluation:
+                 progress: Callable[[str], None] = no_progress,
+                 id_values: dict[str, np.ndarray] | None = None) -> OODEvaluation:
     """Fit each score on the training split (unless given fitted), then compare ID test
     inputs with every OOD set of `data` on balanced counts (unless `data.balanced_ood` is
     False: all of both; the row's `n` is the OOD count, `n_id` the ID one). Each row also
@@ -92,12 +93,16 @@ def evaluate_ood(model: nn.Module, data: Dataset, scores: dict[str, dict | OODSc
     bootstrap interval over the test inputs of AUROC, AUPR-in, AUPR-out and FPR95
     (`<metric>_lo`, `<metric>_hi`; `resamples` seeded by `seed`, 0: none). Keeps up to
     `max_samples` raw values per set of the histogram scores (log p(x), AM). `progress` is
-    told each score as it starts ("OOD score 2/5: energy")."""
+    told each score as it starts ("OOD score 2/5: energy"). `id_values` holds, by score
+    name, the ID test inputs' values already computed by the caller (e.g. the VAE's test
+    IWAE, also its bits/dim): they are not computed again."""
     result = OODEvaluation()
     for index, (name, score_params) in enumerate(scores.items()):
         progress(f"OOD score {index + 1}/{len(scores)}: {name}")
         score = fitted_score(name, score_params, model, data)
-        values = {"id": score(model, data.x_test).double().numpy()}
+        known = (id_values or {}).get(name)
+        values = {"id": (np.asarray(known, dtype=np.float64) if known is not None
+                         else score(model, data.x_test).double().numpy())}
         for ood_name, x_ood in data.ood.items():
             n = min(len(values["id"]), len(x_ood)) if data.balanced_ood else len(x_ood)
             n_id = n if data.balanced_ood else len(values["id"])

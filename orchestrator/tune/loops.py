@@ -719,13 +719,15 @@ def vae_final_stage(model: nn.Module, data, config: dict[str, Any],
               for bn in modes for k in samples}
     plain = "eval" if "eval" in modes else modes[0]
     progress("test bits/dim")
-    test_log_px = scores[vae_score_name(samples[-1], plain)](model, data.x_test)
+    largest = vae_score_name(samples[-1], plain)
+    test_log_px = scores[largest](model, data.x_test)  # also the OOD stage's ID values
     # bits/dim of the discrete pixels: a Gaussian decoder's density times the grid cell
     # volume (levels - 1)^-D gives the pixels' probability; a categorical decoder's already is
     nll, dim = -test_log_px.mean().item(), math.prod(data.input_shape)
     cell = math.log(data.levels - 1) if config["decoder"] == "gaussian" else 0.0
     metrics = {"test_nll": nll, "test_bpd": (nll / dim + cell) / math.log(2)}
-    ood = evaluate_ood(model, data, scores, progress=progress)
+    ood = evaluate_ood(model, data, scores, progress=progress,
+                       id_values={largest: test_log_px.double().numpy()})
     metrics.update(ood.flat_metrics())
     progress("latent SVMs (Table 3.1)")
     rows = []
