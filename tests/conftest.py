@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -159,6 +160,23 @@ def train_digits_classifier(arch: str = "mlp", epochs: int = 10, width: int = 32
             F.cross_entropy(model(data.x_train[i:i + 64]), data.y_train[i:i + 64]).backward()
             optimizer.step()
     return model.eval(), data
+
+
+class BNDropoutNet(torch.nn.Module):
+    """A digits classifier with batch norm and dropout in its features, the layers the paper
+    models have (VGG16, DenseNet, WRN) and the digits MLPs lack."""
+
+    provides = ("logits", "features", "dropout")
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.features = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32),
+                                      nn.ReLU(), nn.Dropout(0.5))
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(self.features(x))
 
 
 def model_state(model):

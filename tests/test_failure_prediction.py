@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import command
+from conftest import BNDropoutNet, command
 from torch import nn
 
 from orchestrator.tracking.offline import find_offline_runs, read_offline_run
@@ -96,19 +96,6 @@ def test_ensemble_scores_by_hand():
 
 # --- ConfidNet as Corbière et al.'s code trains it -----------------------------------------
 
-class BNDropoutNet(nn.Module):
-    """A classifier with batch norm and dropout in its features (their VGG16 has both)."""
-
-    provides = ("logits", "features", "dropout")
-
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32),
-                                      nn.ReLU(), nn.Dropout(0.5))
-        self.head = nn.Linear(32, 10)
-
-    def forward(self, x):
-        return self.head(self.features(x))
 
 
 @pytest.fixture(scope="module")

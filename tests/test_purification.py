@@ -72,25 +72,15 @@ def test_purification_runs_the_model_in_eval_mode_in_chunks_and_leaves_it_as_fou
     in eval mode, whatever the chunk size, twice; every mode, parameter and buffer is left
     as found. (The old code ran `model.features(x)` in whatever mode the model was in:
     dropout on, batch statistics, running statistics overwritten.)"""
-    from conftest import assert_model_unchanged, model_state
-    from torch import nn
+    from conftest import BNDropoutNet, assert_model_unchanged, model_state
 
     from workloads.data import load_dataset
     from workloads.training import fit_classifier
 
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.features = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32),
-                                          nn.ReLU(), nn.Dropout(0.5))
-            self.head = nn.Linear(32, 10)
-
-        def forward(self, x):
-            return self.head(self.features(x))
 
     torch.manual_seed(0)
     data = load_dataset("digits")
-    model = fit_classifier(Net(), data.x_train, data.y_train, epochs=3)
+    model = fit_classifier(BNDropoutNet(), data.x_train, data.y_train, epochs=3)
     gmm = build_score("gmm", components=2).fit(model, data.x_train, data.y_train)
     x, y = data.x_test[:100], data.y_test[:100]
     reference = purification_effect(model, gmm.log_density, x, y, 0.1, 0.1, steps=3)
