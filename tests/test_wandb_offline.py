@@ -24,3 +24,35 @@ def test_reader_recovers_config_history_and_summary(tmp_path, sweep_env):
     assert [row["epoch"] for row in run.history] == list(range(40))  # spans 32 KiB blocks
     assert run.summary["loss"] == 1.0 / 40
     assert run.summary["test_acc"] == 0.75
+
+
+def test_the_sweeps_end_waits_for_wandb_at_most_its_limit_and_says_how_far_it_is():
+    """The W&B thread's queue drained: True at once when the work finishes; with work that
+    outlasts the limit, progress lines while waiting and False at the limit (the old end
+    joined the thread without a bound or a word)."""
+    import queue
+    import threading
+    import time
+
+    from orchestrator.tracking.runs import drain
+
+    work: queue.Queue = queue.Queue()
+    release = threading.Event()
+
+    def worker():
+        while (item := work.get()) is not None:
+            item()
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    for _ in range(3):
+        work.put(lambda: release.wait(60))
+    work.put(None)
+    said: list[str] = []
+    started = time.monotonic()
+    assert drain(thread, work, limit=1.0, every=0.25, say=said.append) is False
+    assert 1.0 <= time.monotonic() - started < 10
+    assert any("finishing the trial runs" in line for line in said[:-1])
+    assert "gave up" in said[-1] and "ROBUSTNESS_WANDB_DRAIN_S" in said[-1]
+    release.set()
+    assert drain(thread, work, limit=60.0, every=0.25, say=said.append) is True

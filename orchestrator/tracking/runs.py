@@ -13,6 +13,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from numbers import Number
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,31 @@ def prepare_environment(mode: str) -> None:
     os.environ.setdefault("WANDB_CONSOLE", "off")  # Ray already captures trial output
 
 
+DRAIN_SECONDS = 600.0  # the longest a sweep's end waits for W&B (ROBUSTNESS_WANDB_DRAIN_S)
+
+
+def drain(thread: threading.Thread, work: queue.Queue, limit: float, every: float = 5.0,
+          say=None) -> bool:
+    """Wait for the W&B thread to finish the calls queued in `work`, at most `limit`
+    seconds, telling `say` (default: stderr) every `every` seconds how many are left.
+    True when it finished; False when it gave up (the thread is a daemon: the process
+    exits anyway; the runs not yet finished stay incomplete, the sweep's files are whole)."""
+    say = say or (lambda text: print(text, file=sys.stderr, flush=True))
+    started = time.monotonic()
+    while True:
+        thread.join(timeout=max(0.0, min(every, limit - (time.monotonic() - started))))
+        if not thread.is_alive():
+            return True
+        waited = time.monotonic() - started
+        if waited >= limit:
+            say(f"[wandb] gave up after {waited:.0f} s with ~{work.qsize()} W&B calls queued; "
+                f"the trial runs they belong to are incomplete (the sweep's own files are "
+                f"not); raise ROBUSTNESS_WANDB_DRAIN_S to wait longer")
+            return False
+        say(f"[wandb] finishing the trial runs: ~{work.qsize()} W&B calls queued, "
+            f"{waited:.0f} s")
+
+
 class WandbTrialLogger(Callback):
     """A Tune callback that keeps one W&B run per trial, in the sweep's driver process.
 
@@ -84,8 +110,10 @@ class WandbTrialLogger(Callback):
                "date", "hostname", "node_ip", "pid", "timestamp")
 
     def __init__(self, mode: str, group: str, project: str | None = None,
-                 local_dir: str | None = None):
+                 local_dir: str | None = None, drain_seconds: float | None = None):
         self.mode = mode
+        self.drain_seconds = drain_seconds if drain_seconds is not None else float(
+            os.environ.get("ROBUSTNESS_WANDB_DRAIN_S", DRAIN_SECONDS))
         self.group = group
         self.project = project or os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT)
         self.local_dir = local_dir
@@ -95,7 +123,7 @@ class WandbTrialLogger(Callback):
 
     def __getstate__(self):  # Tune pickles callbacks: threads, queues and runs stay behind
         return {"mode": self.mode, "group": self.group, "project": self.project,
-                "local_dir": self.local_dir}
+                "local_dir": self.local_dir, "drain_seconds": self.drain_seconds}
 
     def __setstate__(self, state):
         self.__init__(**state)
@@ -206,7 +234,7 @@ class WandbTrialLogger(Callback):
             if trial.status not in ("TERMINATED", "ERROR"):
                 self._end_trial(trial, failed=True)
         self._queue.put(None)
-        self._thread.join()
+        drain(self._thread, self._queue, self.drain_seconds)
         self._thread = None
 
 
