@@ -32,7 +32,7 @@ from typing import Any
 from ray.tune import Callback
 
 HISTORY = 3  # snapshots that may still be the one in storage
-# Tune snapshots the experiment every TUNE_GLOBAL_CHECKPOINT_S (the sweep sets 1 s); no
+# Tune snapshots the experiment every TUNE_GLOBAL_CHECKPOINT_S (the sweep sets 1-60 s); no
 # get_state call in this long after the first checkpoint means Tune no longer calls it.
 SNAPSHOT_TIMEOUT_S = 300.0
 

@@ -62,6 +62,16 @@ def send_ray_logs_to(path: Path) -> None:
     logger.propagate = False
 
 
+def snapshot_period(trials: int) -> float:
+    """Seconds between the experiment snapshots that --resume reads: max(1, trials / 200),
+    at most 60. A snapshot writes every trial's state (~0.4 ms a trial on 2 busy cores), so
+    Tune at a fixed 1 s spent 45% of the driver's time on snapshots at 400 trials, and the
+    driver's cost per trial grew with the trial count; this period keeps the snapshots'
+    share of the driver's time the same up to 12,000 trials. (Tune's "auto" waits at least
+    10 s.) A killed driver costs a trial at most this many seconds more of its epochs."""
+    return min(60.0, max(1.0, trials / 200))
+
+
 def latest_run(storage: Storage, prefix: str) -> str | None:
     """The newest run `<prefix>-<time>` in `storage` that Tune can restore (it holds
     tuner.pkl)."""
@@ -185,9 +195,8 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
     if not verbose:  # Tune's own console output off (its start-up box too); ours instead
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # The experiment snapshot that --resume reads: every second (Tune's default, "auto", is
-    # at least 10 s), so a killed driver costs a trial about a second of epochs.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S",
+                          f"{snapshot_period(profile.num_trials()):g}")
     # Per-trial result.json only (a callback below); no progress.csv or TensorBoard files:
     # they cost the driver time on every report, and W&B is the dashboard. Set before
     # either Tuner is built, so a resumed sweep gets the same loggers.

@@ -1,0 +1,84 @@
+"""Benchmark: the sweep driver's cost per trial as the trial count grows.
+
+`batch_size_gffn --profile smoke --seeds K` is 4 configurations x K seeds of short trials on
+digits (~0.4 s each). For each trial count, in one run on this machine:
+- the fair limit: the same trials by the same workload code with no Ray, in one process per
+  core with one torch thread each (`bench_sweep.run_limit`);
+- the sweep as a user runs it, W&B offline and again disabled;
+- the overhead per trial, (sweep - limit) x cores / trials in core-seconds, and the marginal
+  cost between consecutive counts (the driver's cost per extra trial; flat when nothing
+  in the driver grows with the trial count).
+The fixed cost (start to first trial, last trial to exit) is read from the sweep's own
+files: the earliest trial start in its result.json files, and its end.
+
+Usage:  python benchmarks/bench_scale.py [--trials 100 1000] [--out benchmarks/out]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_sweep import run_limit, run_sweep  # noqa: E402
+
+from search_spaces import get_search_space  # noqa: E402
+
+
+def first_trial_start(sweep_dir: Path) -> float:
+    """Epoch seconds at which the first trial's first report was made, minus its own
+    loop time: when the first trial began."""
+    starts = []
+    for result in sweep_dir.glob("*/result.json"):
+        line = result.read_text().splitlines()[0]
+        row = json.loads(line)
+        starts.append(row["timestamp"] - row.get("time_this_iter_s", 0.0))
+    return min(starts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--wandb", nargs="+", default=["offline", "disabled"])
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cores = os.cpu_count() or 1
+    space = get_search_space("batch_size_gffn")
+    rows = []
+    for trials in args.trials:
+        seeds = max(1, trials // space.profile("smoke").num_trials())
+        configs = [dict(c, seed=s) for s in range(seeds)
+                   for c in space.profile("smoke").trial_configs()]
+        limit = run_limit(configs, processes=cores)
+        for mode in args.wandb:
+            started = time.time()
+            wall, sweep_dir = run_sweep(out / f"scale_{trials}_{mode}", "--profile", "smoke",
+                                        "--seeds", str(seeds), "--wandb", mode)
+            rows.append({"trials": len(configs), "wandb": mode, "limit_s": round(limit, 1),
+                         "sweep_s": round(wall, 1), "sweep_to_limit": round(wall / limit, 2),
+                         "overhead_core_s_per_trial": round((wall - limit) * cores
+                                                            / len(configs), 3),
+                         "start_to_first_trial_s": round(first_trial_start(sweep_dir)
+                                                         - started, 1)})
+            print(json.dumps(rows[-1]), flush=True)
+    for mode in args.wandb:  # marginal cost between consecutive counts
+        mine = [r for r in rows if r["wandb"] == mode]
+        for small, large in zip(mine, mine[1:]):
+            large["marginal_core_s_per_trial"] = round(
+                ((large["sweep_s"] - large["limit_s"]) - (small["sweep_s"] - small["limit_s"]))
+                * cores / (large["trials"] - small["trials"]), 3)
+    (out / "bench_scale.json").write_text(json.dumps(rows, indent=2))
+    print(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
