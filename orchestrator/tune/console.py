@@ -123,18 +123,19 @@ class ConsoleReporter(Callback):
         running = [t for t in trials if t.status == "RUNNING"]
         stages = self._stages() if running else {}
         for trial in running[:self.shown]:
-            self._say(f"  {self._trial_label(trial)}: {self._doing(trial, stages)}")
+            self._say(f"  {self._described(trial)[0]}: {self._doing(trial, stages)}")
         if len(running) > self.shown:
             self._say(f"  ... and {len(running) - self.shown} more running")
 
-    def _trial_label(self, trial) -> str:
+    def _described(self, trial) -> tuple[str, str]:
+        """(label, planned epochs) of a trial, worked out once."""
         from search_spaces import expand_setup
 
         if trial.trial_id not in self._labels:
             config = expand_setup(trial.config)
             self._labels[trial.trial_id] = (self.label(config) or trial.trial_id,
                                             planned_epochs(config))
-        return self._labels[trial.trial_id][0]
+        return self._labels[trial.trial_id]
 
     def _doing(self, trial, stages: dict[str, tuple[str, float]]) -> str:
         """"epoch 3/10", or the final stage's latest step if it is newer than the epoch."""
@@ -144,7 +145,7 @@ class ConsoleReporter(Callback):
             return stage if stage.startswith("final stage") else f"final stage: {stage}"
         if epoch is None:
             return "starting"
-        planned = self._labels[trial.trial_id][1]
+        planned = self._described(trial)[1]
         return f"epoch {epoch}/{planned}" if planned else f"epoch {epoch}"
 
     def _stages(self) -> dict[str, tuple[str, float]]:
