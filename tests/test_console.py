@@ -38,12 +38,14 @@ def test_planned_epochs():
 
 @pytest.mark.slow
 def test_status_lines_show_each_running_trials_epoch_and_final_stage(tmp_path, sweep_env):
-    """vae_ood smoke with 8 epochs: each trial trains for several status intervals and its
-    final stage (IWAE passes over every OOD set, the SVMs) takes seconds, so the status
-    lines must catch both; the condition is the trials' length, not the moment."""
+    """vae_ood smoke with 30 epochs, each reported: each trial trains for many status
+    intervals and its final stage (IWAE passes over every OOD set, the SVMs) takes seconds,
+    so the status lines must catch both; the condition is the trials' length, not the
+    moment. (With the profile's report_seconds=1 a fast machine sent 8 epochs as one report.)"""
     proc = subprocess.run(
         [sys.executable, "-m", "orchestrator.sweep", "vae_ood", "--profile", "smoke",
-         "--set", "epochs=8", "--set", "patience=100", "--wandb", "disabled",
+         "--set", "epochs=30", "--set", "patience=100", "--set", "report_seconds=0",
+         "--wandb", "disabled",
          "--status-interval", "0.2", "--storage", str(tmp_path / "runs")],
         capture_output=True, text=True, env=sweep_env, timeout=600, cwd=tmp_path)
     out = proc.stdout + proc.stderr
@@ -52,9 +54,9 @@ def test_status_lines_show_each_running_trials_epoch_and_final_stage(tmp_path, s
                         re.MULTILINE)
     assert len(status) >= 5 and {done for done, _, _ in status} >= {"0"}
     trial = r"^  dataset=digits decoder=(gaussian|categorical) beta=1.0: "
-    epochs = re.findall(trial + r"epoch (\d)/<=8$", out, re.MULTILINE)
+    epochs = re.findall(trial + r"epoch (\d+)/<=30$", out, re.MULTILINE)
     stages = re.findall(trial + r"final stage: (.+)$", out, re.MULTILINE)
-    assert {int(e) for _, e in epochs} & set(range(1, 8)), out[-3000:]
+    assert {int(e) for _, e in epochs} & set(range(1, 30)), out[-3000:]
     assert any(s.startswith("OOD score ") for _, s in stages), out[-3000:]
     assert {d for d, _ in epochs} | {d for d, _ in stages} == {"gaussian", "categorical"}
     # A quiet start: Ray's notices are in the log the header names, not on the console.

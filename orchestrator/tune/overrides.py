@@ -187,6 +187,7 @@ def check_storage(storage: str) -> None:
     if target.is_uri:
         probe = target.path(f".write-check-{os.getpid()}")
         try:
+            target.filesystem.create_dir(target.root, recursive=True)  # as Tune will
             with target.filesystem.open_output_stream(probe) as stream:
                 stream.write(b"")
             target.filesystem.delete_file(probe)
