@@ -55,6 +55,18 @@ def test_every_workloads_module_imports_without_ray_or_wandb():
     assert out.strip() == "[]"
 
 
+def test_a_trial_process_imports_no_library_only_some_studies_use():
+    """Every trial process imports the loops on start (a new Ray actor each): pytorch-ood
+    (with torchvision and torch's compiler), scikit-learn and scipy.stats cost ~2 s there,
+    and in the driver, and are imported where a study uses them."""
+    code = ("import sys, orchestrator.tune.trainable, orchestrator.tune.experiment\n"
+            "print(sorted(k for k in ('pytorch_ood', 'torchvision', 'sklearn', 'scipy.stats')"
+            " if k in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_public_names_are_where_a_researcher_looks():
     from workloads.data import load_dataset  # noqa: F401
     from workloads.models import DIGLM, MLPClassifier, build_model  # noqa: F401

@@ -77,9 +77,13 @@ def test_intervals_are_seeded_shrink_with_more_samples_and_are_fast():
     rng = np.random.default_rng(0)
     small = bootstrap_ood_intervals(rng.normal(1, 1, 60), rng.normal(0, 1, 60), seed=3)
     big_id, big_ood = rng.normal(1, 1, 360), rng.normal(0, 1, 360)
-    started = time.perf_counter()
+    seconds = []  # the best of five fresh draws: the cost, not the machine's load at the time
+    for seed in range(3, 8):
+        started = time.perf_counter()
+        big = bootstrap_ood_intervals(big_id, big_ood, resamples=1000, seed=seed)
+        seconds.append(time.perf_counter() - started)
+    assert min(seconds) < 0.1  # 1,000 resamples of 360 + 360 scores
     big = bootstrap_ood_intervals(big_id, big_ood, resamples=1000, seed=3)
-    assert time.perf_counter() - started < 0.1  # 1,000 resamples of 360 + 360 scores
     assert big == bootstrap_ood_intervals(big_id, big_ood, resamples=1000, seed=3)
     point = ood_metrics(big_id, big_ood)
     for metric, (lo, hi) in big.items():

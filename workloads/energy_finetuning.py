@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 
 import torch
-from pytorch_ood.loss import EnergyRegularizedLoss
 from torch import nn
 
 from workloads.data import iterate_minibatches
@@ -41,6 +40,9 @@ def energy_bounded_loss(logits_in: torch.Tensor, targets: torch.Tensor,
                         weight: float) -> torch.Tensor:
     """Eq. 3.20 with 3.21: cross-entropy of the ID batch plus `weight` (lambda) times the two
     squared hinges on the energies, each a mean over its own batch."""
+    # Imported on use, as in workloads/scores/pytorch_ood_detectors.py (start-up time).
+    from pytorch_ood.loss import EnergyRegularizedLoss
+
     loss = EnergyRegularizedLoss(alpha=weight, margin_in=m_in, margin_out=m_out)
     labels = torch.cat([targets, torch.full((len(logits_out),), OUTLIER,
                                             dtype=targets.dtype, device=targets.device)])

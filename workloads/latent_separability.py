@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.svm import LinearSVC
 
 
 def linear_separability(positive: torch.Tensor | np.ndarray, negative: torch.Tensor | np.ndarray,
@@ -20,6 +16,12 @@ def linear_separability(positive: torch.Tensor | np.ndarray, negative: torch.Ten
     stratified `1 - test_fraction` of equally many positive and negative codes; return
     `pos_acc` and `neg_acc`, its accuracy on the held-out positives and negatives (document
     002, Table 3.1's "Pos. Acc." and "Neg. Acc."), and `n` the codes per class."""
+    # scikit-learn imported on use: every trial process imports this module (start-up time)
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
     pos, neg = np.asarray(positive, dtype=np.float64), np.asarray(negative, dtype=np.float64)
     n = min(len(pos), len(neg))
     if n < 4:

@@ -16,7 +16,7 @@ import functools
 import math
 
 import numpy as np
-from scipy import stats
+from scipy.special import stdtrit  # Student-t quantile (scipy.stats.t.ppf's own)
 
 OOD_INTERVAL_METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")
 
@@ -33,7 +33,7 @@ def t_interval(values, confidence: float = 0.95) -> dict[str, float]:
     if n == 1:
         return {"mean": mean, "std": math.nan, "lo": math.nan, "hi": math.nan, "n": 1}
     std = float(values.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
+    half = float(stdtrit(n - 1, 0.5 + confidence / 2)) * std / math.sqrt(n)
     return {"mean": mean, "std": std, "lo": mean - half, "hi": mean + half, "n": n}
 
 

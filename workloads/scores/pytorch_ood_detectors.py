@@ -26,21 +26,28 @@ not an OOD detector of its own), GradUncertainty (not an OOD detector in its pap
 
 pytorch-ood scores without keeping a graph (it decorates `predict` with `torch.no_grad`), so
 the adapted detectors are evaluated, not attacked (`not_differentiable`).
+
+pytorch-ood is imported when a detector is first built, not with this module: importing it
+pulls in torchvision and torch's compiler (~2 s), which every sweep driver and trial process
+would otherwise pay at start-up, whether or not it asks for an adapted score.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_ood.detector as pood
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from workloads.models.modes import evaluating
 from workloads.scores.base import OODScore, _device, register_score
+
+if TYPE_CHECKING:
+    import pytorch_ood.detector as pood
 
 # pytorch-ood warns once per fit that it picked the CPU when no device was set; we set it.
 logging.getLogger("pytorch_ood").setLevel(logging.ERROR)
@@ -73,7 +80,7 @@ class PytorchOODScore(OODScore):
     first call, for a detector that needs no fitting), fitted on the ID training data in
     batches of `batch_size`, its outlier score negated."""
 
-    detector_class: type[pood.Detector]
+    detector_name: str           # the class's name in `pytorch_ood.detector`
     parts: dict[str, str] = {}   # constructor parameter -> MODEL_PARTS key
     defaults: dict[str, Any] = {}
     in_default_set = False       # asked for by name: `--set ood_scores=msp+vim+knn`
@@ -85,9 +92,14 @@ class PytorchOODScore(OODScore):
         self.detector: pood.Detector | None = None
         self._model_id: int | None = None
 
+    @classmethod
+    def detector_class(cls) -> type[pood.Detector]:
+        """pytorch-ood's class (imported on first use)."""
+        return getattr(importlib.import_module("pytorch_ood.detector"), cls.detector_name)
+
     def _build(self, model: nn.Module) -> pood.Detector:
         parts = {name: MODEL_PARTS[part](model) for name, part in self.parts.items()}
-        self.detector = self.detector_class(**parts, **self.params)
+        self.detector = self.detector_class()(**parts, **self.params)
         self._model_id = id(model)
         return self.detector
 
@@ -101,7 +113,7 @@ class PytorchOODScore(OODScore):
 
     def __call__(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.detector is None or self._model_id != id(model):
-            if self.detector_class.requires_fit:
+            if self.detector_class().requires_fit:
                 raise RuntimeError(f"score '{self.name}' must be fitted on the model first")
             self._build(model)
         device = _device(model)
@@ -111,14 +123,12 @@ class PytorchOODScore(OODScore):
         return torch.cat(scores)
 
 
-def adapt(name: str, detector_class: type[pood.Detector], parts: dict[str, str],
+def adapt(name: str, detector_name: str, parts: dict[str, str],
           requires: tuple[str, ...], **defaults: Any) -> type[PytorchOODScore]:
-    """Register pytorch-ood's `detector_class` as score `name`."""
-    paper = getattr(getattr(detector_class, "info", None), "paper", None)
-    cited = f" ({paper.title}, {paper.venue} {paper.year})" if paper else ""
-    cls = type(detector_class.__name__, (PytorchOODScore,), {
-        "__doc__": f"pytorch-ood's {detector_class.__name__}{cited}.",
-        "__module__": __name__, "detector_class": detector_class, "parts": parts,
+    """Register pytorch-ood's detector class `detector_name` as score `name`."""
+    cls = type(detector_name, (PytorchOODScore,), {
+        "__doc__": f"pytorch-ood's {detector_name} (`pytorch_ood.detector.{detector_name}`).",
+        "__module__": __name__, "detector_name": detector_name, "parts": parts,
         "requires": requires, "defaults": defaults})
     return register_score(name)(cls)
 
@@ -130,28 +140,28 @@ FEATURES_HEAD = {"backbone": "encoder", "head": "head"}   # penultimate features
 MAPS_HEAD = {"backbone": "maps_backbone", "head": "maps_head"}
 
 # On logits.
-adapt("entropy", pood.Entropy, MODEL, ("logits",))
-adapt("gen", pood.GEN, MODEL, ("logits",))
-adapt("kl_matching", pood.KLMatching, MODEL, ("logits",))
-adapt("openmax", pood.OpenMax, MODEL, ("logits",))
+adapt("entropy", "Entropy", MODEL, ("logits",))
+adapt("gen", "GEN", MODEL, ("logits",))
+adapt("kl_matching", "KLMatching", MODEL, ("logits",))
+adapt("openmax", "OpenMax", MODEL, ("logits",))
 # Gradients of the last layer's weights, as in Huang et al. (2021).
-adapt("gradnorm", pood.GradNorm, {**MODEL, "param_filter": "head_only"}, ("features",))
+adapt("gradnorm", "GradNorm", {**MODEL, "param_filter": "head_only"}, ("features",))
 # On penultimate features (and the final layer).
-adapt("knn", pood.KNN, ENCODER, ("features",))
-adapt("rmd", pood.RMD, ENCODER, ("features",))
-adapt("vim", pood.ViM, {**ENCODER, "w": "w", "b": "b", "d": "half_feature_dim"},
+adapt("knn", "KNN", ENCODER, ("features",))
+adapt("rmd", "RMD", ENCODER, ("features",))
+adapt("vim", "ViM", {**ENCODER, "w": "w", "b": "b", "d": "half_feature_dim"},
       ("features",))
-adapt("dice", pood.DICE, {**ENCODER, "w": "w", "b": "b"}, ("features",), p=0.7)
-adapt("she", pood.SHE, ENCODER_HEAD, ("features",))
-adapt("nnguide", pood.NNGuide, ENCODER_HEAD, ("features",))
-adapt("nci", pood.NCI, ENCODER_HEAD, ("features",))
-adapt("pnml", pood.PNML, ENCODER_HEAD, ("features",))
-adapt("fdbd", pood.fDBD, ENCODER_HEAD, ("features",))
-adapt("lts", pood.LTS, ENCODER_HEAD, ("features",))
+adapt("dice", "DICE", {**ENCODER, "w": "w", "b": "b"}, ("features",), p=0.7)
+adapt("she", "SHE", ENCODER_HEAD, ("features",))
+adapt("nnguide", "NNGuide", ENCODER_HEAD, ("features",))
+adapt("nci", "NCI", ENCODER_HEAD, ("features",))
+adapt("pnml", "PNML", ENCODER_HEAD, ("features",))
+adapt("fdbd", "fDBD", ENCODER_HEAD, ("features",))
+adapt("lts", "LTS", ENCODER_HEAD, ("features",))
 # Activation shaping: ReAct and VRA clip the penultimate activations, as in their papers.
-adapt("react", pood.ReAct, FEATURES_HEAD, ("features",))
-adapt("vra", pood.VRA, FEATURES_HEAD, ("features",))
+adapt("react", "ReAct", FEATURES_HEAD, ("features",))
+adapt("vra", "VRA", FEATURES_HEAD, ("features",))
 # On convolutional feature maps.
-adapt("ash", pood.ASH, MAPS_HEAD, ("feature_maps",))
-adapt("scale", pood.SCALE, MAPS_HEAD, ("feature_maps",))
-adapt("rankfeat", pood.RankFeat, MAPS_HEAD, ("feature_maps",))
+adapt("ash", "ASH", MAPS_HEAD, ("feature_maps",))
+adapt("scale", "SCALE", MAPS_HEAD, ("feature_maps",))
+adapt("rankfeat", "RankFeat", MAPS_HEAD, ("feature_maps",))
