@@ -273,3 +273,27 @@ def test_every_final_stage_of_the_loops_is_covered():
               loops.generative_final_stage, anomaly_final_stage}
     assert used | others <= set(STAGE_FUNCTIONS.values())
     assert {"classifier", "generative", "vae", "class_anomaly"} <= set(loops.LOOPS)
+
+
+def test_the_classifier_stage_runs_each_input_through_the_network_once(models, data):
+    """MSP, ln Z and energy all read the logits: through the stage's `FeatureCache` each
+    test and OOD input goes through the network's features once for all three (the test
+    set once more for accuracy and calibration, which reads it in other chunks), and the
+    metrics are those of the uncached evaluation."""
+    model = models["classifier"]
+    config = FINAL_STAGES["classifier"][1]()
+    rows = []
+    hook = model.features.register_forward_hook(lambda m, inputs, out: rows.append(
+        len(inputs[0])))
+    try:
+        cached, _ = loops.classifier_final_stage(model, data, config)
+    finally:
+        hook.remove()
+    ood_inputs = sum(len(x) for x in data.ood.values())
+    assert sum(rows) <= 2 * len(data.x_test) + ood_inputs, sum(rows)
+    scores = loops.resolve_scores(model, config["ood_scores"],
+                                  {"lnz": {"kind": config["log_partition"]}})
+    plain, _ = loops.final_evaluation(model, data, num_bins=config["num_bins"], scores=scores)
+    assert set(cached) == set(plain)
+    differ = {k: (cached[k], plain[k]) for k in plain if not _same(cached[k], plain[k])}
+    assert not differ, differ

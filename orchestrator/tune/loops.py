@@ -204,6 +204,7 @@ def classifier_final_stage(model: nn.Module, data, config: dict[str, Any],
                            progress: Progress = no_progress):
     """Test accuracy, calibration and the OOD scores of `ood_scores` (MSP and ln Z by
     default); the reliability bins as the artifact."""
+    model = FeatureCache(model)  # the scores share one forward pass per input chunk
     scores = resolve_scores(model, config.get("ood_scores", "msp+lnz"),
                             {"lnz": {"kind": config["log_partition"]}})
     final, reliability = final_evaluation(model, data, num_bins=config["num_bins"],
@@ -355,12 +356,14 @@ def ood_baselines_final_stage(model: nn.Module, data, config: dict[str, Any],
     thesis' Energy column)."""
     metrics, reliability = classifier_test_metrics(model, data, config["num_bins"])
     metrics["num_params"] = sum(p.numel() for p in model.parameters())
-    ood = evaluate_ood(model, data, resolve_scores(model, config["ood_scores"]),
+    cached = FeatureCache(model)  # the scores share one forward pass per input chunk
+    ood = evaluate_ood(cached, data, resolve_scores(cached, config["ood_scores"]),
                        progress=progress)
     if config["energy_epochs"] > 0:
         progress("energy fine-tuning")
         tuned, tuned_metrics = _energy_finetuned(model, data, config)
         metrics.update(tuned_metrics)
+        tuned = FeatureCache(tuned)
         tuned_ood = evaluate_ood(tuned, data, resolve_scores(tuned, config["finetuned_scores"]),
                                  progress=lambda text: progress(f"fine-tuned model, {text}"))
         ood.rows += [{**row, "score": f"{row['score']}_ft"} for row in tuned_ood.rows]
