@@ -33,6 +33,9 @@ bench: setup
 	$(PY) benchmarks/bench_attack_pool.py
 	$(PY) benchmarks/bench_detector_attack.py
 	$(PY) benchmarks/bench_langevin.py
+	$(PY) benchmarks/bench_final_stages.py --profile local
+	$(PY) benchmarks/bench_wandb.py
+	$(PY) benchmarks/bench_scale.py
 
 clean:
 	rm -rf runs .pytest_cache

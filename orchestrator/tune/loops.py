@@ -225,11 +225,14 @@ def gmm_name(components: int, config: dict[str, Any]) -> str:
 
 
 def feature_gmm_scores(model: nn.Module, data, config: dict[str, Any],
-                       requested: str | None = None) -> dict[str, OODScore]:
+                       requested: str | None = None,
+                       progress: Progress = no_progress) -> dict[str, OODScore]:
     """The scores of `requested` (default the trial's `ood_scores`), fitted on their splits;
-    "gmm" stands for one GMM per K of `gmm_components`, named by `gmm_name`."""
+    "gmm" stands for one GMM per K of `gmm_components`, named by `gmm_name`. `progress` is
+    told each score as its fit starts."""
     scores = {}
     for name, params in resolve_scores(model, requested or config["ood_scores"]).items():
+        progress(f"fitting {name}")
         if name != "gmm":
             scores[name] = fit_score(name, params, model, data)
             continue
@@ -249,8 +252,7 @@ def feature_gmm_final_stage(model: nn.Module, data, config: dict[str, Any],
     before and after temperature scaling; feature purification (eq. 9) over the
     `purify_eps` x `purify_nu` grid on the validation and test splits (Table 4)."""
     model = FeatureCache(model)  # the scores share one forward pass per input chunk
-    progress("fitting the scores")
-    scores = feature_gmm_scores(model, data, config)
+    scores = feature_gmm_scores(model, data, config, progress=progress)
     metrics, reliability = classifier_test_metrics(model, data, config["num_bins"])
     if "msp_calibrated" in scores:
         temperature = scores["msp_calibrated"].temperature
@@ -286,13 +288,14 @@ MC_DROPOUT_KINDS = {"variation_ratio": "vr", "predictive_entropy": "entropy",
 
 
 def failure_scores(model: nn.Module, data, config: dict[str, Any],
-                   requested: str) -> dict[str, OODScore]:
+                   requested: str, progress: Progress = no_progress) -> dict[str, OODScore]:
     """The scores of `requested` (names joined by "+"), fitted, with the study's parameters
     (`mc_passes`; ConfidNet's `confidnet_epochs`, `confidnet_lr`, `confidnet_dropout`,
     `confidnet_weighting`, `confidnet_finetune_epochs`, `confidnet_finetune_lr`;
     `odin_temperature`, `odin_eps`);
     "mc_dropout" stands for its three uncertainties, `mc_dropout_vr` (variation ratio),
-    `mc_dropout_entropy` and `mc_dropout_mi`."""
+    `mc_dropout_entropy` and `mc_dropout_mi`. `progress` is told each score as its fit
+    starts."""
     params = {"mc_dropout": {"passes": config["mc_passes"], "seed": config["seed"]},
               "confidnet": {"epochs": config["confidnet_epochs"], "lr": config["confidnet_lr"],
                             "dropout": config.get("confidnet_dropout", True),
@@ -304,6 +307,7 @@ def failure_scores(model: nn.Module, data, config: dict[str, Any],
                        "epsilon": config["odin_eps"]}}
     scores = {}
     for name, score_params in resolve_scores(model, requested, params).items():
+        progress(f"fitting {name}")
         if name != "mc_dropout":
             scores[name] = fit_score(name, score_params, model, data)
             continue
@@ -324,8 +328,7 @@ def failure_prediction_final_stage(model: nn.Module, data, config: dict[str, Any
     all_names = "+".join(dict.fromkeys([*failure_names.split("+"),
                                         *config["ood_scores"].split("+")]))
     model = FeatureCache(model)  # the scores share one forward pass per input chunk
-    progress("fitting the scores")
-    scores = failure_scores(model, data, config, all_names)
+    scores = failure_scores(model, data, config, all_names, progress)
 
     def chosen(names: str) -> dict[str, OODScore]:
         wanted = set(names.split("+"))
