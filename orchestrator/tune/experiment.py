@@ -205,7 +205,10 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
     # and a web server competing with the trials for the machine's cores.
     # address "local": without RAY_ADDRESS a new Ray, never one that `ray start` left
     # running on this machine (ray.init(address=None) joins that one, silently)
-    ray.init(address=address or "local", logging_level="WARNING",
+    # The trial processes' own output (prints, warnings, and the traceback a process killed
+    # at shutdown may print) stays in Ray's worker logs unless --verbose: each trial's error
+    # is in its error file, ray.log and our console line.
+    ray.init(address=address or "local", logging_level="WARNING", log_to_driver=verbose,
              **({} if address else {"include_dashboard": False}),
              runtime_env={"env_vars": {k: os.environ.get(k, v) for k, v in RAY_ENV.items()}})
     concurrent = concurrent_trials(ray.cluster_resources(), scaling.total_resources(),
