@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from orchestrator.tune.loops import LOOPS  # noqa: E402
 from orchestrator.tune.session import LocalSession  # noqa: E402
-from search_spaces import expand_setup, get_search_space, sweep_names  # noqa: E402
+from search_spaces import get_search_space, sweep_names  # noqa: E402
 from workloads.data import load_trial_data  # noqa: E402
 from workloads.models.modes import evaluating  # noqa: E402
 
@@ -72,17 +72,16 @@ def forward_floor(model: torch.nn.Module, inputs: list[torch.Tensor],
 
 def measure(name: str, profile_name: str) -> dict:
     space = get_search_space(name)
-    config = expand_setup(dict(space.profile(profile_name).trial_configs()[0]))
+    config = space.profile(profile_name).trial_configs()[0]  # setup already merged in
     session = TimedSession()
     LOOPS[space.loop](config, session)
     final_at = next(t for t, text in session.steps if text == "final stage")
     ended = session.reported[-1]
-    steps = [text for _, text in session.steps]
-    times = [t for t, _ in session.steps] + [ended]
+    ends = [t for t, _ in session.steps[1:]] + [ended]  # a step lasts until the next one
     step_seconds = {}
-    for i, text in enumerate(steps):
-        if times[i] >= final_at and text != "final stage":
-            step_seconds[text] = step_seconds.get(text, 0.0) + times[i + 1] - times[i]
+    for (started, text), stopped in zip(session.steps, ends):
+        if started >= final_at and text != "final stage":
+            step_seconds[text] = step_seconds.get(text, 0.0) + stopped - started
     data = load_trial_data(config)
     floor = forward_floor(session.model, [data.x_test, *data.ood.values()])
     final = ended - final_at
