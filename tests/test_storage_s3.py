@@ -132,21 +132,26 @@ def test_driver_killed_mid_sweep_resumes_from_s3(s3, tmp_path):
         env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
 
-    def files(name):
+    def files(prefix):
         listing = filesystem.get_file_info(pyarrow.fs.FileSelector(
             f"{bucket}/runs", recursive=True, allow_not_found=True))
-        return [i.path for i in listing if i.base_name == name]
+        return [i.path for i in listing if i.base_name.startswith(prefix)]
 
     def snapshotted_a_running_trial():
-        """An experiment snapshot in S3 (with tuner.pkl) recorded a trial 3 s into its run,
-        so a resume has its checkpoints to start from."""
+        """Tune's experiment snapshot in S3 (beside tuner.pkl) records a trial 3 s into its
+        run, so a resume has a checkpoint to start it from. (A trial's own result.json in S3
+        is not enough: the snapshot can predate it, and a trial it records without a
+        checkpoint restarts from epoch 1 on resume.)"""
         if not files("tuner.pkl"):
             return False
-        for path in files("result.json"):
+        for path in files("experiment_state-"):
             with filesystem.open_input_stream(path) as stream:
-                rows = [json.loads(x) for x in stream.read().decode().splitlines() if x]
-            if rows and rows[-1].get("status") == "running" and rows[-1]["loop_seconds"] >= 3:
-                return True
+                snapshot = json.loads(stream.read().decode())
+            for _, runtime in snapshot["trial_data"]:
+                runtime = json.loads(runtime) if isinstance(runtime, str) else runtime
+                last = runtime.get("last_result") or {}
+                if last.get("status") == "running" and last.get("loop_seconds", 0) >= 3:
+                    return True
         return False
 
     deadline = time.time() + 240
