@@ -11,7 +11,10 @@ digits (~0.4 s each). For each trial count, in one run on this machine:
 The fixed cost (start to first trial, last trial to exit) is read from the sweep's own
 files: the earliest trial start in its result.json files, and its end.
 
-Usage:  python benchmarks/bench_scale.py [--trials 100 1000] [--out benchmarks/out]
+`--set key=value` (as the sweep's) applies to both, e.g. `--set ood_scores=msp` for shorter
+trials at 10,000.
+
+Usage:  python benchmarks/bench_scale.py [--trials 100 1000] [--set K=V] [--out benchmarks/out]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_sweep import run_limit, run_sweep  # noqa: E402
 
+from orchestrator.tune.overrides import apply_overrides  # noqa: E402
 from search_spaces import get_search_space  # noqa: E402
 
 
@@ -47,6 +51,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--wandb", nargs="+", default=["offline", "disabled"])
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a sweep override, applied to the limit's trials too")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
     args = parser.parse_args()
     out = Path(args.out)
@@ -55,15 +61,17 @@ def main() -> None:
     space = get_search_space("batch_size_gffn")
     rows = []
     for trials in args.trials:
-        seeds = max(1, trials // space.profile("smoke").num_trials())
-        configs = [dict(c, seed=s) for s in range(seeds)
-                   for c in space.profile("smoke").trial_configs()]
+        profile = apply_overrides(space, space.profile("smoke"), args.set)
+        seeds = max(1, trials // profile.num_trials())
+        configs = [dict(c, seed=s) for s in range(seeds) for c in profile.trial_configs()]
+        overrides = [arg for value in args.set for arg in ("--set", value)]
         limit = run_limit(configs, processes=cores)
         for mode in args.wandb:
             started = time.time()
             wall, sweep_dir = run_sweep(out / f"scale_{trials}_{mode}", "--profile", "smoke",
-                                        "--seeds", str(seeds), "--wandb", mode)
-            rows.append({"trials": len(configs), "wandb": mode, "limit_s": round(limit, 1),
+                                        "--seeds", str(seeds), "--wandb", mode, *overrides)
+            rows.append({"trials": len(configs), "wandb": mode, "set": args.set,
+                         "limit_s": round(limit, 1),
                          "sweep_s": round(wall, 1), "sweep_to_limit": round(wall / limit, 2),
                          "overhead_core_s_per_trial": round((wall - limit) * cores
                                                             / len(configs), 3),
