@@ -1,6 +1,6 @@
 """Benchmark: what the approximate-mass regularizer (double backprop) costs per epoch.
 
-Times epochs of `workloads.training.train_epoch` on digits for the flow and DIGLM
+Times epochs of `workloads.training.epochs.train_epoch` on digits for the flow and DIGLM
 objectives at alpha = 0 (plain likelihood) and alpha = 2 (AM penalty), for the local
 profile's vector RealNVP and a small multi-scale image RealNVP, in one process, one thread.
 The ratio alpha=2 / alpha=0 is the regularizer's cost.
@@ -21,11 +21,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.tune.loops import generative_objective  # noqa: E402
 from search_spaces import get_search_space  # noqa: E402
 from workloads.data import load_digits  # noqa: E402
 from workloads.models import DIGLM, build_generative_model  # noqa: E402
-from workloads.training import train_epoch  # noqa: E402
+from workloads.studies.generative import generative_objective  # noqa: E402
+from workloads.training.epochs import train_epoch  # noqa: E402
 
 BODIES = {
     "vector (local profile: 8 couplings, 128 hidden)": {"flow": "vector"},

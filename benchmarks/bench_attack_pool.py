@@ -29,10 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from orchestrator.pools.attack import AttackPool  # noqa: E402
-from workloads.attacks import autoattack  # noqa: E402
+from workloads.adversarial.attacks import autoattack  # noqa: E402
 from workloads.data import load_digits  # noqa: E402
 from workloads.models import MLPClassifier  # noqa: E402
-from workloads.training import fit_classifier  # noqa: E402
+from workloads.training.epochs import fit_classifier  # noqa: E402
 
 EPS, SEED = 0.1, 0
 

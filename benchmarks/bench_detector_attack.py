@@ -30,12 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from orchestrator.pools.attack import AttackPool, ScoreAttack, run_score_attacks  # noqa: E402
-from workloads.attacks import apgd_on_score  # noqa: E402
+from workloads.adversarial.attacks import apgd_on_score  # noqa: E402
 from workloads.data import load_dataset  # noqa: E402
 from workloads.models import DIGLM, diglm_objective  # noqa: E402
 from workloads.models.flows import build_flow  # noqa: E402
 from workloads.scores import build_score  # noqa: E402
-from workloads.training import train_epoch  # noqa: E402
+from workloads.training.epochs import train_epoch  # noqa: E402
 
 EPS, STEPS, SEED = 8 / 255, 50, 0
 SCORES = ("msp", "mahalanobis", "log_px", "neg_am")

@@ -29,11 +29,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.tune.loops import LOOPS  # noqa: E402
+from orchestrator.tune.epochs import run_epochs  # noqa: E402
 from orchestrator.tune.session import LocalSession  # noqa: E402
 from search_spaces import get_search_space, sweep_names  # noqa: E402
 from workloads.data import load_trial_data  # noqa: E402
 from workloads.models.modes import evaluating  # noqa: E402
+from workloads.studies import LOOPS  # noqa: E402
 
 
 class TimedSession(LocalSession):
@@ -74,7 +75,7 @@ def measure(name: str, profile_name: str) -> dict:
     space = get_search_space(name)
     config = space.profile(profile_name).trial_configs()[0]  # setup already merged in
     session = TimedSession()
-    LOOPS[space.loop](config, session)
+    run_epochs(LOOPS[space.loop], config, session)
     final_at = next(t for t, text in session.steps if text == "final stage")
     ended = session.reported[-1]
     ends = [t for t, _ in session.steps[1:]] + [ended]  # a step lasts until the next one

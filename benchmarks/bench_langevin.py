@@ -4,7 +4,7 @@ Three ways to advance 1000 chains of the local-profile DIGLM (vector RealNVP, 8 
 128 hidden, 64-dim digits), in one process with torch's default threads:
 
 - naive: a loop over chains, each advanced alone (batch of 1) with its own generator;
-- batched: `workloads.langevin.run_chains` on all 1000 chains as one batch;
+- batched: `workloads.adversarial.langevin.run_chains` on all 1000 chains as one batch;
 - bare: only grad_x log p(x) on the same 1000 inputs, the limit of any batched chain.
 
 Targets: batched >= 100x naive; batched >= 0.8x bare. Also measured: the Langevin pool
@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from orchestrator.pools.langevin import LangevinPool  # noqa: E402
+from workloads.adversarial.langevin import grad_log_prob, run_chains, start_chains  # noqa: E402
 from workloads.data import load_digits  # noqa: E402
-from workloads.langevin import grad_log_prob, run_chains, start_chains  # noqa: E402
 from workloads.models import DIGLM  # noqa: E402
 from workloads.models.flows import build_flow  # noqa: E402
 

@@ -1,9 +1,9 @@
 """Benchmark: the `local` sweep on Ray against the machine's limit for the same trials.
 
 Measures, in one run on this machine:
-1. the fair limit: the same trials (one seed each: `--seeds 1`) trained by the same workload code
-   (`train_classifier` + `LocalSession`) with no Ray, in one process per core with one
-   torch thread each (the best a user could do by hand: every core busy, no threads
+1. the fair limit: the same trials (one seed each: `--seeds 1`) trained by the same workload
+   code (`run_epochs(ClassifierLoop, ...)` + `LocalSession`) with no Ray, in one process per
+   core with one torch thread each (the best a user could do by hand: every core busy, no threads
    competing), trials handed out longest first;
 2. wall time of `python -m orchestrator.sweep batch_size_gffn` (the local profile, W&B
    offline, and again with W&B disabled), and its ratio to the limit (target <= 1.25);
@@ -31,9 +31,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.tune.loops import train_classifier  # noqa: E402
+from orchestrator.tune.epochs import run_epochs  # noqa: E402
 from orchestrator.tune.session import LocalSession  # noqa: E402
 from search_spaces import get_search_space  # noqa: E402
+from workloads.studies.classifier import ClassifierLoop  # noqa: E402
 
 SWEEP = "batch_size_gffn"
 TRAIN_EXAMPLES = 1077  # digits' training split
@@ -51,7 +52,7 @@ def expected_steps(config: dict) -> int:
 
 def _one_trial(config: dict) -> float:
     session = LocalSession(num_threads=1)
-    train_classifier(config, session)
+    run_epochs(ClassifierLoop, config, session)
     return session.reports[-1]["loop_seconds"]
 
 
@@ -118,7 +119,7 @@ def main() -> None:
     # 3. Steady-state throughput of one trial on each path (same workload code).
     config = {**configs[0], **THROUGHPUT_TRIAL}
     session = LocalSession(num_threads=1)
-    train_classifier(config, session)
+    run_epochs(ClassifierLoop, config, session)
     rates = {"plain_1_thread": epochs_per_second(session.reports)}
     sets = [f"--set={k}={v}" for k, v in THROUGHPUT_TRIAL.items()]
     for path, extra in {"in_process_1cpu": [], "ddp_2_workers": ["--num-workers", "2"]}.items():

@@ -31,7 +31,6 @@ from torch import nn
 
 from benchmarks.gpu_check_specs import (
     CLASSIFIER_LOOPS,
-    EVAL_HANDOVER,
     LEVELS,
     ModelSpec,
     build_trainer,
@@ -256,8 +255,7 @@ def check_model(spec: ModelSpec, device: torch.device, sizes: Sizes,
         model, record["train"] = train_and_time(spec, config, device, sizes, note)
         record["params"] = sum(p.numel() for p in model.parameters())
         phase = "final stage"
-        if spec.loop in EVAL_HANDOVER:  # in the mode its loop hands it over
-            model.eval()
+        model.eval()  # as every loop hands it over (EpochLoop.evaluated)
         with device_audit(model):
             data = final_stage_data(spec, model, sizes)
             state = ModelState(model)

@@ -1,7 +1,7 @@
 """What `benchmarks/gpu_check.py` runs per model: every distinct model of the sweeps' `paper`
 profiles (read from `search_spaces`, not listed by hand), how its loop trains it and which
-final stage evaluates it, all through the sweeps' own code (`orchestrator.tune.loops`,
-`orchestrator.tune.anomaly_loop`, `workloads.models.factory`).
+final stage evaluates it, all through the sweeps' own code (`workloads.studies`,
+`workloads.models.factory`).
 
 A model is one (loop, architecture keys, input shape) of a paper grid: trials that differ
 only in seed, batch size, learning rate, alpha, dataset of the same shape, ... train the same
@@ -18,16 +18,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from orchestrator.tune import loops
-from orchestrator.tune.anomaly_loop import anomaly_final_stage
 from search_spaces import get_search_space, sweep_names
-from workloads.class_anomaly import anomaly_optimizers, train_anomaly_epoch
-from workloads.losses import classifier_loss
-from workloads.lr_scaling import scaled_lr
 from workloads.models import DIGLM, build_generative_model, build_model, build_vae
 from workloads.models.factory import build_anomaly_model
 from workloads.models.flows import IMAGE_FLOW_PRESETS
-from workloads.training import classifier_optimizer, train_epoch, train_one_epoch
+from workloads.studies import LOOPS
+from workloads.studies.class_anomaly import anomaly_final_stage
+from workloads.studies.classifier import classifier_final_stage
+from workloads.studies.generative import flow_of, generative_final_stage, generative_objective
+from workloads.studies.vae_ood import vae_final_stage, vae_objective
+from workloads.training.class_anomaly import anomaly_optimizers, train_anomaly_epoch
+from workloads.training.epochs import (
+    AUGMENTATIONS,
+    classifier_optimizer,
+    seeded_generator,
+    train_epoch,
+    train_one_epoch,
+)
+from workloads.training.losses import classifier_loss
+from workloads.training.lr_scaling import scaled_lr
 
 # The paper datasets as the loaders build them: input shape, classes, and the training
 # split's size (`load_image_dataset` holds out 10% of the training files for validation;
@@ -44,7 +53,7 @@ CLASSIFIER_LOOPS = ("classifier", "feature_gmm", "failure_prediction", "ood_base
 MODEL_KEYS = {**dict.fromkeys(CLASSIFIER_LOOPS, ("arch", "width", "model")),
               "generative": ("model", "flow", "flow_preset", "num_couplings", "depth",
                              "num_scales", "num_blocks", "hidden"),
-              "vae": ("decoder", "hidden", "latent_dim"),
+              "vae_ood": ("decoder", "hidden", "latent_dim"),
               "class_anomaly": ("method", "arch")}
 SMALL_ARCHES = ("mlp", "cnn", "dropout_mlp", "godin_mlp", "godin_cnn")  # take `width`
 
@@ -80,7 +89,7 @@ def _label(loop: str, config: dict[str, Any]) -> str:
         parts = [config["arch"], config["model"] if config["model"] != "ffn" else "",
                  f"w{config['width']}" if config.get("width", 0) > 0 else ""]
         return "-".join(p for p in parts if p)
-    if loop == "vae":
+    if loop == "vae_ood":
         return f"vae-{config['decoder']}"
     if loop == "class_anomaly":
         return config["method"]
@@ -130,7 +139,7 @@ def dry_model_overrides(spec: ModelSpec) -> dict[str, Any]:
         scales = IMAGE_FLOW_PRESETS.get(config["flow_preset"], {}).get(
             "num_scales", config["num_scales"])
         return {"flow_preset": "", "num_scales": scales, "num_blocks": 1, "hidden": 8}
-    if spec.loop == "vae":
+    if spec.loop == "vae_ood":
         return {"hidden": 8, "latent_dim": 4}
     if config["method"] == "ocgan":
         return {"ocgan_latent_dim": 4, "ocgan_hidden": 8}
@@ -176,7 +185,7 @@ def build_trainer(spec: ModelSpec, config: dict[str, Any], x_fit: torch.Tensor,
             model.standardize.fit(x_fit)
         model = model.to(device)
         loss, kind = classifier_loss(config["model"]), config["log_partition"]
-        augment = loops.AUGMENTATIONS[config.get("augment", "none")]
+        augment = AUGMENTATIONS[config.get("augment", "none")]
 
         def classifier_epoch(batch: int) -> Epoch:
             lr = scaled_lr(config["lr"], batch, config["reference_batch_size"],
@@ -198,19 +207,18 @@ def build_trainer(spec: ModelSpec, config: dict[str, Any], x_fit: torch.Tensor,
                                      weight_decay=config.get("weight_decay", 0.0))
 
         def run(x, y, b, epoch):
-            objective = loops.generative_objective(
-                loops._flow_of(model), loops._generator(seed, epoch, 0), config["alpha"],
+            objective = generative_objective(
+                flow_of(model), seeded_generator(seed, epoch, 0), config["alpha"],
                 config["beta"] if diglm else None)
             return train_epoch(model, optimizer, objective, x, y, b, epoch, seed=seed,
                                device=device, max_grad_norm=config.get("max_grad_norm")).loss
         return model, lambda batch: run
-    if spec.loop == "vae":
+    if spec.loop == "vae_ood":
         model = build_vae(config, shape, LEVELS).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
 
         def run_vae(x, y, b, epoch):
-            objective = loops.vae_objective(model, loops._generator(seed, epoch, 0),
-                                            config["beta"])
+            objective = vae_objective(model, seeded_generator(seed, epoch, 0), config["beta"])
             return train_epoch(model, optimizer, objective, x, y, b, epoch, seed=seed,
                                device=device).loss
         return model, lambda batch: run_vae
@@ -235,19 +243,15 @@ def _shape_only(spec: ModelSpec):
 
 # --- final stages: what each loop runs on its trained model ---------------------------------
 
-# Loops that hand their final stage the model in eval mode; the others (generative, class
-# anomaly) hand it over as training left it, in train mode.
-EVAL_HANDOVER = (*CLASSIFIER_LOOPS, "vae")
-
-
 def final_stage(loop: str) -> Callable:
-    """The final stage `loop` runs on its trained model: the one its `LOOPS` entry is given
-    (`train_classifier`'s default, `classifier_final_stage`, otherwise),
-    `vae_final_stage`, `generative_final_stage` or `anomaly_final_stage`."""
+    """The final stage `loop` runs on its trained model (in eval mode, as every loop hands
+    it over): the one its `LOOPS` entry is given (`ClassifierLoop`'s default,
+    `classifier_final_stage`, otherwise), `vae_final_stage`, `generative_final_stage` or
+    `anomaly_final_stage`."""
     if loop in CLASSIFIER_LOOPS:
-        entry = loops.LOOPS[loop]
+        entry = LOOPS[loop]
         stage = entry.keywords.get("final_stage") if isinstance(entry, functools.partial) \
             else None
-        return stage or loops.classifier_final_stage
-    return {"vae": loops.vae_final_stage, "generative": loops.generative_final_stage,
+        return stage or classifier_final_stage
+    return {"vae_ood": vae_final_stage, "generative": generative_final_stage,
             "class_anomaly": anomaly_final_stage}[loop]

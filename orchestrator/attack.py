@@ -23,7 +23,7 @@ clean and under attack) and `detectors.png`.
 
 With `--target adversarial` it detects adversarial inputs (document 003, Figures 4-5;
 orchestrator.jobs.adversarial_detection): FGSM and BIM examples at each eps are generated on
-the pool, and each score (the trial's own, e.g. a feature_gmm trial's GMMs, or --scores)
+the pool, and each score (the trial's own, fitted as its study fits them, or --scores)
 separates the clean test inputs classified right from their adversarial versions classified
 wrong: `SWEEP_DIR/attacks/<trial>-adversarial-<time>/adversarial.{csv,md,png}`.
 """
@@ -48,7 +48,7 @@ from orchestrator.jobs.attack import attack_classifier
 from orchestrator.jobs.detectors import attack_detectors
 from orchestrator.jobs.trial import load_trial_model
 from orchestrator.pools.attack import ATTACKS, attack_stages
-from workloads.attacks import AUTOATTACK_ATTACKS
+from workloads.adversarial.attacks import AUTOATTACK_ATTACKS
 
 # Flags that only some attacks read, with their defaults: given where they would be
 # ignored, they are refused (exit 2) rather than silently dropped.

@@ -22,7 +22,7 @@ from orchestrator.errors import (
     UsageError,
 )
 from orchestrator.pools.base import PoolError, actor_options
-from workloads.attacks import AttackError
+from workloads.adversarial.attacks import AttackError
 from workloads.data import DatasetMissingError, DatasetUnreadableError
 
 # What a command reports in one line with EXIT_USAGE: bad input, found before or during

@@ -137,7 +137,7 @@ def main(args: argparse.Namespace) -> int:
         if batch_size is not None and batch_size % scaling.num_workers:
             raise UsageError(f"batch_size {batch_size} is not divisible by "
                              f"--num-workers {scaling.num_workers}")
-    check_scores(profile)
+    check_scores(space, profile)
     check_storage(args.storage)
     data_dir = str(Path(args.data_dir).expanduser().resolve())
     check_datasets(profile, data_dir, args.download)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,11 +101,66 @@ class Claim:
     data: str = "trials"
 
 
+# --- a study's own results: extra tables and plots, the documents' tables beside ours -------
+
+@dataclass(frozen=True)
+class ScoreBars:
+    """A figure of bars per score: for each configuration a row of panels, one per metric
+    `(column, label)` (mean over seeds, each seed a dot)."""
+    metrics: tuple[tuple[str, str], ...]
+    title: str
+
+
+@dataclass(frozen=True)
+class ScoreCurves:
+    """A figure of a line per score, `y` against `x` (mean over seeds at each x), a panel per
+    configuration."""
+    x: str
+    y: str
+    x_label: str
+    y_label: str
+    title: str
+
+
+@dataclass(frozen=True)
+class ResultTable:
+    """Rows a study's final stage leaves under `name` in its final artifacts (one row per
+    trial x ...). Every sweep writes them to `results/<name>.csv` with the trial's keys;
+    with `columns`, the report also writes `<name>.md`: a row per configuration (the
+    space's `table_keys`) and value of `by`, a cell per column computed from the group's
+    rows over seeds (`columns`: label -> cell(rows)); with `plot`, `plots/<name>.png`."""
+    name: str
+    title: str = ""
+    note: str = ""                       # text under the title; "{seeds}": the seed count
+    by: tuple[str, ...] = ()
+    columns: dict[str, Callable[[Any], str]] = field(default_factory=dict)
+    plot: ScoreBars | ScoreCurves | None = None
+
+
+@dataclass(frozen=True)
+class SweepResults:
+    """What a `Beside` table reads of a finished sweep: its trials, its OOD rows (trial x
+    score x OOD set), the ID dataset, and its other long tables by name (pandas frames)."""
+    trials: Any
+    ood: Any
+    dataset: str
+    tables: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Beside:
+    """A document's table beside ours in the sweep's REPRODUCTION.md, under `heading`:
+    `render(results)` (a `SweepResults`) gives its markdown, "" where the sweep has no
+    rows for it."""
+    heading: str
+    render: Callable[[SweepResults], str]
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     name: str
     description: str
-    loop: str                      # name of the train loop in orchestrator.tune.loops
+    loop: str                      # the train loop: a key of workloads.studies.LOOPS
     metric: str                    # Tune's metric for picking the best trial
     mode: str                      # "max" or "min"
     profiles: dict[str, Profile]
@@ -118,6 +174,12 @@ class SearchSpace:
     choices: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # allowed values
     positive: tuple[str, ...] = ()       # numeric keys that must be > 0
     claims: tuple[Claim, ...] = ()       # the documents' claims this sweep tests
+    count_lists: tuple[str, ...] = ()    # keys holding positive integers joined by "+"
+    result_tables: tuple[ResultTable, ...] = ()  # the study's long tables beyond `ood`
+    # the scores whose values a trial keeps (`samples`) drawn as histograms, with their axes
+    histogram_labels: dict[str, str] = field(default_factory=lambda: {
+        "log_px": "log p(x) [nats]", "am": "log10 AM(x)"})
+    beside: tuple[Beside, ...] = ()      # the documents' tables beside ours
 
     def profile(self, name: str) -> Profile:
         if name not in self.profiles:

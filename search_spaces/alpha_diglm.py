@@ -7,6 +7,7 @@ the attack and Langevin-defense stage (`workloads.models.build_generative_model`
 """
 
 from search_spaces import Claim, Compare, CompareMetrics, Profile, SearchSpace, Threshold
+from search_spaces._tables.thesis import TABLE_3_1_BESIDE
 from search_spaces.alpha_flow import ALPHAS, CHOICES, POSITIVE
 from search_spaces.alpha_flow import BASE as FLOW_BASE
 from search_spaces.alpha_flow import CLAIMS as FLOW_CLAIMS
@@ -74,4 +75,5 @@ SPACE = SearchSpace(
     choices=CHOICES,
     positive=POSITIVE,
     claims=CLAIMS,
+    beside=(TABLE_3_1_BESIDE,),
 )

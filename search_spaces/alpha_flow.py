@@ -7,6 +7,7 @@ the other classes are OOD; Tables 3.2/3.3); `--set normal_class=0,1,...,9` sweep
 """
 
 from search_spaces import Claim, Compare, CompareMetrics, Profile, SearchSpace, Threshold
+from search_spaces._tables.thesis import CLASS_ANOMALY_BESIDE, TABLE_3_1_BESIDE
 from workloads.data import DATASET_NAMES
 from workloads.models.flows import DEQUANTIZATIONS, IMAGE_FLOW_PRESETS
 
@@ -142,4 +143,5 @@ SPACE = SearchSpace(
     choices=CHOICES,
     positive=POSITIVE,
     claims=CLAIMS,
+    beside=(TABLE_3_1_BESIDE, CLASS_ANOMALY_BESIDE),
 )

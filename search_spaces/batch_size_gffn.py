@@ -8,9 +8,9 @@ beats FFN's, so each trial also reports training accuracy and optimizer steps.
 
 from search_spaces import Claim, Compare, CompareMetrics, Profile, SearchSpace, Trend
 from workloads.data import DATASET_NAMES
-from workloads.losses import LOG_PARTITIONS, LOSSES
-from workloads.lr_scaling import LR_SCALING_RULES
 from workloads.models import CLASSIFIERS
+from workloads.training.losses import LOG_PARTITIONS, LOSSES
+from workloads.training.lr_scaling import LR_SCALING_RULES
 
 # Shared by every profile; a profile overrides what differs.
 BASE = {

@@ -1,7 +1,7 @@
 """Class anomaly detection, thesis Tables 3.2/3.3 (NOTES.md G): GradCon (Kwon et al. 2020)
 and OCGAN (Perera et al. 2019), the baselines the thesis quotes, trained on one normal class
 and scored against the other classes (`one_class_split`, OOD set `other_classes`), AUROC per
-normal class beside the thesis' numbers (REPRODUCTION.md, `reports.beside.class_anomaly`).
+normal class beside the thesis' numbers (REPRODUCTION.md, `_tables.thesis.class_anomaly`).
 
 `method` flow (in the local grid) adds the thesis' own approximate mass: the alpha_flow trial
 (alpha 2, the flow keys below) on the same split, scored by -AM and log p(x), so that the
@@ -13,6 +13,7 @@ baseline and where they come from are in the docstrings of `workloads.models.gra
 """
 
 from search_spaces import Claim, Profile, SearchSpace, Threshold
+from search_spaces._tables.thesis import CLASS_ANOMALY_BESIDE
 from search_spaces.alpha_flow import BASE as FLOW_BASE
 from search_spaces.alpha_flow import CHOICES as FLOW_CHOICES
 from search_spaces.alpha_flow import POSITIVE as FLOW_POSITIVE
@@ -116,4 +117,5 @@ SPACE = SearchSpace(
     choices=CHOICES,
     positive=POSITIVE,
     claims=CLAIMS,
+    beside=(CLASS_ANOMALY_BESIDE,),
 )

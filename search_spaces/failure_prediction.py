@@ -1,7 +1,7 @@
 """Failure prediction and OOD detection with a dropout classifier (document 001, Parts II-III;
 NOTES.md G).
 
-Each trial trains a classifier with dropout, then (`orchestrator.tune.loops.
+Each trial trains a classifier with dropout, then (`workloads.studies.failure_prediction.
 failure_prediction_final_stage`) predicts its own test errors with MCP (max softmax
 probability), temperature-scaled MCP, MC dropout (variation ratio, predictive entropy,
 mutual information over `mc_passes` passes), ConfidNet (a head on the classifier's
@@ -24,7 +24,15 @@ README), the epoch of best validation AUPR-error kept; then, with
 al.'s MNIST-scale settings).
 """
 
-from search_spaces import Claim, CompareMetrics, Profile, SearchSpace
+from search_spaces import (
+    Claim,
+    CompareMetrics,
+    Profile,
+    ResultTable,
+    ScoreCurves,
+    SearchSpace,
+)
+from search_spaces._tables.mistakes import MISTAKES
 from workloads.data import DATASET_NAMES
 from workloads.models import CLASSIFIERS
 
@@ -122,4 +130,9 @@ SPACE = SearchSpace(
               "confidnet_epochs", "confidnet_lr", "confidnet_weighting",
               "confidnet_finetune_lr", "checkpoint_seconds"),
     claims=CLAIMS,
+    result_tables=(MISTAKES, ResultTable(
+        name="pr_curves",  # trial x score x recall
+        plot=ScoreCurves(x="recall", y="precision", x_label="recall (errors)",
+                         y_label="precision",
+                         title="Failure prediction: precision-recall, errors positive"))),
 )

@@ -3,12 +3,12 @@ classifiers with the parameter count of the `alpha_flow` flow of the same data (
 sections 3.3 and 3.6.6; NOTES.md B, E).
 
 Two kinds of trial (the grid's `setup`), each ending with
-`orchestrator.tune.loops.ood_baselines_final_stage` (MSP, energy, Mahalanobis, GradNorm and
+`workloads.studies.ood_baselines.ood_baselines_final_stage` (MSP, energy, Mahalanobis, GradNorm and
 G-ODIN where the model has its head, against every OOD set of the dataset, balanced counts):
 
 - energy: a plain classifier, then a copy fine-tuned for `energy_epochs` with the
   energy-bounded loss on ID and outlier batches (Liu et al. 2020; thesis eq. 3.20-3.21;
-  `workloads.energy_finetuning`), scored as `energy_ft` (the thesis' Energy column) and
+  `workloads.training.energy_finetuning`), scored as `energy_ft` (the thesis' Energy column) and
   `msp_ft`. Outliers (`outlier_set` "auto", `workloads.data.outliers`): SVHN for CIFAR-10 and
   MNIST for FashionMNIST, their training splits (thesis 3.6.6 and Table 3.1's caption);
   pixel-shuffled training digits for the embedded digits, which are none of the local test
@@ -43,6 +43,7 @@ FGSM examples of them (step 0.05), never on OOD data.
 """
 
 from search_spaces import Claim, CompareMetrics, Profile, SearchSpace
+from search_spaces._tables.thesis import BASELINES_BESIDE
 from workloads.data.outliers import OUTLIER_SETS
 
 SCORES = "msp+energy+mahalanobis+mahalanobis_lee+gradnorm"
@@ -185,4 +186,5 @@ SPACE = SearchSpace(
               "energy_lr", "energy_batch_size", "outlier_batch_size", "energy_weight",
               "checkpoint_seconds"),
     claims=CLAIMS,
+    beside=(BASELINES_BESIDE,),
 )

@@ -4,7 +4,7 @@ a higher likelihood, and does adapting its encoder's batch-norm statistics repai
 Each trial trains a convolutional VAE (`workloads.models.vae.ConvVAE`: DCGAN-style, batch
 norm in the encoder) with a Gaussian or a 256-way categorical decoder (the digits' 17 grey
 levels on the local profile) and KL weight `beta` (1: VAE; 4: a beta-VAE), then
-(`orchestrator.tune.loops.vae_final_stage`) scores the test inputs and every OOD set with the
+(`workloads.studies.vae_ood.vae_final_stage`) scores the test inputs and every OOD set with the
 importance-weighted log-likelihood IWAE_K for K = 5 and 50, with the encoder's BN in eval
 mode (`iwae5`, `iwae50`) and adapted to each batch of `bn_batch` scored inputs (`iwae5_bn`,
 `iwae50_bn`; section 3.3.5, Fig. 3.7), and runs the linear-SVM separability test of its
@@ -18,7 +18,20 @@ apply early stopping"; the patience of 10 epochs is ours). CelebA -> SVHN / LSUN
 document's main pair: `--set dataset=celeba` where its files are under `--data-dir`.
 """
 
-from search_spaces import Claim, Compare, CompareMetrics, Profile, SearchSpace, Threshold
+import pandas as pd
+
+from search_spaces import (
+    Beside,
+    Claim,
+    Compare,
+    CompareMetrics,
+    Profile,
+    ResultTable,
+    SearchSpace,
+    SweepResults,
+    Threshold,
+)
+from search_spaces._tables.cells import group_rows, mean_std
 from workloads.data import DATASET_NAMES
 from workloads.models.vae import DECODERS
 from workloads.scores.vae import BN_MODES
@@ -69,11 +82,53 @@ CLAIMS = (
           Threshold("svm_min_acc", 0.9, below=False, every=True)),
 )
 
+# --- Table 3.1 (linear separability of latent codes): ours, and the document's beside -----
+
+# The document's Table 3.1: a linear SVM trained to separate latent codes, the ID set
+# positive; (model, positive, negative) -> (Pos. Acc., Neg. Acc.) on held-out codes.
+SVM_SOURCE = f"{DOC}, Table 3.1"
+PUBLISHED_SVM = {("VAE", "celeba", "celeba"): (1.000, 0.000),
+                 ("VAE", "celeba", "svhn"): (0.986, 0.920),
+                 ("VAE (BN train)", "celeba", "svhn"): (0.920, 0.980),
+                 ("GAN-VAE", "celeba", "lsun"): (0.930, 0.960),
+                 ("GAN-VAE", "cifar10", "svhn"): (0.934, 0.947)}
+SVM_NOTE = ("Held-out accuracy of a linear SVM separating ID (positive) from OOD (negative) "
+            "codes, mean ± std over {seeds} seed(s), per representation: posterior means "
+            "with eval / adapted encoder BN, and the raw-pixel control. Half of the codes of "
+            "each class train the SVM, the other half test it; a negative `<dataset> train` "
+            "is the ID control (training vs test inputs: no separation expected). The "
+            "document: \"All accuracy is above 0.900\".")
+SVM_BY = ("representation", "positive", "negative")
+SVM_COLUMNS = {"Pos. Acc.": lambda g: mean_std(g.pos_acc),
+               "Neg. Acc.": lambda g: mean_std(g.neg_acc),
+               "codes per class": lambda g: str(int(g.n.mean()))}
+LATENT_SVM = ResultTable(name="latent_svm", title="linear separability of latent codes "
+                         "(002 Table 3.1)", note=SVM_NOTE, by=SVM_BY, columns=SVM_COLUMNS)
+
+
+def _latent_svm_beside(results: SweepResults) -> str:
+    """Ours (mean ± std over seeds per decoder, beta and representation), then the
+    document's rows (CelebA and CIFAR-10 VAEs / GAN-VAEs)."""
+    svm = results.tables.get("latent_svm")
+    if svm is None or svm.empty:
+        return ""
+    keys = [k for k in ("decoder", "beta") if k in svm.columns]
+    seeds = svm["seed"].nunique() if "seed" in svm.columns else 1
+    theirs = pd.DataFrame([{"model": m, "positive": p, "negative": n, "Pos. Acc.": f"{a:.3f}",
+                            "Neg. Acc.": f"{b:.3f}"}
+                           for (m, p, n), (a, b) in PUBLISHED_SVM.items()])
+    return (f"Source: {SVM_SOURCE}. " + SVM_NOTE.format(seeds=seeds) + "\n\n"
+            + group_rows(svm, [*keys, *SVM_BY], SVM_COLUMNS).to_markdown(
+                index=False, disable_numparse=True)
+            + "\n\nThe document's:\n\n" + theirs.to_markdown(index=False,
+                                                            disable_numparse=True))
+
+
 SPACE = SearchSpace(
     name="vae_ood",
     description="VAEs (Gaussian / categorical decoder, beta-VAE): IWAE log p(x) as an OOD "
                 "score, eval vs adapted encoder BN, linear SVM on latents (002)",
-    loop="vae",
+    loop="vae_ood",
     metric="val_loss",
     mode="min",
     profiles={
@@ -116,4 +171,10 @@ SPACE = SearchSpace(
     positive=("beta", "latent_dim", "hidden", "lr", "batch_size", "epochs", "bn_batch",
               "svm_samples", "checkpoint_seconds"),
     claims=CLAIMS,
+    count_lists=("iwae_samples",),
+    result_tables=(LATENT_SVM,),
+    histogram_labels={"iwae50": "IWAE-50 log p(x) [nats], eval BN",  # Fig. 3.4
+                      "iwae50_bn": "IWAE-50 log p(x) [nats], adapted BN"},
+    beside=(Beside("Document 002 Table 3.1 (linear separability of latent codes) beside ours",
+                   _latent_svm_beside),),
 )

@@ -8,11 +8,11 @@ from conftest import ActorKiller
 
 from orchestrator.pools.attack import AttackPool, ScoreAttack, run_attack_pool, run_score_attacks
 from orchestrator.pools.base import PoolError
-from workloads.attacks import autoattack
+from workloads.adversarial.attacks import autoattack
 from workloads.data import load_digits
 from workloads.models import MLPClassifier
 from workloads.scores import build_score
-from workloads.training import fit_classifier
+from workloads.training.epochs import fit_classifier
 
 pytestmark = pytest.mark.slow
 AA = {"attack": "autoattack", "version": "custom", "attacks": ["apgd-ce"], "eps": 0.1,

@@ -7,7 +7,7 @@ by stage on the same batches equals one pyautoattack call."""
 import pytest
 import torch
 
-from workloads.attacks import (
+from workloads.adversarial.attacks import (
     AttackError,
     adaptive_loss,
     apgd,
@@ -22,7 +22,7 @@ from workloads.attacks import (
 from workloads.data import load_digits
 from workloads.models import DIGLM, MLPClassifier, diglm_objective
 from workloads.models.flows import approximate_mass, build_flow
-from workloads.training import fit_classifier, train_epoch
+from workloads.training.epochs import fit_classifier, train_epoch
 
 EPS = 0.1
 

@@ -15,9 +15,9 @@ from orchestrator.tracking.offline import find_offline_runs, read_offline_run
 from orchestrator.tune.overrides import apply_overrides
 from search_spaces import get_search_space
 from search_spaces.class_anomaly import BASE
-from workloads.class_anomaly import anomaly_optimizers, train_anomaly_epoch
 from workloads.data import load_trial_data
-from workloads.metrics import ood_metrics
+from workloads.evaluation.metrics import ood_metrics
+from workloads.evaluation.ood_evaluation import evaluate_ood
 from workloads.models.conv_stacks import ARCHES, encoder_sizes
 from workloads.models.gradcon import (
     GradConAE,
@@ -36,8 +36,8 @@ from workloads.models.ocgan import (
     ocgan_scores,
     ocgan_step,
 )
-from workloads.ood_evaluation import evaluate_ood
 from workloads.scores import build_score
+from workloads.training.class_anomaly import anomaly_optimizers, train_anomaly_epoch
 
 SHAPE = (1, 8, 8)
 

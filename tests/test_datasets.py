@@ -436,7 +436,7 @@ def test_places365_reader_agrees_with_torchvision_and_plants_are_spread(tmp_path
     import torchvision.datasets as tvd
     from PIL import Image
 
-    from workloads.data.datasets import load_inaturalist_plants, load_places365
+    from workloads.data.image_folders import load_inaturalist_plants, load_places365
 
     write_places365(tmp_path, 5, seed=0)
 

@@ -1,4 +1,4 @@
-"""The defense's decision pieces (workloads.defense): the split, pairs, the detection
+"""The defense's decision pieces (workloads.adversarial.defense): the split, pairs, the detection
 threshold of best accuracy, Table 4.1's metrics, the early-stop choice, the defended labels."""
 
 import itertools
@@ -6,7 +6,7 @@ import itertools
 import torch
 
 from orchestrator.reports import published
-from workloads import defense as D
+from workloads.adversarial import defense as D
 
 
 def test_split_takes_a_fifth_for_validation_and_cuts_the_rest():

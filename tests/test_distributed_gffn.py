@@ -10,8 +10,8 @@ import torch.multiprocessing as mp
 from conftest import free_port
 from torch.nn.parallel import DistributedDataParallel
 
-from workloads.losses import gffn_loss
 from workloads.models import MLPClassifier
+from workloads.training.losses import gffn_loss
 
 GLOBAL_BATCH = 16
 

@@ -10,11 +10,14 @@ plain and through `FeatureCache`:
 - `__call__` equals `forward` batch by batch for every score with a differentiable form.
 
 A new score or final stage is covered by registering it: the parametrisations read the
-registry and `LOOPS`.
+registry, and a test fails while a study module's `*_final_stage` is not in `STAGE_FUNCTIONS`.
 """
 
 import dataclasses
+import importlib
+import inspect
 import math
+import pkgutil
 
 import numpy as np
 import pytest
@@ -22,10 +25,10 @@ import torch
 from conftest import assert_model_unchanged, model_state
 from torch import nn
 
-from orchestrator.tune import loops
-from orchestrator.tune.anomaly_loop import anomaly_final_stage
+import workloads.studies
 from search_spaces import get_search_space
 from workloads.data import load_dataset
+from workloads.evaluation.ood_evaluation import resolve_scores
 from workloads.models import DIGLM, FeatureCache, build_flow
 from workloads.models.godin import GODIN
 from workloads.models.gradcon import GradConAE
@@ -33,7 +36,14 @@ from workloads.models.modes import evaluating
 from workloads.models.ocgan import OCGAN
 from workloads.models.vae import ConvVAE
 from workloads.scores import OOD_SCORES, capabilities, fit_score
-from workloads.training import fit_classifier
+from workloads.studies.class_anomaly import anomaly_final_stage
+from workloads.studies.classifier import classifier_final_stage
+from workloads.studies.failure_prediction import failure_prediction_final_stage
+from workloads.studies.feature_gmm import feature_gmm_final_stage
+from workloads.studies.generative import generative_final_stage
+from workloads.studies.ood_baselines import ood_baselines_final_stage
+from workloads.studies.vae_ood import vae_final_stage
+from workloads.training.epochs import final_evaluation, fit_classifier
 
 
 class BatchNormDropoutCNN(nn.Module):
@@ -231,13 +241,13 @@ FINAL_STAGES = {
     "gradcon": ("gradcon", lambda: _stage_config("class_anomaly", method="gradcon")),
     "ocgan": ("ocgan", lambda: _stage_config("class_anomaly", method="ocgan")),
 }
-STAGE_FUNCTIONS = {"classifier": loops.classifier_final_stage,
-                   "feature_gmm": loops.feature_gmm_final_stage,
-                   "failure_prediction": loops.failure_prediction_final_stage,
-                   "ood_baselines": loops.ood_baselines_final_stage,
-                   "ood_baselines_godin": loops.ood_baselines_final_stage,
-                   "vae": loops.vae_final_stage, "flow": loops.generative_final_stage,
-                   "diglm": loops.generative_final_stage, "gradcon": anomaly_final_stage,
+STAGE_FUNCTIONS = {"classifier": classifier_final_stage,
+                   "feature_gmm": feature_gmm_final_stage,
+                   "failure_prediction": failure_prediction_final_stage,
+                   "ood_baselines": ood_baselines_final_stage,
+                   "ood_baselines_godin": ood_baselines_final_stage,
+                   "vae": vae_final_stage, "flow": generative_final_stage,
+                   "diglm": generative_final_stage, "gradcon": anomaly_final_stage,
                    "ocgan": anomaly_final_stage}
 
 
@@ -264,15 +274,17 @@ def test_a_final_stage_leaves_the_model_as_found_and_repeats_itself(stage, model
     assert np.isfinite([v for k, v in first.items() if k.startswith("auroc_")]).all()
 
 
-def test_every_final_stage_of_the_loops_is_covered():
-    """`LOOPS` entries built with a final stage (functools.partial(..., final_stage=f)) and
-    the final stages of the other loops: each is exercised above."""
-    used = {loop.keywords["final_stage"] for loop in loops.LOOPS.values()
-            if getattr(loop, "keywords", None) and "final_stage" in loop.keywords}
-    others = {loops.classifier_final_stage, loops.vae_final_stage,
-              loops.generative_final_stage, anomaly_final_stage}
-    assert used | others <= set(STAGE_FUNCTIONS.values())
-    assert {"classifier", "generative", "vae", "class_anomaly"} <= set(loops.LOOPS)
+def test_every_final_stage_of_the_studies_is_covered():
+    """Every `*_final_stage` function of a study module (`workloads/studies/`) is exercised
+    above."""
+    stages = set()
+    for module in pkgutil.iter_modules(workloads.studies.__path__, "workloads.studies."):
+        for name, member in inspect.getmembers(importlib.import_module(module.name),
+                                               inspect.isfunction):
+            if name.endswith("_final_stage"):
+                stages.add(member)
+    assert len(stages) >= 7 and stages <= set(STAGE_FUNCTIONS.values()), (
+        stages - set(STAGE_FUNCTIONS.values()))
 
 
 def test_the_classifier_stage_runs_each_input_through_the_network_once(models, data):
@@ -286,14 +298,14 @@ def test_the_classifier_stage_runs_each_input_through_the_network_once(models, d
     hook = model.features.register_forward_hook(lambda m, inputs, out: rows.append(
         len(inputs[0])))
     try:
-        cached, _ = loops.classifier_final_stage(model, data, config)
+        cached, _ = classifier_final_stage(model, data, config)
     finally:
         hook.remove()
     ood_inputs = sum(len(x) for x in data.ood.values())
     assert sum(rows) <= 2 * len(data.x_test) + ood_inputs, sum(rows)
-    scores = loops.resolve_scores(model, config["ood_scores"],
-                                  {"lnz": {"kind": config["log_partition"]}})
-    plain, _ = loops.final_evaluation(model, data, num_bins=config["num_bins"], scores=scores)
+    scores = resolve_scores(model, config["ood_scores"],
+                            {"lnz": {"kind": config["log_partition"]}})
+    plain, _ = final_evaluation(model, data, num_bins=config["num_bins"], scores=scores)
     assert set(cached) == set(plain)
     differ = {k: (cached[k], plain[k]) for k in plain if not _same(cached[k], plain[k])}
     assert not differ, differ

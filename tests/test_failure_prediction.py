@@ -14,12 +14,12 @@ from torch import nn
 
 from orchestrator.tracking.offline import find_offline_runs, read_offline_run
 from workloads.data import load_dataset
-from workloads.ensemble import ensemble_scores
-from workloads.metrics import failure_metrics
-from workloads.mistake_detection import error_pr_curve
+from workloads.evaluation.ensemble import ensemble_scores
+from workloads.evaluation.metrics import failure_metrics
+from workloads.evaluation.mistake_detection import error_pr_curve
 from workloads.models import FeatureCache, build_classifier
 from workloads.scores import build_score, capabilities, fit_score
-from workloads.training import fit_classifier
+from workloads.training.epochs import fit_classifier
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ import torch
 from conftest import command, train_digits_classifier
 
 from orchestrator.tracking.offline import find_offline_runs, read_offline_run
+from workloads.adversarial.purification import purification_table
 from workloads.models import FeatureCache, build_classifier
-from workloads.purification import purification_table
 from workloads.scores import build_score
-from workloads.training import classifier_optimizer, translate_and_flip
+from workloads.training.epochs import classifier_optimizer, translate_and_flip
 
 
 def test_translate_and_flip_moves_each_image_by_at_most_two_pixels():

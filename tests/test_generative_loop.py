@@ -7,12 +7,13 @@ import pandas as pd
 import pytest
 
 from orchestrator.reports.tables import ood_markdown
-from orchestrator.tune.loops import train_generative
+from orchestrator.tune.epochs import run_epochs
 from orchestrator.tune.session import LocalSession
 from search_spaces import get_search_space
+from workloads.evaluation.ood_evaluation import resolve_scores
 from workloads.models import DIGLM
 from workloads.models.flows import build_flow
-from workloads.ood_evaluation import resolve_scores
+from workloads.studies.generative import GenerativeLoop
 
 
 def smoke_config(name, **changes):
@@ -23,7 +24,7 @@ def test_image_flow_diglm_trains_and_evaluates_every_score():
     config = smoke_config("alpha_diglm", flow="image", num_scales=2, num_blocks=1, hidden=8,
                           epochs=1, dequantization="start")
     session = LocalSession(num_threads=1)
-    train_generative(config, session)
+    run_epochs(GenerativeLoop, config, session)
     final = session.reports[-1]
     assert final["status"] == "completed"
     for key in ("test_bpd", "test_am", "test_acc", "val_bpd", "train_am", "auroc_neg_am"):
@@ -37,7 +38,7 @@ def test_image_flow_diglm_trains_and_evaluates_every_score():
     # Restarted after its final checkpoint, the loop re-reports instead of training again.
     again = LocalSession(num_threads=1)
     again._state, again.final = session._state, session.final
-    train_generative(config, again)
+    run_epochs(GenerativeLoop, config, again)
     assert len(again.reports) == 1 and again.reports[0] == final
 
 
@@ -71,13 +72,13 @@ def test_training_time_diagnostic_every_k_epochs_equals_the_ood_metrics():
     of log p(x) and -AM on the first `diagnostic_samples` inputs; the last one is the final
     model's, so it equals `ood_metrics` on those inputs."""
     from workloads.data import load_trial_data
-    from workloads.metrics import ood_metrics
+    from workloads.evaluation.metrics import ood_metrics
     from workloads.models import build_generative_model
     from workloads.scores import build_score
 
     config = smoke_config("alpha_flow", epochs=4, diagnostic_every=2, diagnostic_samples=50)
     session = LocalSession(num_threads=1)
-    train_generative(config, session)
+    run_epochs(GenerativeLoop, config, session)
     rows = pd.DataFrame(session.final["diagnostic"])
     data = load_trial_data(config)
     assert sorted(rows.epoch.unique()) == [2, 4]

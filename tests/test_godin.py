@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from workloads.data import load_dataset, noise_ood_sets
-from workloads.metrics import ood_metrics
+from workloads.evaluation.metrics import ood_metrics
 from workloads.models import build_classifier
 from workloads.models.godin import DeconfHead
 from workloads.scores import build_score, capabilities, fit_score
-from workloads.training import fit_classifier
+from workloads.training.epochs import fit_classifier
 
 
 def test_godin_refuses_a_classifier_whose_features_is_a_method():
@@ -85,7 +85,7 @@ def test_godin_separates_noise_from_digits(trained):
     metrics = ood_metrics(score(model, data.x_test).numpy(), score(model, noise).numpy())
     assert metrics["auroc"] > 0.9
     with pytest.raises(ValueError, match="godin"):
-        from workloads.ood_evaluation import resolve_scores
+        from workloads.evaluation.ood_evaluation import resolve_scores
 
         resolve_scores(build_classifier("mlp", data.input_shape, 10), "godin")
     assert build_score("godin").epsilon is None

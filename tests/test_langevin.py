@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from workloads.langevin import (
+from workloads.adversarial.langevin import (
     ChainState,
     probe_accuracy,
     restore,

@@ -11,8 +11,8 @@ from conftest import ActorKiller
 from orchestrator.pools.base import PoolError
 from orchestrator.pools.langevin import LangevinPool, run_langevin_pool
 from orchestrator.pools.units import unit_seed
+from workloads.adversarial.langevin import restore, run_chains, start_chains
 from workloads.data import load_digits
-from workloads.langevin import restore, run_chains, start_chains
 from workloads.models import DIGLM
 from workloads.models.flows import build_flow
 
@@ -55,7 +55,7 @@ def test_one_and_three_actors_give_the_serial_chains(setup, tmp_path):
 
 
 def restore_all(result, x, eps):
-    from workloads.langevin import ChainState
+    from workloads.adversarial.langevin import ChainState
 
     state = ChainState(result.x_end, x, 0, result.stopped, result.steps_run, result.am_end,
                        torch.empty(0))

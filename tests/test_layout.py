@@ -3,11 +3,14 @@ workloads. `workloads` is plain PyTorch (no Ray, no W&B, no sweeps) and imports 
 notebook without them; no CLI imports another CLI; nothing below the CLIs imports one."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 from conftest import ROOT
+
+from search_spaces import get_search_space, sweep_names
 
 CLIS = {"orchestrator.sweep", "orchestrator.report", "orchestrator.attack",
         "orchestrator.langevin", "orchestrator.defend", "orchestrator.ensemble"}
@@ -75,3 +78,67 @@ def test_public_names_are_where_a_researcher_looks():
 
     assert {"msp", "mahalanobis", "gmm", "log_px", "neg_am"} <= set(OOD_SCORES)
     assert build_score("energy", temperature=2.0).temperature == 2.0
+
+
+# Words only a study uses (its models, scores and tables): they belong in its search space
+# and its `workloads/studies/` module, never in the generic machinery.
+STUDY_TERMS = ("gmm", "vae", "iwae", "confidnet", "purif", "godin", "gradcon", "ocgan",
+               "mistake", "latent_svm")
+
+
+def test_the_machinery_knows_no_study_by_name():
+    """orchestrator/ is generic: no study-only term anywhere in it, and no sweep's name
+    outside the CLIs' help examples (a name that is also a config key, such as
+    `lr_scaling`, aside). Adding a study touches search_spaces/ and workloads/studies/."""
+    keys = {key for name in sweep_names() for profile in get_search_space(name).profiles.values()
+            for key in (*profile.config, *profile.grid)}
+    names = [name for name in sweep_names() if name not in keys]
+    for path in (ROOT / "orchestrator").rglob("*.py"):
+        text = path.read_text().lower()
+        for term in STUDY_TERMS:
+            assert term not in text, f"{path.relative_to(ROOT)} names '{term}'"
+        if module_name(path) in CLIS:
+            continue
+        for name in names:
+            assert not re.search(rf"\b{name}\b", text), f"{path.relative_to(ROOT)} names {name}"
+
+
+PACKAGES = ("orchestrator", "workloads", "search_spaces", "benchmarks")
+
+
+def test_no_module_over_400_lines():
+    """One concept per module: none of the project's modules passes 400 lines."""
+    long = {str(path.relative_to(ROOT)): n for package in PACKAGES
+            for path in (ROOT / package).rglob("*.py")
+            if (n := len(path.read_text().splitlines())) > 400}
+    assert not long, long
+
+
+def test_no_import_circle():
+    """No module imports, at any depth of its code, one that leads back to it (a circle
+    through a function-level import is a circle of the design too: the old train loops and
+    the class-anomaly loop imported each other)."""
+    modules = {module_name(path): path for package in PACKAGES[:3]
+               for path in (ROOT / package).rglob("*.py")}
+
+    def edges(path: Path) -> set[str]:
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+        return (names | imported_modules(path)) & set(modules)
+
+    graph = {name: edges(path) - {name} for name, path in modules.items()}
+    state: dict[str, str] = {}  # "open" while on the DFS path, "done" after
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = "open"
+        for nxt in sorted(graph[name]):
+            assert state.get(nxt) != "open", " -> ".join([*path, name, nxt])
+            if nxt not in state:
+                visit(nxt, [*path, name])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [])

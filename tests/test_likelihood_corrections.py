@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from workloads.data import load_dataset
+from workloads.evaluation.ood_evaluation import evaluate_ood, resolve_scores
 from workloads.models import build_flow
 from workloads.models.flows import Flow, VectorRealNVP
-from workloads.ood_evaluation import evaluate_ood, resolve_scores
 from workloads.scores import build_score
 from workloads.scores.density import compressed_bits, discrete_log2_probability
 
@@ -142,7 +142,7 @@ def test_likelihood_ratio_against_a_wider_gaussian_by_hand():
 
 
 def test_perturb_pixels_replaces_a_fraction_mu_with_grid_values():
-    from workloads.background import perturb_pixels
+    from workloads.training.background import perturb_pixels
 
     levels = 17
     x = torch.full((200, 1, 8, 8), 3 / (levels - 1))
@@ -162,7 +162,7 @@ def test_perturb_pixels_replaces_a_fraction_mu_with_grid_values():
 
 
 def test_the_background_model_learns_the_perturbed_inputs():
-    from workloads.background import perturb_pixels, train_background
+    from workloads.training.background import perturb_pixels, train_background
 
     data = load_dataset("digits", ood=False)
     torch.manual_seed(0)

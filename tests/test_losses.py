@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from workloads.losses import ffn_loss, gffn_loss, log_partition
+from workloads.training.losses import ffn_loss, gffn_loss, log_partition
 
 
 def _batch(n, k=5, seed=0):

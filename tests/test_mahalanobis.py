@@ -26,7 +26,7 @@ from workloads.models.cifar_classifiers import DenseNetBC100, WideResNet28
 from workloads.models.modes import evaluating
 from workloads.scores import build_score, fit_score
 from workloads.scores.mahalanobis import capturing, feature_layer_names, layer_features
-from workloads.training import fit_classifier
+from workloads.training.epochs import fit_classifier
 
 
 class BatchNormDropoutNet(nn.Module):

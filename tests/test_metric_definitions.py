@@ -20,8 +20,8 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from workloads.metrics import calibration, failure_metrics, fpr_at_tpr, ood_metrics
-from workloads.uncertainty import ood_metrics_of_weights
+from workloads.evaluation.metrics import calibration, failure_metrics, fpr_at_tpr, ood_metrics
+from workloads.evaluation.uncertainty import ood_metrics_of_weights
 
 
 def brute_auroc(pos, neg):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from workloads.lr_scaling import scaled_lr
-from workloads.metrics import calibration, classifier_calibration, ood_metrics
+from workloads.evaluation.metrics import calibration, classifier_calibration, ood_metrics
+from workloads.training.lr_scaling import scaled_lr
 
 
 def test_ece_and_mce_match_hand_computation():

@@ -17,15 +17,15 @@ from orchestrator.tracking.offline import find_offline_runs, read_offline_run
 from search_spaces import get_search_space
 from workloads.data import load_dataset, load_image_dataset, match_shape
 from workloads.data.outliers import load_outliers, resolve_outlier_set, shuffled_pixels
-from workloads.energy_finetuning import (
+from workloads.models import build_classifier, build_generative_model
+from workloads.models.factory import classifier_options
+from workloads.training.energy_finetuning import (
     energy,
     energy_bounded_loss,
     finetune_with_outliers,
     mean_energy,
 )
-from workloads.models import build_classifier, build_generative_model
-from workloads.models.factory import classifier_options
-from workloads.training import classifier_optimizer
+from workloads.training.epochs import classifier_optimizer
 
 # --- Liu et al.'s loss (thesis eq. 3.20-3.21) -------------------------------------------------
 

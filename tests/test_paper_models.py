@@ -18,51 +18,56 @@ import torch
 from conftest import assert_model_unchanged, model_state
 from test_datasets import write_cifar, write_idx
 
-from orchestrator.tune import loops
-from orchestrator.tune.anomaly_loop import anomaly_final_stage
 from search_spaces import get_search_space
-from workloads.class_anomaly import anomaly_optimizers, train_anomaly_epoch
 from workloads.data import load_trial_data
-from workloads.losses import classifier_loss
 from workloads.models import DIGLM
 from workloads.models.factory import build_anomaly_model, build_model
-from workloads.training import train_epoch, train_one_epoch
+from workloads.studies.class_anomaly import anomaly_final_stage
+from workloads.studies.classifier import classifier_final_stage
+from workloads.studies.failure_prediction import failure_prediction_final_stage
+from workloads.studies.feature_gmm import feature_gmm_final_stage
+from workloads.studies.generative import generative_final_stage, generative_objective
+from workloads.studies.ood_baselines import ood_baselines_final_stage
+from workloads.studies.vae_ood import vae_final_stage, vae_objective
+from workloads.training.class_anomaly import anomaly_optimizers, train_anomaly_epoch
+from workloads.training.epochs import train_epoch, train_one_epoch
+from workloads.training.losses import classifier_loss
 
 # sweep, what picks its trial from the paper grid, the final stage, and config overrides
 # that shrink work, not the model (score sets, sample counts, epochs of inner fits)
 CASES = {
     "batch_size_gffn-cnn-cifar10": ("batch_size_gffn", {"dataset": "cifar10", "model": "gffn"},
-                                    loops.classifier_final_stage, {}),
+                                    classifier_final_stage, {}),
     "feature_gmm-densenet100-cifar100": (
         "feature_gmm", {"dataset": "cifar100", "arch": "densenet100"},
-        loops.feature_gmm_final_stage,
+        feature_gmm_final_stage,
         {"gmm_components": "2+3", "purify_steps": 2, "purify_nu": "0+1"}),
     "feature_gmm-wrn28_10-cifar100": (
         "feature_gmm", {"dataset": "cifar100", "arch": "wrn28_10"},
-        loops.feature_gmm_final_stage,
+        feature_gmm_final_stage,
         {"gmm_components": "2+3", "purify_steps": 2, "purify_nu": "0+1"}),
     "failure_prediction-lenet-mnist": ("failure_prediction", {"arch": "lenet"},
-                                       loops.failure_prediction_final_stage,
+                                       failure_prediction_final_stage,
                                        {"mc_passes": 3, "confidnet_epochs": 2}),
     "ood_baselines-cnn-fashionmnist": (
         "ood_baselines", {"dataset": "fashionmnist", "arch": "cnn"},
-        loops.ood_baselines_final_stage,
+        ood_baselines_final_stage,
         {"energy_epochs": 1, "energy_batch_size": 8, "outlier_batch_size": 16}),
     "ood_baselines-godin_cnn-cifar10": (
         "ood_baselines", {"dataset": "cifar10", "arch": "godin_cnn"},
-        loops.ood_baselines_final_stage, {"energy_epochs": 0}),
+        ood_baselines_final_stage, {"energy_epochs": 0}),
     "vae_ood-gaussian-fashionmnist": (
-        "vae_ood", {"dataset": "fashionmnist", "decoder": "gaussian"}, loops.vae_final_stage,
+        "vae_ood", {"dataset": "fashionmnist", "decoder": "gaussian"}, vae_final_stage,
         {"iwae_samples": "2+3", "svm_samples": 16}),
     "vae_ood-categorical-cifar10": (
-        "vae_ood", {"dataset": "cifar10", "decoder": "categorical"}, loops.vae_final_stage,
+        "vae_ood", {"dataset": "cifar10", "decoder": "categorical"}, vae_final_stage,
         {"iwae_samples": "2", "svm_samples": 16}),
     "alpha_flow-fashionmnist": ("alpha_flow", {"dataset": "fashionmnist"},
-                                loops.generative_final_stage, {}),
+                                generative_final_stage, {}),
     "alpha_flow-cifar10": ("alpha_flow", {"dataset": "cifar10"},
-                           loops.generative_final_stage, {}),
+                           generative_final_stage, {}),
     "alpha_diglm-mnist": ("alpha_diglm", {"dataset": "mnist"},
-                          loops.generative_final_stage, {}),
+                          generative_final_stage, {}),
     "class_anomaly-gradcon-mnist": ("class_anomaly", {"dataset": "mnist", "method": "gradcon"},
                                     anomaly_final_stage, {"normal_class": 1}),
     "class_anomaly-ocgan-cifar10": ("class_anomaly", {"dataset": "cifar10", "method": "ocgan"},
@@ -109,12 +114,12 @@ def one_epoch(model, data, config, loop: str) -> None:
                             torch.device("cpu"))
         return
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    if loop == "vae":
-        objective = loops.vae_objective(model, torch.Generator().manual_seed(0), config["beta"])
+    if loop == "vae_ood":
+        objective = vae_objective(model, torch.Generator().manual_seed(0), config["beta"])
         train_epoch(model, optimizer, objective, data.x_train, data.y_train, batch, 0)
     elif loop == "generative":
         flow = model.flow if isinstance(model, DIGLM) else model
-        objective = loops.generative_objective(flow, torch.Generator().manual_seed(0),
+        objective = generative_objective(flow, torch.Generator().manual_seed(0),
                                                config["alpha"],
                                                config["beta"] if isinstance(model, DIGLM)
                                                else None)

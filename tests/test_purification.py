@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import train_digits_classifier
 
-from workloads.purification import bits_per_dim, purification_effect, purify_features
+from workloads.adversarial.purification import bits_per_dim, purification_effect, purify_features
 from workloads.scores import build_score
 
 
@@ -75,7 +75,7 @@ def test_purification_runs_the_model_in_eval_mode_in_chunks_and_leaves_it_as_fou
     from conftest import BNDropoutNet, assert_model_unchanged, model_state
 
     from workloads.data import load_dataset
-    from workloads.training import fit_classifier
+    from workloads.training.epochs import fit_classifier
 
 
     torch.manual_seed(0)

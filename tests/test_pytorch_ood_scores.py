@@ -11,9 +11,9 @@ from scipy.stats import spearmanr
 from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader, TensorDataset
 
-from workloads.metrics import ood_metrics
+from workloads.evaluation.metrics import ood_metrics
+from workloads.evaluation.ood_evaluation import resolve_scores
 from workloads.models import build_classifier
-from workloads.ood_evaluation import resolve_scores
 from workloads.scores import OOD_SCORES, build_score
 from workloads.scores.pytorch_ood_detectors import PytorchOODScore
 
@@ -158,7 +158,7 @@ def test_the_ood_stage_runs_adapted_detectors_by_name():
     """`--set ood_scores=msp+vim+ash` reaches `evaluate_ood` as names: every OOD set of the
     embedded digits gets a row per score, with its bootstrap interval."""
     from workloads.data import load_dataset
-    from workloads.ood_evaluation import evaluate_ood
+    from workloads.evaluation.ood_evaluation import evaluate_ood
 
     torch.manual_seed(0)
     data = load_dataset("digits")

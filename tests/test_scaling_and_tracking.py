@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from orchestrator.tracking.runs import has_api_key, resolve_mode
-from orchestrator.tune.loops import train_classifier
+from orchestrator.tune.epochs import run_epochs
 from orchestrator.tune.session import LocalSession, select_device
 from orchestrator.tune.trainable import Scaling
 from search_spaces import get_search_space
+from workloads.studies.classifier import ClassifierLoop
 
 
 def test_single_cpu_worker_runs_in_process():
@@ -63,13 +64,13 @@ def _config(**overrides):
 
 def test_loop_resumes_from_its_checkpoint_exactly():
     straight = LocalSession(num_threads=1)
-    train_classifier(_config(epochs_b=4), straight)
+    run_epochs(ClassifierLoop, _config(epochs_b=4), straight)
 
     first = LocalSession(num_threads=1)
-    train_classifier(_config(epochs_b=2), first)  # stops after epoch 2, checkpointed
+    run_epochs(ClassifierLoop, _config(epochs_b=2), first)  # stops after epoch 2, checkpointed
     resumed = LocalSession(num_threads=1)
     resumed._state, resumed.final = first._state, None
-    train_classifier(_config(epochs_b=4), resumed)
+    run_epochs(ClassifierLoop, _config(epochs_b=4), resumed)
     assert [r["epoch"] for r in resumed.reports] == [3, 4]
     assert resumed.reports[-1]["steps"] == straight.reports[-1]["steps"]
     assert resumed.reports[-1]["test_acc"] == straight.reports[-1]["test_acc"]
@@ -79,7 +80,8 @@ def test_loop_resumes_from_its_checkpoint_exactly():
 
 def test_budget_a_stops_on_patience_and_evaluates_the_best_epoch():
     session = LocalSession(num_threads=1)
-    train_classifier(_config(budget="A", patience=2, max_epochs_a=60, batch_size=512), session)
+    run_epochs(ClassifierLoop,
+               _config(budget="A", patience=2, max_epochs_a=60, batch_size=512), session)
     final = session.reports[-1]
     assert final["status"] == "completed"
     assert final["epochs"] - final["best_epoch"] == 2 or final["epochs"] == 60
@@ -90,7 +92,7 @@ def test_budget_a_stops_on_patience_and_evaluates_the_best_epoch():
 
 def test_non_finite_loss_ends_the_trial_as_diverged():
     session = LocalSession(num_threads=1)
-    train_classifier(_config(lr=1e12, epochs_b=5, batch_size=16), session)
+    run_epochs(ClassifierLoop, _config(lr=1e12, epochs_b=5, batch_size=16), session)
     assert len(session.reports) == 1
     assert session.reports[0]["status"] == "diverged"
     assert session.reports[0]["diverged_epoch"] == 1
@@ -98,10 +100,10 @@ def test_non_finite_loss_ends_the_trial_as_diverged():
 
 def test_a_finished_run_restarted_from_its_last_checkpoint_reports_again():
     done = LocalSession(num_threads=1)
-    train_classifier(_config(epochs_b=2), done)
+    run_epochs(ClassifierLoop, _config(epochs_b=2), done)
     restarted = LocalSession(num_threads=1)
     restarted._state, restarted.final = done._state, done.final
-    train_classifier(_config(epochs_b=2), restarted)
+    run_epochs(ClassifierLoop, _config(epochs_b=2), restarted)
     assert restarted.reports == [done.reports[-1]]
     assert restarted.final == done.final
 
@@ -114,13 +116,14 @@ def test_only_rank_zero_runs_the_final_evaluation(loop, monkeypatch):
     import torch.distributed as dist
     from conftest import free_port
 
-    from orchestrator.tune import loops
+    from workloads.studies import LOOPS, classifier, generative
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a rank other than 0 ran the final evaluation")
 
-    for name in ("final_evaluation", "evaluate_ood", "classifier_test_metrics"):
-        monkeypatch.setattr(loops, name, must_not_run)
+    for module, name in ((classifier, "final_evaluation"), (generative, "evaluate_ood"),
+                         (generative, "classifier_test_metrics")):
+        monkeypatch.setattr(module, name, must_not_run)
     session = LocalSession(num_threads=1)
     session.rank, session.world_size = 1, 2
     if loop == "classifier":
@@ -131,7 +134,7 @@ def test_only_rank_zero_runs_the_final_evaluation(loop, monkeypatch):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0,
                             world_size=1)
     try:
-        loops.LOOPS[loop](config, session)
+        run_epochs(LOOPS[loop], config, session)
     finally:
         dist.destroy_process_group()
     last = session.reports[-1]

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from workloads.data import load_digits, noise_ood_sets
-from workloads.metrics import mann_whitney, ood_metrics
+from workloads.evaluation.metrics import mann_whitney, ood_metrics
 from workloads.models import DIGLM, MLPClassifier
 from workloads.models.flows import VectorRealNVP, build_flow, flow_objective
 from workloads.scores import OOD_SCORES, applicable_scores, build_score, fit_score
-from workloads.training import fit_classifier, train_epoch
+from workloads.training.epochs import fit_classifier, train_epoch
 
 
 class FixedLogits(nn.Module):

@@ -9,8 +9,8 @@ import pytorch_ood.detector as pood
 import torch
 from scipy.optimize import minimize_scalar
 
-from workloads.metrics import calibration, failure_metrics
-from workloads.temperature import fit_temperature, scaled_probabilities, temperature_nll
+from workloads.evaluation.metrics import calibration, failure_metrics
+from workloads.evaluation.temperature import fit_temperature, scaled_probabilities, temperature_nll
 
 
 def overconfident_logits(n=2000, classes=10, scale=6.0, seed=0):
@@ -77,7 +77,7 @@ def test_mistake_detection_rows_follow_the_scores_and_the_predictions():
     over n_correct * n_wrong is the AUROC; MSP separates mistakes far better than chance."""
     from conftest import train_digits_classifier
 
-    from workloads.mistake_detection import evaluate_mistakes
+    from workloads.evaluation.mistake_detection import evaluate_mistakes
     from workloads.scores import build_score
 
     model, data = train_digits_classifier()

@@ -1,5 +1,5 @@
 """Intervals over seeds (t) and over test samples (bootstrap), against hand computations and
-the point metrics of `workloads.metrics`."""
+the point metrics of `workloads.evaluation.metrics`."""
 
 import math
 import time
@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from workloads.metrics import calibration, ood_metrics
-from workloads.uncertainty import (
+from workloads.evaluation.metrics import calibration, ood_metrics
+from workloads.evaluation.uncertainty import (
     bootstrap_ece_interval,
     bootstrap_ood_intervals,
     ood_metrics_of_weights,
@@ -95,9 +95,9 @@ def test_the_ood_stage_and_test_metrics_report_intervals_beside_the_values():
     import torch
 
     from workloads.data import load_dataset
+    from workloads.evaluation.ood_evaluation import evaluate_ood
     from workloads.models import MLPClassifier
-    from workloads.ood_evaluation import evaluate_ood
-    from workloads.training import classifier_test_metrics, fit_classifier
+    from workloads.training.epochs import classifier_test_metrics, fit_classifier
 
     torch.manual_seed(0)
     data = load_dataset("digits")

@@ -13,8 +13,8 @@ from conftest import command
 
 from orchestrator.tracking.offline import find_offline_runs, read_offline_run
 from workloads.data import load_dataset
-from workloads.latent_separability import linear_separability, random_projection
-from workloads.metrics import ood_metrics
+from workloads.evaluation.latent_separability import linear_separability, random_projection
+from workloads.evaluation.metrics import ood_metrics
 from workloads.models.vae import (
     ConvVAE,
     VAEInputError,
@@ -322,10 +322,10 @@ def test_vae_final_stage_scores_each_input_once_per_score(monkeypatch):
     """The test set's IWAE with the largest K is both the bits/dim and the OOD stage's ID
     values: it is computed once (it was computed twice), and the OOD rows are the ones a
     fresh evaluation gives."""
-    from orchestrator.tune.loops import vae_final_stage
     from search_spaces import expand_setup, get_search_space
-    from workloads.ood_evaluation import evaluate_ood
+    from workloads.evaluation.ood_evaluation import evaluate_ood
     from workloads.scores.vae import IWAELogLikelihood
+    from workloads.studies.vae_ood import vae_final_stage
 
     config = expand_setup(get_search_space("vae_ood").profile("smoke").trial_configs()[0])
     data = load_dataset("digits")

@@ -25,29 +25,27 @@ import torch
 from torch import nn
 
 from orchestrator.errors import UsageError
-from orchestrator.jobs.trial import job_directory, open_job_run, record_provenance
+from orchestrator.jobs.trial import job_directory, open_job_run, record_provenance, sweep_loop
 from orchestrator.pools.attack import AttackPool
 from orchestrator.pools.base import start_ray
 from orchestrator.reports.job_plots import plot_adversarial_detection
 from orchestrator.reports.tables import adversarial_markdown
-from orchestrator.tune.loops import feature_gmm_scores
 from workloads.data import Dataset
-from workloads.metrics import ood_metrics
-from workloads.ood_evaluation import resolve_scores
-from workloads.scores import OODScore, batched_logits, fit_score
+from workloads.evaluation.metrics import ood_metrics
+from workloads.scores import OODScore, batched_logits
+from workloads.studies import fitted_scores
 
 ATTACKS = ("fgsm", "bim")
 
 
 def detection_scores(model: nn.Module, data: Dataset, trial: dict[str, Any],
-                     requested: str | None) -> dict[str, OODScore]:
-    """The scores to detect with, fitted: `requested` (names joined by +), else the trial's
-    own `ood_scores`; a feature_gmm trial's "gmm" is its GMMs of `gmm_components`."""
+                     requested: str | None, loop: str) -> dict[str, OODScore]:
+    """The scores to detect with, fitted as the trial's study fits them
+    (`workloads.studies.fitted_scores`): `requested` (names joined by +), else the trial's
+    own `ood_scores`."""
     try:
-        if "gmm_components" in trial:
-            return feature_gmm_scores(model, data, trial, requested)
-        names = resolve_scores(model, requested or trial.get("ood_scores") or "all")
-        return {name: fit_score(name, params, model, data) for name, params in names.items()}
+        return fitted_scores(loop, model, data, trial,
+                             requested or trial.get("ood_scores") or "all")
     except ValueError as error:
         raise UsageError(str(error)) from None
 
@@ -84,7 +82,7 @@ def detect_adversarial(sweep_dir: Path, trial_id: str, model: nn.Module, data: D
     """The job: for each attack of `ATTACKS` and each eps of `config["eps"]`, attack the
     first `n` test inputs on the pool and score clean against adversarial; write the files
     above. Returns the table."""
-    detectors = detection_scores(model, data, trial, scores)
+    detectors = detection_scores(model, data, trial, scores, sweep_loop(sweep_dir))
     x, y = data.x_test[:n], data.y_test[:n]
     name = f"{trial_id}-adversarial"
     out = job_directory(sweep_dir, "attacks", name, resume)

@@ -1,12 +1,12 @@
 """The detection + Langevin restoration defense (thesis ch. 4, NOTES.md C) on the DIGLMs of
-an `alpha_diglm` sweep, on actor pools; `python -m orchestrator.defend` runs it.
+a finished sweep of DIGLMs, on actor pools; `python -m orchestrator.defend` runs it.
 
 For each DIGLM trial: split its test set into validation (20%) and test (cut to N); attack
 both with APGD-CE (pyautoattack, eps 8/255) and the test set with the adaptive APGD on
 CE - lambda * AM; flag inputs whose approximate mass exceeds the threshold of best accuracy
 on the validation pairs; tune the chains' early-stop AM on the validation pairs; restore
 with Langevin chains; classify. The numbers of Tables 4.1-4.4 come from
-`workloads.defense.defense_row`.
+`workloads.adversarial.defense.defense_row`.
 
 A *pair* is a test sample whose clean input is classified correctly and whose adversarial
 input is not; detection and the full defense are measured on the balanced set of pairs
@@ -31,8 +31,8 @@ from orchestrator.pools.attack import AttackPool
 from orchestrator.pools.langevin import LangevinPool
 from orchestrator.pools.units import save_json
 from orchestrator.reports.job_plots import plot_defense_trial
-from workloads import defense as D
-from workloads.langevin import probe_accuracy
+from workloads.adversarial import defense as D
+from workloads.adversarial.langevin import probe_accuracy
 from workloads.scores import batched_logits, build_score
 
 

@@ -40,7 +40,7 @@ from orchestrator.pools.base import start_ray
 from orchestrator.reports.job_plots import plot_detectors
 from orchestrator.reports.tables import detector_markdown
 from workloads.data import Dataset
-from workloads.ood_evaluation import ood_metrics_under_attack, resolve_scores
+from workloads.evaluation.ood_evaluation import ood_metrics_under_attack, resolve_scores
 from workloads.scores import OODScore, capabilities, fit_score
 
 ID = "id"  # the name of the in-distribution test inputs among the attacked sets

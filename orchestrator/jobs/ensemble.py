@@ -1,6 +1,6 @@
 """Deep ensembles of a finished sweep (`python -m orchestrator.ensemble SWEEP_DIR`): the
 completed trials of each configuration, one per seed, become the members of one ensemble
-(`workloads.ensemble`), evaluated on the test split and the OOD sets.
+(`workloads.evaluation.ensemble`), evaluated on the test split and the OOD sets.
 
 Writes `SWEEP_DIR/ensemble/ensemble-<time>/`: `ensemble.csv` (per configuration: members,
 ensemble and mean member accuracy, NLL, ECE), `failure.csv` (per configuration and score:
@@ -26,7 +26,7 @@ from orchestrator.jobs.trial import (
 from orchestrator.reports.aggregate import config_columns
 from orchestrator.reports.collect import SWEEP_FILE, recorded_settings
 from search_spaces import get_search_space
-from workloads.ensemble import evaluate_ensemble
+from workloads.evaluation.ensemble import evaluate_ensemble
 
 
 def configurations(sweep_dir: Path) -> list[tuple[dict, list[str]]]:

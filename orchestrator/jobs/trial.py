@@ -20,6 +20,7 @@ from orchestrator.errors import NoResultsError, UsageError
 from orchestrator.pools.units import fingerprint
 from orchestrator.reports.collect import RESULTS_DIR, SWEEP_FILE, status_counts
 from orchestrator.reports.provenance import datasets_read, write_provenance
+from search_spaces import get_search_space
 from workloads.data import Dataset, DatasetMissingError, DatasetUnreadableError, load_trial_data
 from workloads.models import build_model
 
@@ -96,6 +97,12 @@ def load_trial_model(sweep_dir: Path, trial_id: str, data_dir: str | None = None
     model = build_model(config, data)
     model.load_state_dict(state["model"])
     return model.eval(), data, config
+
+
+def sweep_loop(sweep_dir: Path) -> str:
+    """The train loop of the sweep's search space (a key of `workloads.studies.LOOPS`)."""
+    record = json.loads((Path(sweep_dir) / SWEEP_FILE).read_text())
+    return get_search_space(record["name"]).loop
 
 
 def sweep_group(sweep_dir: Path) -> str:

@@ -30,7 +30,7 @@ from orchestrator.pools.base import ModelActors, node_id, worker_device
 from orchestrator.pools.progress import Progress, ProgressFn
 from orchestrator.pools.stage_plan import StagePlan
 from orchestrator.pools.units import fingerprint, load_unit, open_job, save_unit, unit_seed
-from workloads import attacks as A
+from workloads.adversarial import attacks as A
 
 OWN_ATTACKS = ("fgsm", "bim", "pgd", "apgd", "apgd_adaptive")
 ATTACKS = ("autoattack", *OWN_ATTACKS)

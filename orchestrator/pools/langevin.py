@@ -30,7 +30,7 @@ from torch import nn
 from orchestrator.pools.base import ModelActors, PoolError, node_id, worker_device
 from orchestrator.pools.progress import Progress, ProgressFn, eta_text
 from orchestrator.pools.units import fingerprint, load_unit, open_job, save_unit, unit_seed
-from workloads.langevin import ChainState, restore, run_chains, start_chains
+from workloads.adversarial.langevin import ChainState, restore, run_chains, start_chains
 
 DEFAULTS: dict[str, Any] = {"steps": 1000, "eta": 1e-3, "am_stop": None, "eps": None,
                             "clip": True, "seed": 0, "chains_per_unit": 256,
@@ -108,7 +108,7 @@ class LangevinResult:
     steps_run: torch.Tensor      # (N,) steps each chain moved (its stop step if it stopped)
     stopped: torch.Tensor        # (N,) bool: stopped early at am_stop
     am_end: torch.Tensor         # (N,) AM where each chain ended
-    probe_pred: torch.Tensor | None  # (N, m) see workloads.langevin.probe_accuracy
+    probe_pred: torch.Tensor | None  # (N, m) see workloads.adversarial.langevin.probe_accuracy
     trace_steps: torch.Tensor    # (R,) steps t of the AM records
     trace_am: torch.Tensor       # (R, N) AM(x_t) of every chain
     seconds: float = 0.0

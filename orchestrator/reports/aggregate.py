@@ -1,14 +1,12 @@
 """A sweep's trials aggregated over seeds: per configuration (every config value but the
 seed), the number of seeds and each metric's mean, standard deviation and 95% t-interval
-(`workloads.uncertainty.t_interval`)."""
+(`workloads.evaluation.uncertainty.t_interval`)."""
 
 from __future__ import annotations
 
-from numbers import Number
-
 import pandas as pd
 
-from workloads.uncertainty import t_interval
+from workloads.evaluation.uncertainty import interval_text, t_interval
 
 SEED = "seed"
 # Columns of trials.csv that are neither configuration nor results.
@@ -47,15 +45,6 @@ def aggregate_over_seeds(table: pd.DataFrame, settings: dict) -> pd.DataFrame:
         rows.append(row)
     # With no completed trial: the header alone (a file with no columns cannot be read)
     return pd.DataFrame(rows, columns=None if rows else [*keys, "seeds"])
-
-
-def interval_text(mean: float, lo: float, hi: float) -> str:
-    """`0.975 [0.969, 0.981]`, or the mean alone where there is no interval (one seed)."""
-    if not isinstance(mean, Number) or mean != mean:
-        return "–"
-    if lo != lo:
-        return f"{mean:.4g}"
-    return f"{mean:.4g} [{lo:.4g}, {hi:.4g}]"
 
 
 def aggregated_markdown(aggregated: pd.DataFrame, keys: list[str], metrics: list[str]) -> str:

@@ -3,8 +3,8 @@
 Each claim of a search space is a comparison (`search_spaces.Compare`, `CompareMetrics`,
 `Trend`, `Threshold`) that reduces, per seed, to a signed number whose sign is the claim:
 a difference that should be negative, a slope in the claimed direction, a margin below a
-threshold. Over the seeds that number gets a 95% t-interval (`workloads.uncertainty`), and
-the verdict is
+threshold. Over the seeds that number gets a 95% t-interval
+(`workloads.evaluation.uncertainty`), and the verdict is
 
 - **holds**: the interval lies on the claim's side (every cell's, for an "every" claim);
 - **refuted**: the interval excludes the claim (any cell's, for an "every" claim);
@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from orchestrator.reports.aggregate import BOOKKEEPING, SEED, interval_text
+from orchestrator.reports.aggregate import BOOKKEEPING, SEED
 from search_spaces import Claim, Compare, CompareMetrics, Threshold, Trend
-from workloads.uncertainty import t_interval
+from workloads.evaluation.uncertainty import interval_text, t_interval
 
 HOLDS, REFUTED, INCONCLUSIVE = "holds", "refuted", "inconclusive"
 

@@ -5,9 +5,9 @@ Files in `<sweep_dir>/results/`: `trials.csv` (every config column and final met
 per trial), and for sweeps with an OOD stage `ood.csv` (long format: trial x score x OOD
 set), `ood.md` (Table-3.1-style tables) and `samples.json` (log p(x) and AM values for the
 histograms), with the training-time diagnostic `diagnostic.csv` (trial x epoch x score x
-OOD set), and with document 003's stages `mistakes.csv` / `.md` (trial x score) and
-`purification.csv` / `.md` (trial x split x eps x nu), and with document 001's failure
-prediction `pr_curves.csv` (trial x score x recall); PNGs in `plots/`.
+OOD set), and every other long table the trials' final stages leave (`<name>.csv`; the
+`.md` table and plot of each that the search space declares in `result_tables`); PNGs in
+`plots/`.
 `python -m orchestrator.report SWEEP_DIR` redraws the
 tables and plots from these files alone.
 """
@@ -23,7 +23,6 @@ from typing import Any
 import pandas as pd
 import pyarrow.fs
 
-from orchestrator.reports import beside
 from orchestrator.reports.aggregate import (
     SEED,
     aggregate_over_seeds,
@@ -33,20 +32,18 @@ from orchestrator.reports.aggregate import (
 from orchestrator.reports.plots import (
     plot_diagnostic,
     plot_metrics,
-    plot_mistakes,
-    plot_pr_curves,
     plot_reliability,
+    plot_result_table,
     plot_score_histograms,
 )
 from orchestrator.reports.tables import (
     markdown_table,
-    mistakes_markdown,
     ood_markdown,
-    purification_markdown,
+    result_table_markdown,
     sort_table,
 )
 from orchestrator.tune.session import FINAL_FILE
-from orchestrator.tune.storage import read_final_artifacts
+from orchestrator.tune.storage import long_tables, read_final_artifacts
 from search_spaces import SearchSpace, expand_setup
 
 SWEEP_FILE = "sweep.json"  # what the sweep was asked (name, profile, overrides, storage)
@@ -56,11 +53,7 @@ TUNE_BOOKKEEPING = ("config", "date", "hostname", "node_ip", "pid", "timestamp",
                     "time_this_iter_s", "time_since_restore", "iterations_since_restore",
                     "checkpoint_dir_name", "should_checkpoint")
 
-
-
-# Long tables a trial's final.json may hold (one row per trial x ...), each written to
-# results/<name>.csv with the trial's key columns in front.
-LONG_TABLES = ("ood", "diagnostic", "mistakes", "purification", "pr_curves", "latent_svm")
+NOT_LONG_TABLES = ("trials", "aggregated")  # the results/*.csv that are not long tables
 
 
 @dataclass
@@ -69,10 +62,8 @@ class Artifacts:
 
     reliability: dict[str, Any] = field(default_factory=dict)  # trial_id -> bins
     samples: dict[str, Any] = field(default_factory=dict)      # trial_id -> score -> set
-    # LONG_TABLES by name: ood (trial x score x OOD set), diagnostic (x epoch), mistakes
-    # (trial x score), purification (trial x split x eps x nu), pr_curves (trial x score x
-    # recall: failure prediction's precision-recall curves), latent_svm (trial x
-    # representation x negative set: document 002's Table 3.1)
+    # long tables by name: ood (trial x score x OOD set), diagnostic (x epoch), and the
+    # study's own (`SearchSpace.result_tables`)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     def table(self, name: str) -> pd.DataFrame:
@@ -105,7 +96,7 @@ def collect_results(result_grid, filesystem=None) -> tuple[pd.DataFrame, Artifac
     (after its retries), and `incomplete` when it stopped without a final report.
     """
     rows, artifacts = [], Artifacts()
-    long_rows: dict[str, list[dict]] = {name: [] for name in LONG_TABLES}
+    long_rows: dict[str, list[dict]] = {}
     for result in result_grid:
         config = {k: v for k, v in expand_setup(result.config or {}).items()
                   if k not in HIDDEN_CONFIG and not isinstance(v, dict)}
@@ -127,8 +118,9 @@ def collect_results(result_grid, filesystem=None) -> tuple[pd.DataFrame, Artifac
             artifacts.reliability[trial_id] = final["reliability"]
         if final.get("samples"):
             artifacts.samples[trial_id] = final["samples"]
-        for name in LONG_TABLES:
-            long_rows[name] += [{"trial_id": trial_id, **r} for r in final.get(name, [])]
+        for name, table_rows in long_tables(final).items():
+            long_rows.setdefault(name, []).extend({"trial_id": trial_id, **r}
+                                                  for r in table_rows)
     artifacts.tables = {name: pd.DataFrame(r) for name, r in long_rows.items() if r}
     return pd.DataFrame(rows), artifacts
 
@@ -182,18 +174,14 @@ def render_outputs(table: pd.DataFrame, artifacts: Artifacts, space: SearchSpace
         plot_score_histograms(table, artifacts.samples, space, out / "plots")
     if not artifacts.diagnostic.empty:
         plot_diagnostic(artifacts.diagnostic, table, settings, out / "plots")
-    if not artifacts.table("mistakes").empty:
-        (out / "mistakes.md").write_text(mistakes_markdown(artifacts.table("mistakes"), space))
-        plot_mistakes(artifacts.table("mistakes"), space, out / "plots")
-    if not artifacts.table("pr_curves").empty:
-        plot_pr_curves(artifacts.table("pr_curves"), space, out / "plots")
-    if not artifacts.table("purification").empty:
-        (out / "purification.md").write_text(
-            purification_markdown(artifacts.table("purification"), space))
-    if not artifacts.table("latent_svm").empty:
-        (out / "latent_svm.md").write_text(
-            f"# {space.name}: linear separability of latent codes (002 Table 3.1)\n\n"
-            + beside.vae_latent_svm(artifacts.table("latent_svm")) + "\n")
+    for spec in space.result_tables:
+        rows = artifacts.table(spec.name)
+        if rows.empty:
+            continue
+        if spec.columns:
+            (out / f"{spec.name}.md").write_text(result_table_markdown(rows, spec, space))
+        if spec.plot is not None:
+            plot_result_table(rows, spec, space, out / "plots")
     return aggregated
 
 
@@ -214,8 +202,8 @@ def load_results(sweep_dir: str | Path) -> tuple[pd.DataFrame, Artifacts]:
         artifacts.reliability = json.loads((out / "reliability.json").read_text())
     if (out / "samples.json").exists():
         artifacts.samples = json.loads((out / "samples.json").read_text())
-    artifacts.tables = {name: pd.read_csv(out / f"{name}.csv") for name in LONG_TABLES
-                        if (out / f"{name}.csv").exists()}
+    artifacts.tables = {path.stem: pd.read_csv(path) for path in sorted(out.glob("*.csv"))
+                        if path.stem not in NOT_LONG_TABLES}
     return table, artifacts
 
 def status_counts(table: pd.DataFrame) -> str:

@@ -11,8 +11,8 @@ import pandas as pd
 
 from orchestrator.reports.aggregate import config_columns
 from orchestrator.reports.tables import trial_label
-from search_spaces import SearchSpace
-from workloads.uncertainty import t_interval
+from search_spaces import ResultTable, ScoreBars, ScoreCurves, SearchSpace
+from workloads.evaluation.uncertainty import t_interval
 
 
 def pyplot():
@@ -173,9 +173,9 @@ def plot_reliability(table: pd.DataFrame, reliability: dict[str, Any], space: Se
 
 def plot_score_histograms(table: pd.DataFrame, samples: dict[str, Any], space: SearchSpace,
                           out: Path) -> list[Path]:
-    """One PNG per trial (with several seeds, the trials of the first seed): rows log p(x)
-    and AM (log10) -- or a VAE's IWAE-50 with eval and adapted BN (document 002, Fig. 3.4)
-    -- a column per OOD set, each panel the ID test values against that set's."""
+    """One PNG per trial (with several seeds, the trials of the first seed): a row per score
+    of the space's `histogram_labels` that the trial sampled (log p(x) and AM (log10) by
+    default), a column per OOD set, each panel the ID test values against that set's."""
     import numpy as np
 
     plt = pyplot()
@@ -185,9 +185,7 @@ def plot_score_histograms(table: pd.DataFrame, samples: dict[str, Any], space: S
     if by_id is not None and "seed" in by_id.columns and by_id["seed"].nunique() > 1:
         first = set(by_id.index[by_id["seed"] == by_id["seed"].min()])
         samples = {k: v for k, v in samples.items() if k in first}
-    labels = {"log_px": "log p(x) [nats]", "am": "log10 AM(x)",
-              "iwae50": "IWAE-50 log p(x) [nats], eval BN",
-              "iwae50_bn": "IWAE-50 log p(x) [nats], adapted BN"}
+    labels = space.histogram_labels
     for trial_id, per_score in samples.items():
         scores = [s for s in labels if s in per_score]
         if not scores:
@@ -262,20 +260,20 @@ def plot_diagnostic(diagnostic: pd.DataFrame, table: pd.DataFrame, settings: dic
     return written
 
 
-def plot_mistakes(mistakes: pd.DataFrame, space: SearchSpace, out: Path) -> Path:
-    """Mistake detection (003 section 4.1): AUROC and AUPR-error of each score, a bar per
-    score (mean over seeds, the seeds as dots), a panel per configuration and metric."""
+def plot_score_bars(rows: pd.DataFrame, bars: ScoreBars, space: SearchSpace,
+                    path: Path) -> Path:
+    """Bars per score (mean over seeds, each seed a dot): a row of panels per configuration,
+    a panel per metric of `bars`."""
     plt = pyplot()
-    out.mkdir(parents=True, exist_ok=True)
-    keys = tuple(k for k in space.table_keys if k in mistakes.columns)
-    configs = list(_groups(mistakes, keys))
-    metrics = (("auroc", "AUROC"), ("aupr_error", "AUPR-error"))
-    cols = len(metrics)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = tuple(k for k in space.table_keys if k in rows.columns)
+    configs = list(_groups(rows, keys))
+    cols = len(bars.metrics)
     fig, axes = plt.subplots(len(configs), cols, figsize=(4.6 * cols, 3.2 * len(configs)),
                              squeeze=False)
     for row, (pairs, group) in enumerate(configs):
         scores = sorted(group.score.unique())
-        for col, (metric, label) in enumerate(metrics):
+        for col, (metric, label) in enumerate(bars.metrics):
             ax = axes[row][col]
             for i, score in enumerate(scores):
                 values = group.loc[group.score == score, metric].dropna()
@@ -286,31 +284,35 @@ def plot_mistakes(mistakes: pd.DataFrame, space: SearchSpace, out: Path) -> Path
             ax.set_ylabel(label)
             ax.set_title(_label(pairs) or "all trials", fontsize=9)
             ax.grid(alpha=0.3, axis="y")
-    return _finish_panels(fig, axes, len(configs) * cols,
-                          "Mistake detection: correct vs wrong test predictions",
-                          out / "mistakes.png", ncol=4)
+    return _finish_panels(fig, axes, len(configs) * cols, bars.title, path, ncol=4)
 
 
-def plot_pr_curves(curves: pd.DataFrame, space: SearchSpace, out: Path) -> Path:
-    """Failure prediction (document 001, Part II): precision against recall with errors as
-    the positive class, a line per score (mean precision over seeds at each recall), a
-    panel per configuration."""
+def plot_score_curves(rows: pd.DataFrame, curves: ScoreCurves, space: SearchSpace,
+                      path: Path) -> Path:
+    """A line per score, `y` against `x` of `curves` (mean over seeds at each x), a panel
+    per configuration (e.g. failure prediction's precision-recall curves)."""
     plt = pyplot()
-    out.mkdir(parents=True, exist_ok=True)
-    keys = tuple(k for k in space.table_keys if k in curves.columns)
-    configs = list(_groups(curves, keys))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = tuple(k for k in space.table_keys if k in rows.columns)
+    configs = list(_groups(rows, keys))
     cols = min(len(configs), 3)
-    rows = math.ceil(len(configs) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(max(4.6 * cols, 7.5), 3.8 * rows + 0.8),
+    n_rows = math.ceil(len(configs) / cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(max(4.6 * cols, 7.5), 3.8 * n_rows + 0.8),
                              squeeze=False)
     for ax, (pairs, group) in zip(axes.flat, configs):
         for i, (score, line) in enumerate(group.groupby("score", sort=True)):
-            mean = line.groupby("recall").precision.mean()
+            mean = line.groupby(curves.x)[curves.y].mean()
             ax.plot(mean.index, mean.to_numpy(), color=f"C{i % 10}", label=score)
-        ax.set_xlabel("recall (errors)")
-        ax.set_ylabel("precision")
+        ax.set_xlabel(curves.x_label)
+        ax.set_ylabel(curves.y_label)
         ax.set_ylim(0, 1.02)
         ax.set_title(_label(pairs), fontsize=9)
         ax.grid(alpha=0.3)
-    return _finish_panels(fig, axes, len(configs), "Failure prediction: precision-recall, "
-                          "errors positive", out / "pr_curves.png", ncol=3)
+    return _finish_panels(fig, axes, len(configs), curves.title, path, ncol=3)
+
+
+def plot_result_table(rows: pd.DataFrame, spec: ResultTable, space: SearchSpace,
+                      out: Path) -> Path:
+    """`plots/<name>.png` of a study's long table, as its `ResultTable.plot` says."""
+    draw = plot_score_bars if isinstance(spec.plot, ScoreBars) else plot_score_curves
+    return draw(rows, spec.plot, space, out / f"{spec.name}.png")

@@ -1,8 +1,8 @@
 """REPRODUCTION.md of a sweep: per claim of the documents that its search space declares,
 the statement and source, our number with its 95% interval over seeds, and a verdict
-(`reports.claims`); then the documents' tables beside ours where the sweep reproduces them
-(`reports.beside`; the defense's Tables 4.1-4.4 from its latest run); then what produced the
-numbers (`reports.provenance`)."""
+(`reports.claims`); then the documents' tables beside ours that its search space declares
+(`SearchSpace.beside`; the defense's Tables 4.1-4.4 from its latest run); then what
+produced the numbers (`reports.provenance`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from orchestrator.reports import beside
 from orchestrator.reports.aggregate import SEED, config_columns
 from orchestrator.reports.claims import (
     Verdict,
@@ -23,7 +22,7 @@ from orchestrator.reports.claims import (
 from orchestrator.reports.collect import SWEEP_FILE, load_results, recorded_settings
 from orchestrator.reports.provenance import FILE as PROVENANCE_FILE
 from orchestrator.reports.provenance import provenance_markdown
-from search_spaces import SearchSpace, get_search_space
+from search_spaces import SearchSpace, SweepResults, get_search_space
 
 FILE = "REPRODUCTION.md"
 DEFENSE_CONFIG = ("alpha", "dequantization", "normal_class")
@@ -77,32 +76,14 @@ def reproduction_report(space: SearchSpace, sweep_dir: Path, table: pd.DataFrame
                              + "\n\n</details>\n")
     else:
         parts.append("This sweep declares no claim of the documents.\n")
-    if not ood.empty and {"godin", "energy_ft"} & set(ood.score):  # ood_baselines
-        parts += ["## Thesis Table 3.1 baselines (G-ODIN, Mahalanobis, Energy) beside ours\n",
-                  beside.table_3_1_baselines(ood, dataset), ""]
-    elif not ood.empty and {"mahalanobis", "energy", "neg_am"} & set(
-            ood.score[ood.normal_class < 0] if "normal_class" in ood else ood.score):
-        parts += ["## Thesis Table 3.1 (OOD detection) beside ours\n",
-                  beside.table_3_1(ood, dataset), ""]
-    if not ood.empty and "normal_class" in ood and (ood.normal_class >= 0).any():
-        parts += ["## Thesis Tables 3.2 / 3.3 (class anomaly detection) beside ours\n",
-                  beside.class_anomaly(ood, dataset), ""]
     results = Path(sweep_dir) / "results"
-    if not ood.empty and "gmm" in set(ood.score):
-        parts += ["## Document 003 Tables 1-3 (OOD detection) beside ours\n",
-                  beside.feature_gmm_ood(ood), ""]
-    mistakes = pd.read_csv(results / "mistakes.csv") if (results / "mistakes.csv").exists() \
-        else pd.DataFrame({"score": []})
-    if "gmm" in set(mistakes.score):
-        parts += ["## Document 003 section 4.1 (mistake detection) beside ours\n",
-                  beside.feature_gmm_mistakes(mistakes), ""]
-    if (results / "purification.csv").exists():
-        parts += ["## Document 003 Table 4 (feature purification) beside ours\n",
-                  beside.feature_gmm_purification(pd.read_csv(results / "purification.csv")),
-                  ""]
-    if (results / "latent_svm.csv").exists():
-        parts += ["## Document 002 Table 3.1 (linear separability of latent codes) beside "
-                  "ours\n", beside.vae_latent_svm(pd.read_csv(results / "latent_svm.csv")), ""]
+    tables = {spec.name: pd.read_csv(results / f"{spec.name}.csv")
+              for spec in space.result_tables if (results / f"{spec.name}.csv").exists()}
+    sweep = SweepResults(trials=table, ood=ood, dataset=dataset, tables=tables)
+    for beside in space.beside:
+        markdown = beside.render(sweep)
+        if markdown:
+            parts += [f"## {beside.heading}\n", markdown, ""]
     if defense_dir is not None and (defense_dir / "tables.md").exists():
         parts += [f"## Thesis Tables 4.1-4.4 (the defense, `{defense_dir.name}`)\n",
                   (defense_dir / "tables.md").read_text().split("\n", 1)[1], ""]

@@ -1,5 +1,6 @@
-"""Tables in markdown: a sweep's trials and its OOD results (Table 3.1 style), the defense's
-Tables 4.1-4.4 beside the thesis, and the detectors under attack."""
+"""Tables in markdown: a sweep's trials and its OOD results (Table 3.1 style), the long
+tables a search space declares, the defense's Tables 4.1-4.4 beside the thesis, and the
+detectors under attack."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from orchestrator.reports import published
-from orchestrator.reports.aggregate import SEED, interval_text
-from search_spaces import SearchSpace
-from workloads.uncertainty import t_interval
+from orchestrator.reports.aggregate import SEED
+from search_spaces import ResultTable, SearchSpace
+from search_spaces._tables.cells import group_rows
+from workloads.evaluation.uncertainty import interval_text, t_interval
 
 if TYPE_CHECKING:
     from orchestrator.jobs.profiles import DefenseProfile
@@ -96,68 +98,16 @@ def ood_markdown(table: pd.DataFrame, ood: pd.DataFrame, space: SearchSpace) -> 
     return "\n".join(parts) + "\n"
 
 
-# --- document 003: mistake detection and feature purification --------------------------
+# --- a study's own long tables (SearchSpace.result_tables) -------------------------------
 
-def _mean_std(values: pd.Series, scale: float = 1.0, digits: int = 3) -> str:
-    """"mean ± std" over seeds as the document reports (the value alone for one seed)."""
-    values = values.dropna().to_numpy() * scale
-    if len(values) == 0:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
-
-
-def mistakes_markdown(mistakes: pd.DataFrame, space: SearchSpace) -> str:
-    """Mistake detection (003 section 4.1; failure prediction in 001): per configuration
-    and score, AUROC, AUPR with successes and with errors as the positive class, FPR95 and
-    the Mann-Whitney p-value, mean ± std over seeds (the largest p of the seeds)."""
-    keys = [k for k in space.table_keys if k in mistakes.columns]
-    seeds = mistakes[SEED].nunique() if SEED in mistakes.columns else 1
-    rows = []
-    for group_keys, group in mistakes.groupby([*keys, "score"], sort=True, dropna=False):
-        group_keys = group_keys if isinstance(group_keys, tuple) else (group_keys,)
-        rows.append({**dict(zip([*keys, "score"], group_keys)),
-                     "wrong / all": f"{group.n_wrong.mean():.0f} / "
-                                    f"{(group.n_wrong + group.n_correct).mean():.0f}",
-                     **{label: _mean_std(group[column]) for column, label in
-                        (("auroc", "AUROC"), ("aupr_success", "AUPR-success"),
-                         ("aupr_error", "AUPR-error"),
-                         ("fpr95_success", "FPR95-success"), ("fpr95_error", "FPR95-error"))},
-                     "Mann-Whitney p (max)": f"{group.mw_p.max():.2g}"})
-    return (f"# {space.name}: mistake detection\n\n"
-            f"Correct vs wrong test predictions, scored by each detector (higher = more "
-            f"confident; errors are the positive class of AUPR-error). FPR95-success: the "
-            f"fraction of errors accepted where 95% of the successes are kept (Corbière et "
-            f"al.'s FPR-95%-TPR); FPR95-error: the fraction of successes flagged where 95% of "
-            f"the errors are caught. Mean ± std "
-            f"over {seeds} seed(s). The p-value is the one-sided Mann-Whitney U test that "
-            f"correct predictions score higher (003: p = 1.9e-13 for GMM-100 on "
-            f"CIFAR-100).\n\n"
-            + pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) + "\n")
-
-
-def purification_markdown(purification: pd.DataFrame, space: SearchSpace) -> str:
-    """Table 4 of 003: accuracy (%) before and after purifying features (eq. 9) per split,
-    eps and nu, with the predictions it fixes and breaks; mean ± std over seeds."""
-    keys = [k for k in space.table_keys if k in purification.columns]
-    seeds = purification[SEED].nunique() if SEED in purification.columns else 1
-    rows = []
-    for group_keys, group in purification.groupby([*keys, "split", "eps", "nu"], sort=True,
-                                                  dropna=False):
-        rows.append({**dict(zip([*keys, "split", "eps", "nu"], group_keys)),
-                     "accuracy before": _mean_std(group.accuracy_before, 100, 2),
-                     "accuracy after": _mean_std(group.accuracy_after, 100, 2),
-                     "change": _mean_std(group.accuracy_after - group.accuracy_before,
-                                         100, 2),
-                     "fixed": f"{group.fixed.mean():.1f}",
-                     "broken": f"{group.broken.mean():.1f}"})
-    return (f"# {space.name}: feature purification (003 Table 4)\n\n"
-            f"Features moved by 100 steps (`purify_steps`) of F <- F - eps (grad BPD(F) + "
-            f"2 nu (F - F_ref)) under the largest GMM, then classified by the last layer. "
-            f"Accuracy in %, mean ± std over {seeds} seed(s); fixed / broken: predictions "
-            f"made right / wrong.\n\n"
-            + pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) + "\n")
+def result_table_markdown(rows: pd.DataFrame, spec: ResultTable, space: SearchSpace) -> str:
+    """A study's long table as its search space declares it (`ResultTable`): a row per
+    configuration and value of `spec.by`, a cell per column over the seeds' rows."""
+    keys = [k for k in space.table_keys if k in rows.columns]
+    seeds = rows[SEED].nunique() if SEED in rows.columns else 1
+    body = group_rows(rows, [*keys, *spec.by], spec.columns)
+    return (f"# {space.name}: {spec.title}\n\n{spec.note.format(seeds=seeds)}\n\n"
+            + body.to_markdown(index=False, disable_numparse=True) + "\n")
 
 
 # --- the defense (Tables 4.1-4.4) ---------------------------------------------------------

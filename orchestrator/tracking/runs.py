@@ -22,7 +22,7 @@ from ray.tune import Callback
 
 from orchestrator.tracking.offline import find_offline_runs
 from orchestrator.tune.session import FINAL_FILE
-from orchestrator.tune.storage import read_final_artifacts
+from orchestrator.tune.storage import long_tables, read_final_artifacts
 from search_spaces import expand_setup
 
 WANDB_MODES = ("offline", "online", "disabled")
@@ -97,7 +97,7 @@ class WandbTrialLogger(Callback):
 
     Config = the trial's config; every reported result is logged (step = Tune's iteration);
     the summary ends with the trial's final metrics and its status. A trial whose final
-    checkpoint holds long tables (`ood`, `mistakes`, `purification` rows in final.json)
+    checkpoint holds long tables (`ood`, and a study's own: lists of rows in final.json)
     also gets each as a W&B table of that name (e.g. `ood`: score x OOD set: AUROC,
     AUPR-in, AUPR-out, FPR95, TNR95). Offline runs are written
     to `<trial dir>/wandb/offline-run-*`. Unlike Ray's WandbLoggerCallback there are no
@@ -201,12 +201,13 @@ class WandbTrialLogger(Callback):
                          {k: v for k, v in metrics.items()
                           if k not in self.EXCLUDE and isinstance(v, (Number, str, bool))})
 
-    TABLES = ("ood", "mistakes", "purification", "pr_curves", "latent_svm")  # per trial
+    # the per-epoch diagnostic is logged as metrics (`diag_auroc_*`), not as a table
+    NOT_TABLES = ("diagnostic",)
 
     @classmethod
     def _tables(cls, trial) -> dict[str, list[dict]]:
-        """The long tables (`TABLES`) of the trial's final checkpoint (Tune's, or Ray
-        Train's by path), read through the storage's filesystem."""
+        """The long tables of the trial's final checkpoint (Tune's, or Ray Train's by path;
+        `long_tables`), read through the storage's filesystem."""
         checkpoint = getattr(trial, "checkpoint", None)
         if checkpoint is not None:
             final = read_final_artifacts(checkpoint.filesystem, checkpoint.path, FINAL_FILE)
@@ -214,7 +215,8 @@ class WandbTrialLogger(Callback):
             final = read_final_artifacts(trial.storage.storage_filesystem,
                                          (trial.last_result or {}).get("checkpoint_path"),
                                          FINAL_FILE)
-        return {name: (final or {})[name] for name in cls.TABLES if (final or {}).get(name)}
+        return {name: rows for name, rows in long_tables(final or {}).items()
+                if name not in cls.NOT_TABLES}
 
     def _end_trial(self, trial, failed: bool) -> None:
         status = "error" if failed else (trial.last_result or {}).get("status", "incomplete")

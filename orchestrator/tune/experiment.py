@@ -131,7 +131,7 @@ def summary_run(mode: str, run_name: str, record: dict[str, Any], table, artifac
                 results: Path, verdicts: list | None = None) -> None:
     """The sweep's results in W&B, where it is monitored: one run in the sweep's group
     (job_type "summary") with the trials table, the table over seeds (`aggregated`), the
-    long tables (ood, diagnostic, mistakes, purification), the claims' verdicts (table
+    long tables (ood, diagnostic and the study's own), the claims' verdicts (table
     `claims`, summary `claims/<id>`) and every plot. A resumed sweep updates the
     same run."""
     run_id = "summary-" + hashlib.sha1(run_name.encode()).hexdigest()[:12]
@@ -142,7 +142,7 @@ def summary_run(mode: str, run_name: str, record: dict[str, Any], table, artifac
         import pandas as pd
 
         run.table("aggregated", pd.read_csv(results / "aggregated.csv"))
-    for name, frame in artifacts.tables.items():  # ood, diagnostic, mistakes, ...
+    for name, frame in artifacts.tables.items():  # ood, diagnostic, the study's own
         run.table(name, frame)
     for plot in sorted((results / "plots").glob("*.png")):
         run.image(f"plots/{plot.stem}", plot)

@@ -84,18 +84,17 @@ def profile_values(profile: Profile, key: str) -> list[Any]:
 
 
 SCORE_KEYS = ("ood_scores", "failure_scores", "finetuned_scores")  # keys that name scores
-COUNT_LISTS = ("gmm_components", "iwae_samples")  # positive integers joined by "+"
 
 
-def check_scores(profile: Profile) -> None:
+def check_scores(space: SearchSpace, profile: Profile) -> None:
     """`ood_scores` (and `failure_scores`) is "all" or registered score names joined by "+",
     each one that the trial's model can serve (a score's `requires` within the model's
-    `provides`)."""
+    `provides`); the space's `count_lists` hold positive integers joined by "+"."""
     from workloads.models import GENERATIVE_MODELS, model_provides
     from workloads.scores import OOD_SCORES
 
     for config in profile.trial_configs():
-        for key in COUNT_LISTS:
+        for key in space.count_lists:
             if key in config and not all(v.strip().isdigit() and int(v) > 0
                                          for v in str(config[key]).split("+")):
                 raise UsageError(f"--set {key}={config[key]}: expected positive integers "
@@ -156,7 +155,7 @@ def check_datasets(profile: Profile, data_dir: str, download: bool) -> None:
 
 
 def check_outliers(profile: Profile, data_dir: str, download: bool) -> None:
-    """Trials that fine-tune with outliers (`energy_epochs` > 0; `ood_baselines`): the
+    """Trials that fine-tune with outliers (`energy_epochs` > 0): the
     outlier set exists for the dataset and is on disk (or downloaded), and the energy
     margins are ordered, m_in < m_out (Liu et al. 2020)."""
     from workloads.data import IMAGE_DATASETS

@@ -2,11 +2,11 @@
 that the sweep's driver starts and its console reads.
 
 A trial's epochs reach the driver with its reports; its final stage (fitting scores, scoring
-every OOD set, IWAE passes) may run for minutes without one, and a report cannot be sent
-from there (on the Ray Train path only rank 0 evaluates, while the other ranks wait at the
-next collective report). So the final stage tells `trial_progress(...)` its step, which
-sends it, fire-and-forget, to the board; the console shows it beside the trial. Works on
-both trial paths and on every node of a cluster.
+every OOD set, importance-weighted passes) may run for minutes without one, and a report
+cannot be sent from there (on the Ray Train path only rank 0 evaluates, while the other
+ranks wait at the next collective report). So the final stage tells `trial_progress(...)`
+its step, which sends it, fire-and-forget, to the board; the console shows it beside the
+trial. Works on both trial paths and on every node of a cluster.
 """
 
 from __future__ import annotations

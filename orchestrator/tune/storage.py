@@ -80,3 +80,11 @@ def read_final_artifacts(filesystem: pyarrow.fs.FileSystem, checkpoint_path: str
         return None
     with filesystem.open_input_stream(path) as stream:
         return json.loads(stream.read().decode())
+
+
+def long_tables(final: dict[str, Any]) -> dict[str, list[dict]]:
+    """The long tables of a trial's final.json (one row per trial x ...): its entries that
+    are lists of rows (`ood`, `diagnostic`, and a study's own tables). The
+    report writes each to results/<name>.csv; W&B logs each but `diagnostic` as a table."""
+    return {name: rows for name, rows in final.items()
+            if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows)}

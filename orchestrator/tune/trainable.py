@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.tune.loops import LOOPS
+from orchestrator.tune.epochs import run_epochs
 from orchestrator.tune.session import TRAIN_RUN_PREFIX, TrainSession, TuneSession
 from search_spaces import expand_setup
+from workloads.studies import LOOPS
 
 KEEP_CHECKPOINTS = 3
 
@@ -59,20 +60,21 @@ class Scaling:
 
 def make_trainable(loop_name: str, scaling: Scaling, train_storage: str | Path,
                    filesystem=None, board: str | None = None) -> Callable:
-    """A Tune function trainable running `LOOPS[loop_name]` on the path `scaling` picks.
-    Ray Train runs keep their checkpoints under `train_storage` in `filesystem` (a pyarrow
-    filesystem; None: the local disk). `board` names the sweep's progress board, which the
-    loop's final stage tells its steps (progress_board.py)."""
+    """A Tune function trainable running the loop `LOOPS[loop_name]` (by `run_epochs`) on
+    the path `scaling` picks. Ray Train runs keep their checkpoints under `train_storage` in
+    `filesystem` (a pyarrow filesystem; None: the local disk). `board` names the sweep's
+    progress board, which the loop's final stage tells its steps (progress_board.py)."""
     loop = LOOPS[loop_name]
     threads = scaling.cpus_per_worker
 
     def train_worker(config: dict[str, Any]) -> None:
-        loop(expand_setup(config), TrainSession(num_threads=threads, board=board))
+        run_epochs(loop, expand_setup(config), TrainSession(num_threads=threads, board=board))
 
     def trainable(config: dict[str, Any]) -> None:
         if scaling.in_process:
             config = expand_setup(config)
-            loop(config, TuneSession(threads, config.get("report_seconds", 0.0), board))
+            run_epochs(loop, config,
+                       TuneSession(threads, config.get("report_seconds", 0.0), board))
             return
         from ray import train, tune
         from ray.train.torch import TorchTrainer

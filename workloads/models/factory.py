@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from workloads.data.datasets import Dataset
+from workloads.data.dataset import Dataset
 from workloads.models.classifiers import CLASSIFIERS, build_classifier
 from workloads.models.diglm import DIGLM
 from workloads.models.flows.density import Flow

@@ -38,7 +38,7 @@ class GODIN(nn.Module):
     are the base classifier's, `head` the decomposed-confidence head. Hsu et al. (2020, section
     4) train it with SGD and weight decay on every parameter but the class vectors of h
     (as in the public implementations, e.g. OpenOOD's `GodinTrainer`); `no_weight_decay`
-    names them for `workloads.training.classifier_optimizer`."""
+    names them for `workloads.training.epochs.classifier_optimizer`."""
 
     no_weight_decay = ("head.class_vectors.weight",)
 

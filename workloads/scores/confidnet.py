@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from workloads.metrics import failure_metrics
+from workloads.evaluation.metrics import failure_metrics
 from workloads.models.feature_cache import unwrapped
 from workloads.models.modes import dropout_layers, evaluating
 from workloads.scores.base import (

@@ -55,7 +55,7 @@ class NegativeApproximateMass(OODScore):
 class LikelihoodRatio(OODScore):
     """LLR(x) = log p(x) - log p_background(x) (Ren et al. 2019; document 002, section
     2.4.4): the model's likelihood over that of `background`, a model of the same family
-    trained on perturbed inputs (`workloads.background`; a sweep trains it in the trial
+    trained on perturbed inputs (`workloads.training.background`; a sweep trains it in the trial
     with `background_mu` > 0). Higher = more in-distribution. Asked for by name."""
 
     requires = ("log_prob",)

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from workloads.attacks import fgsm
+from workloads.adversarial.attacks import fgsm
 from workloads.models.feature_cache import unwrapped
 from workloads.models.modes import evaluating
 from workloads.scores.base import OODScore, _device, input_step, register_score

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from workloads.losses import log_partition
+from workloads.evaluation.temperature import fit_temperature
 from workloads.scores.base import OODScore, batched_logits, input_step, register_score
-from workloads.temperature import fit_temperature
+from workloads.training.losses import log_partition
 
 
 @register_score("msp")
@@ -22,7 +22,7 @@ class MaxSoftmaxProbability(OODScore):
 @register_score("msp_calibrated")
 class CalibratedMSP(OODScore):
     """MSP after temperature scaling (Guo et al. 2017): max_k softmax(f(x) / T)_k with T
-    fitted on the validation split's NLL (`workloads.temperature`); the "calibrated MSP"
+    fitted on the validation split's NLL (`workloads.evaluation.temperature`); the "calibrated MSP"
     baseline of document 003 (NOTES.md D). Asked for by name."""
 
     in_default_set = False

@@ -3,9 +3,9 @@ ones it gets wrong? (document 003, section 4.1; NOTES.md D; failure prediction i
 
 Per score, with the same scores as the OOD stage (`workloads.scores`, higher = more
 confident): AUROC, AUPR both ways (successes positive, errors positive), FPR95 both ways
-(`workloads.metrics.failure_metrics`), and the one-sided Mann-Whitney U
+(`workloads.evaluation.metrics.failure_metrics`), and the one-sided Mann-Whitney U
 test that correct predictions score higher (003 reports p = 1.9e-13 for GMM-100 on
-CIFAR-100; `workloads.metrics.mann_whitney`).
+CIFAR-100; `workloads.evaluation.metrics.mann_whitney`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from workloads.data import Dataset
-from workloads.metrics import failure_metrics, mann_whitney
+from workloads.evaluation.metrics import failure_metrics, mann_whitney
 from workloads.scores import OODScore, batched_logits, fitted_score
 
 

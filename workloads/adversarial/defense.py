@@ -5,9 +5,9 @@
    whose adversarial input is not: the balanced clean/adversarial sets are the pairs.
 3. Detect: flag x when AM(x) = ||grad_x log p(x)|| > tau, with tau the threshold of best
    accuracy on the validation pairs (the text's inequality; Algorithm 3 prints it inverted).
-4. Restore flagged inputs with Langevin chains (workloads.langevin), stopped early once AM
-   drops to a reference value tuned on the validation pairs, projected onto the eps-ball
-   around the input; classify the result.
+4. Restore flagged inputs with Langevin chains (workloads.adversarial.langevin), stopped
+   early once AM drops to a reference value tuned on the validation pairs, projected onto
+   the eps-ball around the input; classify the result.
 
 The orchestrator runs the attacks and chains on actor pools; this module holds the pieces
 that decide the numbers: the split, pairs, threshold, detection metrics, the reference
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from workloads.metrics import ood_metrics
+from workloads.evaluation.metrics import ood_metrics
 
 
 def split_test_set(n: int, val_fraction: float = 0.2, n_test: int | None = 1000,

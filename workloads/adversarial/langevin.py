@@ -27,7 +27,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from workloads.attacks import project
+from workloads.adversarial.attacks import project
 
 # log_prob_fn(x) -> (N,) log p(x);  classify(x) -> (N,) labels
 LogProbFn = Callable[[torch.Tensor], torch.Tensor]

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from workloads.data import Dataset
-from workloads.metrics import (
+from workloads.evaluation.metrics import (
     accuracy,
     classifier_calibration,
     failure_metrics,

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from workloads.models.flows import Flow, flow_objective
-from workloads.training import EpochStats, train_epoch
+from workloads.training.epochs import EpochStats, train_epoch
 
 
 def perturb_pixels(x: torch.Tensor, mu: float, levels: int,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+from numbers import Number
 
 import numpy as np
 from scipy.special import stdtrit  # Student-t quantile (scipy.stats.t.ppf's own)
@@ -69,7 +70,7 @@ def ood_metrics_of_weights(score_id: np.ndarray, score_ood: np.ndarray,
     score sets: row r of `weight_id` (rows, n_id) and `weight_ood` (rows, n_ood) says how
     many times each input counts (a bootstrap resample is a row of multinomial counts; a row
     of ones is the data itself). Equal scores form one threshold, as in scikit-learn's
-    curves, so a row of ones gives `workloads.metrics.ood_metrics` exactly.
+    curves, so a row of ones gives `workloads.evaluation.metrics.ood_metrics` exactly.
 
     One sort of the scores serves every row: per distinct score value (highest first) the
     rows' ID and OOD weight, then cumulative sums; O(rows x inputs)."""
@@ -120,7 +121,7 @@ def bootstrap_ood_intervals(score_id, score_ood, resamples: int = 1000, seed: in
 def bootstrap_ece_interval(confidences, correct, num_bins: int = 15, resamples: int = 1000,
                            seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of the ECE (the binning of
-    `workloads.metrics.calibration`), resampling (confidence, correct) pairs."""
+    `workloads.evaluation.metrics.calibration`), resampling (confidence, correct) pairs."""
     confidences = np.asarray(confidences, dtype=np.float64).ravel()
     correct = np.asarray(correct, dtype=np.float64).ravel()
     n = len(confidences)
@@ -140,3 +141,12 @@ def bootstrap_ece_interval(confidences, correct, num_bins: int = 15, resamples: 
     ece = gap.sum(axis=1) / counts.sum(axis=1)
     tail = 100 * (1 - confidence) / 2
     return float(np.percentile(ece, tail)), float(np.percentile(ece, 100 - tail))
+
+
+def interval_text(mean: float, lo: float, hi: float) -> str:
+    """`0.975 [0.969, 0.981]`, or the mean alone where there is no interval (one seed)."""
+    if not isinstance(mean, Number) or mean != mean:
+        return "–"
+    if lo != lo:
+        return f"{mean:.4g}"
+    return f"{mean:.4g} [{lo:.4g}, {hi:.4g}]"

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from workloads.data import Dataset, iterate_minibatches
-from workloads.metrics import accuracy, classifier_calibration, nll
-from workloads.ood_evaluation import evaluate_ood, no_progress
+from workloads.evaluation.metrics import accuracy, classifier_calibration, nll
+from workloads.evaluation.ood_evaluation import evaluate_ood, no_progress
+from workloads.evaluation.uncertainty import bootstrap_ece_interval
 from workloads.scores import batched_logits
-from workloads.uncertainty import bootstrap_ece_interval
 
 # objective(model, x_batch, y_batch) -> (loss, {name: detached sum-able tensor})
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor],
@@ -91,6 +91,12 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn:
                        world_size, device)
 
 
+def seeded_generator(*seeds: int) -> torch.Generator:
+    """A CPU generator seeded from a tuple (e.g. seed, epoch, rank): an epoch's noise
+    (dequantization, posterior samples) that a resumed trial draws again the same."""
+    return torch.Generator().manual_seed(hash(seeds) % 2**62)
+
+
 def translate_and_flip(x: torch.Tensor, max_shift: int = 2,
                        generator: torch.Generator | None = None) -> torch.Tensor:
     """The Wide ResNet augmentation of document 003 (Appendix C): each image translated by up
@@ -104,6 +110,10 @@ def translate_and_flip(x: torch.Tensor, max_shift: int = 2,
                        for i, (dy, dx) in enumerate(shifts)])
     return torch.where(torch.tensor(flips, device=x.device).view(n, 1, 1, 1),
                        out.flip(3), out)
+
+
+# the config's `augment`: the augmentation of a classifier's training batches
+AUGMENTATIONS: dict[str, Callable | None] = {"none": None, "translate_flip": translate_and_flip}
 
 
 def decay_groups(model: nn.Module, decay: float) -> list[dict]:
@@ -149,7 +159,7 @@ def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: i
                    batch_size: int = 32, lr: float = 1e-3) -> nn.Module:
     """Train a classifier with Adam and the standard (FFN) loss for `epochs` epochs and
     return it in eval mode: the small trained model of tests, benchmarks and notebooks."""
-    from workloads.losses import ffn_loss
+    from workloads.training.losses import ffn_loss
 
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     for epoch in range(epochs):

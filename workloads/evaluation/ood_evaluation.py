@@ -20,7 +20,8 @@ import numpy as np
 from torch import nn
 
 from workloads.data import Dataset
-from workloads.metrics import ood_metrics
+from workloads.evaluation.metrics import ood_metrics
+from workloads.evaluation.uncertainty import OOD_INTERVAL_METRICS, bootstrap_ood_intervals
 from workloads.scores import (
     OOD_SCORES,
     OODScore,
@@ -28,7 +29,6 @@ from workloads.scores import (
     capabilities,
     fitted_score,
 )
-from workloads.uncertainty import OOD_INTERVAL_METRICS, bootstrap_ood_intervals
 
 # Scores whose raw values are kept for the report's histograms: (score, stored as, sign).
 HISTOGRAM_SCORES = {"log_px": ("log_px", 1.0), "neg_am": ("am", -1.0),
@@ -77,6 +77,11 @@ def resolve_scores(model: nn.Module, requested: str | list[str] = "all",
     return {name: dict(params.get(name, {})) for name in names}
 
 
+# progress(text): a long evaluation tells it each step that takes seconds (a final stage's
+# steps: the sweep's console shows them beside the trial).
+Progress = Callable[[str], None]
+
+
 def no_progress(text: str) -> None:
     """The default `progress` of a long evaluation: says nothing (a sweep's trial passes
     one that shows `text` on the console)."""
@@ -84,7 +89,7 @@ def no_progress(text: str) -> None:
 
 def evaluate_ood(model: nn.Module, data: Dataset, scores: dict[str, dict | OODScore],
                  max_samples: int = 2000, resamples: int = 1000, seed: int = 0,
-                 progress: Callable[[str], None] = no_progress,
+                 progress: Progress = no_progress,
                  id_values: dict[str, np.ndarray] | None = None) -> OODEvaluation:
     """Fit each score on the training split (unless given fitted), then compare ID test
     inputs with every OOD set of `data` on balanced counts (unless `data.balanced_ood` is

@@ -1,0 +1,92 @@
+"""Document 001 (NOTES.md G) on a trained classifier with dropout: failure prediction by
+MCP, temperature-scaled MCP, MC dropout, ConfidNet and last-layer Laplace, and OOD detection
+by MCP, MC dropout and ODIN."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from torch import nn
+
+from workloads.evaluation.metrics import FAILURE_METRICS
+from workloads.evaluation.mistake_detection import evaluate_mistakes
+from workloads.evaluation.ood_evaluation import (
+    Progress,
+    evaluate_ood,
+    no_progress,
+    resolve_scores,
+)
+from workloads.models import FeatureCache
+from workloads.scores import OODScore, fit_score
+from workloads.studies.classifier import ClassifierLoop
+from workloads.training.epochs import classifier_test_metrics
+
+MC_DROPOUT_KINDS = {"variation_ratio": "vr", "predictive_entropy": "entropy",
+                    "mutual_information": "mi"}
+
+
+def failure_scores(model: nn.Module, data, config: dict[str, Any],
+                   requested: str, progress: Progress = no_progress) -> dict[str, OODScore]:
+    """The scores of `requested` (names joined by "+"), fitted, with the study's parameters
+    (`mc_passes`; ConfidNet's `confidnet_epochs`, `confidnet_lr`, `confidnet_dropout`,
+    `confidnet_weighting`, `confidnet_finetune_epochs`, `confidnet_finetune_lr`;
+    `odin_temperature`, `odin_eps`);
+    "mc_dropout" stands for its three uncertainties, `mc_dropout_vr` (variation ratio),
+    `mc_dropout_entropy` and `mc_dropout_mi`. `progress` is told each score as its fit
+    starts."""
+    params = {"mc_dropout": {"passes": config["mc_passes"], "seed": config["seed"]},
+              "confidnet": {"epochs": config["confidnet_epochs"], "lr": config["confidnet_lr"],
+                            "dropout": config.get("confidnet_dropout", True),
+                            "weighting": config.get("confidnet_weighting", 1.0),
+                            "finetune_epochs": config.get("confidnet_finetune_epochs", 0),
+                            "finetune_lr": config.get("confidnet_finetune_lr"),
+                            "seed": config["seed"]},
+              "odin": {"temperature": config["odin_temperature"],
+                       "epsilon": config["odin_eps"]}}
+    scores = {}
+    for name, score_params in resolve_scores(model, requested, params).items():
+        progress(f"fitting {name}")
+        if name != "mc_dropout":
+            scores[name] = fit_score(name, score_params, model, data)
+            continue
+        for kind, short in MC_DROPOUT_KINDS.items():
+            scores[f"mc_dropout_{short}"] = fit_score(name, {**score_params, "kind": kind},
+                                                      model, data)
+    return scores
+
+
+def failure_prediction_final_stage(model: nn.Module, data, config: dict[str, Any],
+                                   progress: Progress = no_progress):
+    """Document 001 on a trained classifier with dropout (NOTES.md G): failure prediction
+    (errors the positive class: AUPR-error, AUPR-success, AUROC, FPR95, and the
+    precision-recall curves) for the scores of `failure_scores` (MCP, temperature-scaled
+    MCP, MC dropout, ConfidNet, last-layer Laplace), and OOD detection for those of
+    `ood_scores` (MCP, MC dropout, ODIN). Each score is fitted once."""
+    failure_names = config["failure_scores"]
+    all_names = "+".join(dict.fromkeys([*failure_names.split("+"),
+                                        *config["ood_scores"].split("+")]))
+    model = FeatureCache(model)  # the scores share one forward pass per input chunk
+    scores = failure_scores(model, data, config, all_names, progress)
+
+    def chosen(names: str) -> dict[str, OODScore]:
+        wanted = set(names.split("+"))
+        return {k: v for k, v in scores.items()
+                if k in wanted or (k.startswith("mc_dropout_") and "mc_dropout" in wanted)}
+
+    metrics, reliability = classifier_test_metrics(model, data, config["num_bins"])
+    curves: list[dict] = []
+    progress("failure prediction")
+    mistakes = evaluate_mistakes(model, data, chosen(failure_names), curves)
+    for row in mistakes:
+        for key in FAILURE_METRICS:
+            metrics[f"mistake_{key}_{row['score']}"] = row[key]
+    ood = evaluate_ood(model, data, chosen(config["ood_scores"]), progress=progress)
+    metrics.update(ood.flat_metrics())
+    return metrics, {"reliability": reliability, "mistakes": mistakes, "pr_curves": curves,
+                     "ood": ood.rows, "samples": ood.samples}
+
+
+# the train loop of the study: a classifier's, ending in this final stage
+LOOP = functools.partial(ClassifierLoop, final_stage=failure_prediction_final_stage)
+fit_scores = failure_scores
