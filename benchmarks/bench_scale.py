@@ -7,7 +7,9 @@ digits (~0.4 s each). For each trial count, in one run on this machine:
 - the sweep as a user runs it, W&B offline and again disabled;
 - the overhead per trial, (sweep - limit) x cores / trials in core-seconds, and the marginal
   cost between consecutive counts (the driver's cost per extra trial; flat when nothing
-  in the driver grows with the trial count).
+  in the driver grows with the trial count);
+- within each sweep, the trials finished per second in each tenth of its trials (flat when
+  nothing grows as the sweep goes on; a dip shows a tenth that other work slowed).
 The fixed cost (start to first trial, last trial to exit) is read from the sweep's own
 files: the earliest trial start in its result.json files, and its end.
 
@@ -47,6 +49,18 @@ def first_trial_start(sweep_dir: Path) -> float:
     return min(starts)
 
 
+def finished_per_second(sweep_dir: Path, parts: int = 10) -> list[float]:
+    """Trials finished per second in each of `parts` equal shares of the sweep's trials, in
+    the order they finished (each trial's end: its last report's timestamp; the first share
+    counted from the first trial's start). Flat when no per-trial cost grows as the sweep
+    goes on; a dip marks a share that something else slowed (say, other work beside it)."""
+    ends = sorted(json.loads(result.read_text().splitlines()[-1])["timestamp"]
+                  for result in sweep_dir.glob("*/result.json"))
+    size = len(ends) // parts
+    marks = [first_trial_start(sweep_dir)] + [ends[size * (k + 1) - 1] for k in range(parts)]
+    return [round(size / (b - a), 2) for a, b in zip(marks, marks[1:])]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, nargs="+", default=[100, 1000])
@@ -76,7 +90,8 @@ def main() -> None:
                          "overhead_core_s_per_trial": round((wall - limit) * cores
                                                             / len(configs), 3),
                          "start_to_first_trial_s": round(first_trial_start(sweep_dir)
-                                                         - started, 1)})
+                                                         - started, 1),
+                         "finished_per_second_by_tenth": finished_per_second(sweep_dir)})
             print(json.dumps(rows[-1]), flush=True)
     for mode in args.wandb:  # marginal cost between consecutive counts
         mine = [r for r in rows if r["wandb"] == mode]

@@ -1,5 +1,6 @@
 """The benchmarks that need no Ray stay runnable: each is run on its smallest input."""
 
+import json
 import sys
 
 from conftest import ROOT
@@ -7,6 +8,7 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_final_stages  # noqa: E402
+import bench_scale  # noqa: E402
 
 
 def test_the_final_stage_benchmark_times_the_stage_its_steps_and_the_floor():
@@ -15,3 +17,18 @@ def test_the_final_stage_benchmark_times_the_stage_its_steps_and_the_floor():
     assert row["final_to_floor"] > 1  # two scores with intervals cost more than one pass
     assert row["inputs_scored"] == 360 + 3 * 360  # digits' test split and its 3 OOD sets
     assert set(row["slowest_steps"]) == {"OOD score 1/2: msp", "OOD score 2/2: lnz"}
+
+
+def test_the_scale_benchmark_reads_the_throughput_of_each_tenth_from_the_sweeps_files(tmp_path):
+    """20 trials, 2 at a time, each taking 1 s from t = 100: 2 per second, except the
+    fourth tenth (trials 7-8), which ends 2 s late."""
+    for i in range(20):
+        end = 100 + (i // 2 + 1) + (2 if i >= 6 else 0)
+        rows = [{"timestamp": end - 0.5, "time_this_iter_s": 0.5},
+                {"timestamp": end, "time_this_iter_s": 0.5}]
+        trial = tmp_path / f"trial_{i}"
+        trial.mkdir()
+        (trial / "result.json").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert bench_scale.first_trial_start(tmp_path) == 100
+    rates = bench_scale.finished_per_second(tmp_path)
+    assert rates == [2.0, 2.0, 2.0, round(2 / 3, 2), 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
