@@ -49,7 +49,7 @@ def main(args: argparse.Namespace) -> int:
     out = sweep_dir / RESULTS_DIR
     settings = recorded_settings(record, space)
     render_outputs(table, artifacts, space, out, settings)
-    verdicts = write_reproduction(space, sweep_dir, table, artifacts.ood, settings)
+    verdicts = write_reproduction(space, sweep_dir, table, artifacts.tables, settings)
     print(markdown_table(table, space))
     drawn = "trials.md, aggregated.md" + (", ood.md" if not artifacts.ood.empty else "")
     print(f"\n[report] {out}: {drawn} and plots/ redrawn")

@@ -55,8 +55,11 @@ def evaluate_claims(space: SearchSpace, table: pd.DataFrame, ood: pd.DataFrame,
 
 
 def reproduction_report(space: SearchSpace, sweep_dir: Path, table: pd.DataFrame,
-                        ood: pd.DataFrame, settings: dict) -> tuple[str, list[Verdict]]:
-    """The markdown of REPRODUCTION.md, and the verdicts."""
+                        tables: dict[str, pd.DataFrame],
+                        settings: dict) -> tuple[str, list[Verdict]]:
+    """The markdown of REPRODUCTION.md, and the verdicts; `tables`: the sweep's long tables
+    by name (`Artifacts.tables`: `ood` and the study's own)."""
+    ood = tables.get("ood", pd.DataFrame())
     defense, defense_dir = latest_defense(sweep_dir)
     verdicts = evaluate_claims(space, table, ood, settings, defense)
     seeds = table[SEED].nunique() if SEED in table else 1
@@ -76,9 +79,6 @@ def reproduction_report(space: SearchSpace, sweep_dir: Path, table: pd.DataFrame
                              + "\n\n</details>\n")
     else:
         parts.append("This sweep declares no claim of the documents.\n")
-    results = Path(sweep_dir) / "results"
-    tables = {spec.name: pd.read_csv(results / f"{spec.name}.csv")
-              for spec in space.result_tables if (results / f"{spec.name}.csv").exists()}
     sweep = SweepResults(trials=table, ood=ood, dataset=dataset, tables=tables)
     for beside in space.beside:
         markdown = beside.render(sweep)
@@ -94,9 +94,9 @@ def reproduction_report(space: SearchSpace, sweep_dir: Path, table: pd.DataFrame
 
 
 def write_reproduction(space: SearchSpace, sweep_dir: str | Path, table: pd.DataFrame,
-                       ood: pd.DataFrame, settings: dict) -> list[Verdict]:
+                       tables: dict[str, pd.DataFrame], settings: dict) -> list[Verdict]:
     """Write `<sweep_dir>/REPRODUCTION.md`; return the verdicts."""
-    markdown, verdicts = reproduction_report(space, Path(sweep_dir), table, ood, settings)
+    markdown, verdicts = reproduction_report(space, Path(sweep_dir), table, tables, settings)
     (Path(sweep_dir) / FILE).write_text(markdown)
     return verdicts
 
@@ -107,7 +107,7 @@ def rewrite_reproduction(sweep_dir: str | Path) -> list[Verdict]:
     record = json.loads((Path(sweep_dir) / SWEEP_FILE).read_text())
     space = get_search_space(record["name"])
     table, artifacts = load_results(sweep_dir)
-    return write_reproduction(space, sweep_dir, table, artifacts.ood,
+    return write_reproduction(space, sweep_dir, table, artifacts.tables,
                               recorded_settings(record, space))
 
 

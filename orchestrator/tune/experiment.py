@@ -293,7 +293,7 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
 
     table, artifacts = collect_results(result_grid, storage.filesystem)
     out = write_results(table, artifacts, space, local_dir, settings)
-    verdicts = write_reproduction(space, local_dir, table, artifacts.ood, settings)
+    verdicts = write_reproduction(space, local_dir, table, artifacts.tables, settings)
     print(f"\n[sweep] {space.name} / {profile_name}: {len(table)} trials in {wall:.1f} s\n")
     print(markdown_table(table, space))
     written = ", ".join(["trials.csv, trials.md, aggregated.csv, aggregated.md",

@@ -16,23 +16,19 @@ def short(value: float) -> str:
     return "1.0" if text == "1.000" else text.lstrip("0")
 
 
-def pct(values: pd.Series, std: bool = True) -> str:
-    """Mean (± std) over seeds of fractions, in % as document 003 prints them."""
-    values = values.dropna().to_numpy() * 100
-    if len(values) == 0:
-        return "–"
-    return f"{values.mean():.2f}" + (f" ± {values.std(ddof=1):.2f}"
-                                     if std and len(values) > 1 else "")
-
-
-def mean_std(values: pd.Series, scale: float = 1.0, digits: int = 3) -> str:
-    """"mean ± std" over seeds as the documents report (the value alone for one seed)."""
+def mean_std(values: pd.Series, scale: float = 1.0, digits: int = 3, std: bool = True) -> str:
+    """"mean ± std" over seeds as the documents report (the mean alone for one seed, or
+    with `std` False)."""
     values = values.dropna().to_numpy() * scale
     if len(values) == 0:
         return "–"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+    spread = f" ± {values.std(ddof=1):.{digits}f}" if std and len(values) > 1 else ""
+    return f"{values.mean():.{digits}f}{spread}"
+
+
+def pct(values: pd.Series, std: bool = True) -> str:
+    """Mean (± std) over seeds of fractions, in % as document 003 prints them."""
+    return mean_std(values, 100, 2, std)
 
 
 def metric_triple(rows: pd.DataFrame) -> str:
