@@ -21,6 +21,12 @@ from orchestrator.reports.collect import (
 )
 from orchestrator.reports.reproduction import FILE as REPRODUCTION_FILE
 from orchestrator.reports.reproduction import verdict_lines, write_reproduction
+from orchestrator.reports.search import (
+    best_line,
+    search_of,
+    with_searched_keys,
+    write_search_report,
+)
 from orchestrator.reports.tables import markdown_table
 from search_spaces import get_search_space
 
@@ -44,15 +50,19 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"{sweep_dir} has no {SWEEP_FILE} and {RESULTS_DIR}/trials.csv: not "
                          f"a finished sweep directory")
     record = json.loads(meta_path.read_text())
-    space = get_search_space(record["name"])
+    settings = recorded_settings(record, get_search_space(record["name"]))
+    space = with_searched_keys(get_search_space(record["name"]), settings)
     table, artifacts = load_results(sweep_dir)
     out = sweep_dir / RESULTS_DIR
-    settings = recorded_settings(record, space)
     render_outputs(table, artifacts, space, out, settings)
+    if settings.get("search"):
+        write_search_report(table, settings["search"], out,
+                            grid=search_of(settings) is None)
     verdicts = write_reproduction(space, sweep_dir, table, artifacts.tables, settings)
     print(markdown_table(table, space))
     drawn = "trials.md, aggregated.md" + (", ood.md" if not artifacts.ood.empty else "")
     print(f"\n[report] {out}: {drawn} and plots/ redrawn")
+    print(best_line(out).replace("[sweep]", "[report]"))
     print(f"[report] {sweep_dir / REPRODUCTION_FILE}: " + (
         f"{len(verdicts)} claims" if verdicts else "no claims declared; the documents' "
         "tables and provenance"))

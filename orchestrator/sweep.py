@@ -11,17 +11,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from orchestrator.cli import finite_float, run_command
 from orchestrator.errors import UsageError
 from orchestrator.tune.overrides import (
+    apply_best,
     apply_overrides,
     check_datasets,
     check_scores,
     check_storage,
     profile_values,
 )
+from orchestrator.tune.search import SCHEDULERS, SEARCHERS, resolve_search
 from search_spaces import PROFILES, get_search_space, sweep_names
 
 
@@ -35,7 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m orchestrator.sweep batch_size_gffn --set batch_size=8,64 "
                "--set lr=3e-4\n"
                "  python -m orchestrator.sweep batch_size_gffn --profile paper "
-               "--data-dir /data --gpus-per-worker 0.5\n\n"
+               "--data-dir /data --gpus-per-worker 0.5\n"
+               "  python -m orchestrator.sweep batch_size_gffn --set batch_size=64 "
+               "--set 'lr=loguniform(1e-4,1e-1)' --num-samples 8 --scheduler asha\n"
+               "  python -m orchestrator.sweep batch_size_gffn --set-from "
+               "runs/batch_size_gffn-local-<time>/results/best.json\n\n"
                "exit codes: 0 every trial completed (or diverged); 1 some trials errored or "
                "did not finish\n(--resume continues them); 2 bad input; 3 no trial "
                "completed (the tables still hold what\nthe trials reported)",
@@ -49,6 +56,31 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="KEY=VALUE",
                         help="override a config value; a comma-separated value sweeps it "
                              "(repeatable)")
+    parser.add_argument("--set-from", metavar="BEST_JSON", type=Path,
+                        help="start from the values a search found: the searched keys of "
+                             "a sweep's results/best.json, per configuration of its grid "
+                             "(a later --set wins)")
+    search = parser.add_argument_group(
+        "search (a key searched with --set 'KEY=loguniform(a,b)', uniform(a,b), "
+        "randint(a,b) or choice(x,y,...))")
+    search.add_argument("--num-samples", type=int, default=1, metavar="N",
+                        help="draw N values of the searched keys, each run on every grid "
+                             "combination and seed (default: 1)")
+    search.add_argument("--search", default="random", choices=SEARCHERS,
+                        help="who draws them: random (Tune's own), optuna (TPE) or hyperopt; "
+                             "optuna and hyperopt need every grid key fixed (default: random)")
+    search.add_argument("--scheduler", default="fifo", choices=SCHEDULERS,
+                        help="who stops trials early, on the trials' epochs: asha, hyperband, "
+                             "or pbt (mutates the searched keys); fifo: none (default)")
+    search.add_argument("--metric", help="the validation metric they decide on (default: the "
+                                         "sweep's own, see --list); reported every epoch")
+    search.add_argument("--mode", choices=("max", "min"),
+                        help="whether --metric is better high or low")
+    search.add_argument("--grace-period", type=int, default=1, metavar="EPOCHS",
+                        help="asha: epochs before a trial may be stopped (default: 1)")
+    search.add_argument("--reduction-factor", type=finite_float, metavar="F",
+                        help="asha / hyperband: 1/F of the trials go on at each rung "
+                             "(default: Ray's, 4 for asha, 3 for hyperband)")
     parser.add_argument("--seeds", type=int, metavar="K",
                         help="train every configuration with seeds 0..K-1 (model "
                              "initialisation and data order; the data split stays fixed); "
@@ -91,6 +123,7 @@ def list_sweeps() -> str:
             trials = profile.num_trials() * profile.seeds
             seeds = f" ({profile.seeds} seeds)" if profile.seeds > 1 else ""
             lines.append(f"    {pname:<6} {trials:>4} trials{seeds}  {profile.description}")
+        lines.append(f"    metric: {space.metric} ({space.mode})")
     return "\n".join(lines)
 
 
@@ -119,7 +152,13 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError("--seeds and --set seed=... both set the seeds: use one")
     if seeds > 1 and not any(o.partition("=")[0].strip() == "seed" for o in args.overrides):
         args.overrides = [*args.overrides, "seed=" + ",".join(map(str, range(seeds)))]
-    profile = apply_overrides(space, base, args.overrides)
+    profile = replace(apply_overrides(space, base, args.overrides),
+                      num_samples=args.num_samples)
+    if args.set_from is not None:  # a key the user --set keeps the user's value
+        profile = apply_best(space, profile, args.set_from,
+                             keep=tuple(o.partition("=")[0].strip() for o in args.overrides))
+    search = resolve_search(space, profile, args.search, args.scheduler, args.metric,
+                            args.mode, args.grace_period, args.reduction_factor, args.resume)
     scaling = Scaling(
         num_workers=profile.num_workers if args.num_workers is None else args.num_workers,
         gpus_per_worker=(profile.gpus_per_worker if args.gpus_per_worker is None
@@ -147,9 +186,10 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     tracking.prepare_environment(mode)
 
-    return run_sweep(space, args.profile, profile, scaling, args.overrides, args.storage,
+    overrides = ([f"--set-from {args.set_from}"] if args.set_from else []) + args.overrides
+    return run_sweep(space, args.profile, profile, scaling, overrides, args.storage,
                      args.resume, mode, data_dir, args.max_concurrent_trials, args.verbose,
-                     args.status_interval)
+                     args.status_interval, search)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,32 @@ PROFILES = ("smoke", "local", "paper")
 
 
 @dataclass(frozen=True)
+class Distribution:
+    """A searched value, drawn per trial as Ray Tune's sampler of the same name draws it:
+    `loguniform(low, high)`, `uniform(low, high)`, `randint(low, high)` (an integer in
+    [low, high): high excluded, as `tune.randint`), `choice(a, b, ...)`."""
+    kind: str
+    args: tuple[Any, ...]
+
+    def corners(self) -> list[Any]:
+        """The values a check must accept: the bounds (the largest integer for randint),
+        or every choice."""
+        if self.kind == "choice":
+            return list(self.args)
+        low, high = self.args
+        return [low, high - 1] if self.kind == "randint" else [low, high]
+
+    def contains(self, value: Any) -> bool:
+        if self.kind == "choice":
+            return value in self.args
+        low, high = self.args
+        return low <= value < high if self.kind == "randint" else low <= value <= high
+
+    def __str__(self) -> str:
+        return f"{self.kind}({', '.join(map(str, self.args))})"
+
+
+@dataclass(frozen=True)
 class Profile:
     config: dict[str, Any]
     grid: dict[str, list[Any]] = field(default_factory=dict)
@@ -29,19 +55,31 @@ class Profile:
     cpus_per_worker: int = 1
     description: str = ""
     seeds: int = 1                 # training runs per configuration (`--seeds` overrides)
+    # searched keys (`--set lr=loguniform(1e-4,1e-2)`) and how many draws (`--num-samples`),
+    # each draw run on every grid combination
+    search: dict[str, Distribution] = field(default_factory=dict)
+    num_samples: int = 1
 
     def num_trials(self) -> int:
-        count = 1
+        count = self.num_samples
         for values in self.grid.values():
             count *= len(values)
         return count
 
     def trial_configs(self) -> list[dict[str, Any]]:
-        """The config of every trial (each combination of the grid, `setup` merged in), in
-        the order Tune's grid search forms them."""
+        """The config of every grid combination (`setup` merged in), in the order Tune's
+        grid search forms them; searched keys are not in it (see `checked_configs`)."""
         keys = list(self.grid)
         combos = itertools.product(*(self.grid[k] for k in keys)) if keys else [()]
         return [expand_setup({**self.config, **dict(zip(keys, values))}) for values in combos]
+
+    def checked_configs(self) -> list[dict[str, Any]]:
+        """Every grid combination with each searched key at each of its `corners`: the
+        configs a check before Ray starts must accept (for a grid, `trial_configs`)."""
+        keys = list(self.search)
+        corners = itertools.product(*(self.search[k].corners() for k in keys))
+        return [{**config, **dict(zip(keys, values))}
+                for values in corners for config in self.trial_configs()]
 
 
 # --- claims: what a document says, as a comparison over a sweep's results ------------------

@@ -210,5 +210,6 @@ def test_lr_scaling_smoke_sweep_applies_the_rules(tmp_path, sweep_env):
     base, reference = 1e-3, 64  # BASE lr and reference_batch_size
     for (rule, batch), row in table.iterrows():
         expected = base if rule == "none" else base * batch / reference
-        assert row.lr == pytest.approx(expected)
+        assert row.scaled_lr == pytest.approx(expected)  # what the optimizer used
+        assert row.lr == base  # the configured base rate (what --set-from carries)
     assert (sweep_dir / "results" / "plots" / "test_acc_vs_batch_size.png").exists()

@@ -88,12 +88,14 @@ def _final_artifacts(result, filesystem) -> dict | None:
     return read_final_artifacts(filesystem or pyarrow.fs.LocalFileSystem(), path, FINAL_FILE)
 
 
-def collect_results(result_grid, filesystem=None) -> tuple[pd.DataFrame, Artifacts]:
+def collect_results(result_grid, filesystem=None,
+                    stopped_early: bool = False) -> tuple[pd.DataFrame, Artifacts]:
     """One row per trial (its config, its last reported metrics and its status), and the
     trials' final artifacts, read from the storage `filesystem` (pyarrow; None: local).
 
     Status is the loop's own (`completed`, `diverged`), `error` when the trial raised
-    (after its retries), and `incomplete` when it stopped without a final report.
+    (after its retries), and without a final report `stopped` when `stopped_early` (a
+    scheduler ends trials, and the sweep finished), else `incomplete`.
     """
     rows, artifacts = [], Artifacts()
     long_rows: dict[str, list[dict]] = {}
@@ -107,7 +109,8 @@ def collect_results(result_grid, filesystem=None) -> tuple[pd.DataFrame, Artifac
             row["status"] = "error"
             row["error"] = str(result.error).strip().splitlines()[-1][:300]
         elif metrics.get("status") in (None, "running"):
-            row["status"] = "incomplete"
+            row["status"] = ("stopped" if stopped_early and metrics.get("status") == "running"
+                             else "incomplete")
         row["trial_dir"] = str(result.path)
         rows.append(row)
         final = _final_artifacts(result, filesystem)

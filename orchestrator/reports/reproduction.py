@@ -22,6 +22,7 @@ from orchestrator.reports.claims import (
 from orchestrator.reports.collect import SWEEP_FILE, load_results, recorded_settings
 from orchestrator.reports.provenance import FILE as PROVENANCE_FILE
 from orchestrator.reports.provenance import provenance_markdown
+from orchestrator.reports.search import search_of, search_text
 from search_spaces import SearchSpace, SweepResults, get_search_space
 
 FILE = "REPRODUCTION.md"
@@ -61,7 +62,8 @@ def reproduction_report(space: SearchSpace, sweep_dir: Path, table: pd.DataFrame
     by name (`Artifacts.tables`: `ood` and the study's own)."""
     ood = tables.get("ood", pd.DataFrame())
     defense, defense_dir = latest_defense(sweep_dir)
-    verdicts = evaluate_claims(space, table, ood, settings, defense)
+    search = search_of(settings)
+    verdicts = [] if search else evaluate_claims(space, table, ood, settings, defense)
     seeds = table[SEED].nunique() if SEED in table else 1
     dataset = str(table["dataset"].iloc[0]) if "dataset" in table and len(table) else "?"
     parts = [f"# {space.name}: the documents' claims, reproduced\n",
@@ -77,6 +79,10 @@ def reproduction_report(space: SearchSpace, sweep_dir: Path, table: pd.DataFrame
                 parts.append(f"<details><summary>{verdict.claim.id}: per cell</summary>\n\n"
                              + "\n".join(f"- {c}" for c in verdict.per_cell)
                              + "\n\n</details>\n")
+    elif search and space.claims:
+        parts.append(f"Claims need a grid sweep, every trial run to its end; this sweep "
+                     f"{search_text(search)}: {len(space.claims)} claims skipped. Run the "
+                     f"grid at the values it found: `--set-from results/best.json`.\n")
     else:
         parts.append("This sweep declares no claim of the documents.\n")
     sweep = SweepResults(trials=table, ood=ood, dataset=dataset, tables=tables)

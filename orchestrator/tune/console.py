@@ -26,16 +26,25 @@ def console_keys(table_keys: tuple[str, ...], settings: dict[str, Any]) -> tuple
     return (*table_keys, "seed") if isinstance(seeds, list) and len(seeds) > 1 else table_keys
 
 
+def max_epochs(config: dict[str, Any]) -> int | None:
+    """The most epochs a trial of `config` runs (budget A's cap, budget B's count, or
+    `epochs`); None when the config does not say."""
+    if config.get("budget") == "B" and "epochs_b" in config:
+        return config["epochs_b"]
+    if config.get("budget") == "A" and "max_epochs_a" in config:
+        return config["max_epochs_a"]
+    return config["epochs"] if isinstance(config.get("epochs"), int) else None
+
+
 def planned_epochs(config: dict[str, Any]) -> str:
     """The epochs a trial will run at most, as shown: "10", or "<=50" when early stopping
     may end it sooner (budget A, or a `patience`); "" when the config does not say."""
-    if config.get("budget") == "B" and "epochs_b" in config:
-        return str(config["epochs_b"])
-    if config.get("budget") == "A" and "max_epochs_a" in config:
-        return f"<={config['max_epochs_a']}"
-    if not isinstance(config.get("epochs"), int):
+    epochs = max_epochs(config)
+    if epochs is None:
         return ""
-    return ("<=" if config.get("patience") else "") + str(config["epochs"])
+    budgeted = {"A": "max_epochs_a", "B": "epochs_b"}.get(config.get("budget"), "") in config
+    early = config["budget"] == "A" if budgeted else bool(config.get("patience"))
+    return ("<=" if early else "") + str(epochs)
 
 
 def error_line(trial) -> str:
@@ -102,7 +111,11 @@ class ConsoleReporter(Callback):
             self._epochs[trial.trial_id] = (result["epoch"], time.time())
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._finish(trial, (trial.last_result or {}).get("status", "completed"))
+        result = trial.last_result or {}
+        status = result.get("status", "completed")
+        if status == "running":  # ended by the scheduler before its last epoch
+            status = f"stopped at epoch {result.get('epoch', '?')}"
+        self._finish(trial, status)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._finish(trial, f"error ({error_line(trial)})")

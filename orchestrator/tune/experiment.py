@@ -33,8 +33,23 @@ from orchestrator.reports.reproduction import (
     verdict_lines,
     write_reproduction,
 )
+from orchestrator.reports.search import (
+    best_line,
+    search_of,
+    with_searched_keys,
+    write_search_report,
+)
 from orchestrator.reports.tables import markdown_table
 from orchestrator.tracking import runs as tracking
+from orchestrator.tune.search import (
+    Search,
+    is_grid,
+    param_space,
+    quiet_searcher,
+    search_algorithm,
+    search_record,
+    trial_scheduler,
+)
 from orchestrator.tune.storage import Storage, open_storage
 from orchestrator.tune.trainable import KEEP_CHECKPOINTS, Scaling, make_trainable
 from search_spaces import Profile, SearchSpace
@@ -80,12 +95,17 @@ def latest_run(storage: Storage, prefix: str) -> str | None:
     return runs[-1] if runs else None
 
 
-def sweep_settings(profile: Profile, scaling: Scaling) -> dict[str, Any]:
-    """What decides a sweep's trials: every config value (a list where it is swept) and the
-    trial resources. Recorded in sweep.json; a resume must not change it."""
-    values = {**profile.config, **profile.grid, "num_workers": scaling.num_workers,
+def sweep_settings(profile: Profile, scaling: Scaling,
+                   search: Search | None = None) -> dict[str, Any]:
+    """What decides a sweep's trials: every config value (a list where it is swept, the
+    distribution's text where it is searched), the trial resources and the search
+    (`search_record`). Recorded in sweep.json; a resume must not change it."""
+    values = {**profile.config, **profile.grid,
+              **{k: str(d) for k, d in profile.search.items()},
+              "num_workers": scaling.num_workers,
               "gpus_per_worker": scaling.gpus_per_worker,
-              "cpus_per_worker": scaling.cpus_per_worker}
+              "cpus_per_worker": scaling.cpus_per_worker,
+              "search": search_record(profile, search or Search(metric="", mode="max"))}
     return json.loads(json.dumps(values))  # tuples as lists, as read back
 
 
@@ -94,6 +114,8 @@ def check_resumable(run: str, earlier: dict[str, Any], settings: dict[str, Any])
     if "settings" not in earlier:
         return  # a run from before settings were recorded: nothing to compare
     old = earlier["settings"]
+    if "search" not in old and search_of(settings) is None:
+        old = {**old, "search": settings["search"]}  # a grid run from before searches
     changed = [f"{k} ({json.dumps(old.get(k))} -> {json.dumps(settings.get(k))})"
                for k in sorted({*old, *settings}) if old.get(k) != settings.get(k)]
     if changed:
@@ -128,7 +150,8 @@ def concurrent_trials(capacity: dict[str, float], need: dict[str, float], on_clu
 
 
 def summary_run(mode: str, run_name: str, record: dict[str, Any], table, artifacts,
-                results: Path, verdicts: list | None = None) -> None:
+                results: Path, verdicts: list | None = None,
+                search_tables: dict | None = None) -> None:
     """The sweep's results in W&B, where it is monitored: one run in the sweep's group
     (job_type "summary") with the trials table, the table over seeds (`aggregated`), the
     long tables (ood, diagnostic and the study's own), the claims' verdicts (table
@@ -142,8 +165,8 @@ def summary_run(mode: str, run_name: str, record: dict[str, Any], table, artifac
         import pandas as pd
 
         run.table("aggregated", pd.read_csv(results / "aggregated.csv"))
-    for name, frame in artifacts.tables.items():  # ood, diagnostic, the study's own
-        run.table(name, frame)
+    for name, frame in {**artifacts.tables, **(search_tables or {})}.items():
+        run.table(name, frame)  # ood, diagnostic, the study's own; a search's best trials
     for plot in sorted((results / "plots").glob("*.png")):
         run.image(f"plots/{plot.stem}", plot)
     if verdicts:
@@ -156,7 +179,8 @@ def summary_run(mode: str, run_name: str, record: dict[str, Any], table, artifac
 def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: Scaling,
               overrides: list[str], storage: str, resume: bool, mode: str,
               data_dir: str, max_concurrent_trials: int | None = None,
-              verbose: bool = False, status_interval: float = 10.0) -> int:
+              verbose: bool = False, status_interval: float = 10.0,
+              search: Search | None = None) -> int:
     """Run (or with `resume`, continue) the sweep of `profile` with the trial resources of
     `scaling`, its W&B runs in `mode`, checkpoints under `storage` (a directory or a URI);
     write the results and return the process exit code: 0, every trial completed or
@@ -164,10 +188,14 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
     trial completed. `max_concurrent_trials` caps the
     trials that run at once (default: `concurrent_trials`); `verbose` prints Tune's own
     progress tables instead of a line per finished trial and a status line every
-    `status_interval` seconds."""
+    `status_interval` seconds. `search` draws and stops the trials (default: the grid,
+    every trial to its end, on the space's metric)."""
+    search = search or Search(metric=space.metric, mode=space.mode)
     storage = open_storage(storage)
     prefix = f"{space.name}-{profile_name}"
-    settings = sweep_settings(profile, scaling)
+    settings = sweep_settings(profile, scaling, search)
+    space = with_searched_keys(space, settings)  # reports name trials by searched keys too
+    quiet_searcher(search)
     if resume:
         try:
             run_name = latest_run(storage, prefix)
@@ -222,17 +250,19 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
                "the autoscaler for room)")
     print(f"[sweep] trial path: {path}; {at_once}; W&B {mode}; storage {sweep_dir}",
           flush=True)
+    if search.scheduler == "pbt" and concurrent and concurrent < profile.num_trials():
+        print(f"[sweep] note: PBT's population of {profile.num_trials()} runs {concurrent} at "
+              f"a time; the later trials clone the earlier, finished ones", flush=True)
 
     from orchestrator.tune.progress_board import board_name, start_board
 
     board = None if verbose else start_board(run_name)  # kept alive while the sweep runs
     trainable = make_trainable(space.loop, scaling, storage.path(run_name, "train"),
                                storage.filesystem, board_name(run_name) if board else None)
-    param_space = {**profile.config, "data_dir": data_dir,
-                   **{k: tune.grid_search(v) for k, v in profile.grid.items()}}
+    space_of_trials = param_space(profile, search, data_dir)
     if resume:
         tuner = tune.Tuner.restore(storage.path(run_name), trainable, resume_errored=True,
-                                   param_space=param_space,
+                                   param_space=space_of_trials,
                                    storage_filesystem=storage.filesystem)
     else:
         from ray.tune.logger import JsonLoggerCallback
@@ -250,8 +280,11 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
             mode, group=run_name, local_dir=str(local_dir))] if cb]
         tuner = tune.Tuner(
             trainable,
-            param_space=param_space,
-            tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode,
+            param_space=space_of_trials,
+            tune_config=tune.TuneConfig(metric=search.metric, mode=search.mode,
+                                        num_samples=profile.num_samples,
+                                        search_alg=search_algorithm(search),
+                                        scheduler=trial_scheduler(search, profile),
                                         max_concurrent_trials=concurrent,
                                         # Locally a finished trial's process serves the
                                         # next one (no start-up cost). On a cluster Tune
@@ -279,9 +312,11 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
         (local_dir / SWEEP_FILE).write_text(json.dumps(record, indent=2))
     write_provenance(local_dir, datasets_read(settings.get("dataset", [])), data_dir)
     started = time.perf_counter()
+    fitted = True
     try:
         result_grid = tuner.fit()
     except Exception as error:  # Tune itself failed: keep whatever the trials reported
+        fitted = False
         print(f"[sweep] Tune stopped with an error: {error!r}", file=sys.stderr)
         result_grid = tune.Tuner.restore(storage.path(run_name), trainable,
                                          storage_filesystem=storage.filesystem).get_results()
@@ -291,8 +326,12 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
     stopping = threading.Thread(target=ray.shutdown, name="ray-shutdown")
     stopping.start()
 
-    table, artifacts = collect_results(result_grid, storage.filesystem)
+    # After a finished fit, a trial a scheduler ended before its last epoch is "stopped".
+    table, artifacts = collect_results(result_grid, storage.filesystem,
+                                       stopped_early=search.stops_trials and fitted)
     out = write_results(table, artifacts, space, local_dir, settings)
+    search_tables = write_search_report(table, settings["search"], out,
+                                        grid=is_grid(profile, search))
     verdicts = write_reproduction(space, local_dir, table, artifacts.tables, settings)
     print(f"\n[sweep] {space.name} / {profile_name}: {len(table)} trials in {wall:.1f} s\n")
     print(markdown_table(table, space))
@@ -301,11 +340,12 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
                          *(p.name for p in sorted(out.glob("*.md"))
                            if p.stem in artifacts.tables)])
     print(f"\n[sweep] results: {out}/{{{written}}}, plots/")
+    print(best_line(out))
     if verdicts:
         print(f"[sweep] the documents' claims ({local_dir / REPRODUCTION_FILE}):")
         for line in verdict_lines(verdicts):
             print(f"  {line}")
-    summary_run(mode, run_name, record, table, artifacts, out, verdicts)
+    summary_run(mode, run_name, record, table, artifacts, out, verdicts, search_tables)
     note = tracking.sync_instructions(local_dir)
     if note:
         print(note)

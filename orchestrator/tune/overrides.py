@@ -3,8 +3,10 @@ will need, made before Ray starts (bad input exits 2 naming the key)."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import Any
 
 from orchestrator.errors import UsageError
 from orchestrator.tune.storage import open_storage
-from search_spaces import SETUP, Profile, SearchSpace
+from search_spaces import SETUP, Distribution, Profile, SearchSpace
 from workloads.data import absent_ood_sets, ensure_dataset, load_dataset, one_class_split
 
 
@@ -36,25 +38,63 @@ def _parse_scalar(key: str, text: str, example: Any) -> Any:
     return value
 
 
+DISTRIBUTION = re.compile(r"^(loguniform|uniform|randint|choice)\((.*)\)$")
+
+
+def _parse_distribution(key: str, text: str, example: Any) -> Distribution | None:
+    """`loguniform(1e-4,1e-2)` and its kin as a `Distribution` (None: not one), its bounds
+    checked: finite numbers, low < high, low > 0 for loguniform, integers for randint and
+    numeric keys for the ranges."""
+    match = DISTRIBUTION.match(text.replace(" ", ""))
+    if match is None:
+        return None
+    kind, inner = match.groups()
+    parts = [part for part in inner.split(",") if part]
+    if kind == "choice":
+        if not parts:
+            raise UsageError(f"--set {key}={text}: choice needs at least one value")
+        return Distribution(kind, tuple(_parse_scalar(key, p, example) for p in parts))
+    numeric = type(example) in (int, float)
+    if not numeric or (kind == "randint") != (type(example) is int):
+        wanted = "randint or choice" if type(example) is int else (
+            "uniform, loguniform or choice" if numeric else "choice")
+        raise UsageError(f"--set {key}={text}: {key} is a {type(example).__name__}; use "
+                         f"{wanted}")
+    if len(parts) != 2:
+        raise UsageError(f"--set {key}={text}: {kind} takes two numbers, low and high")
+    low, high = (_parse_scalar(key, p, example) for p in parts)
+    if not low < high or (kind == "loguniform" and not low > 0):
+        rule = "0 < low < high" if kind == "loguniform" else "low < high"
+        raise UsageError(f"--set {key}={text}: {kind} needs {rule}")
+    return Distribution(kind, (low, high))
+
+
 def apply_overrides(space: SearchSpace, profile: Profile, overrides: list[str]) -> Profile:
-    """Profile with `--set key=value` applied. A comma-separated value becomes a grid. An
-    override replaces the key in every linked `setup` of the grid; setups it makes identical
-    (`--set dataset=celeba` over a grid of dataset setups) become one."""
+    """Profile with `--set key=value` applied. A comma-separated value becomes a grid, a
+    distribution (`loguniform(1e-4,1e-2)`, `uniform`, `randint`, `choice`) a searched key
+    (`Profile.search`). An override replaces the key in every linked `setup` of the grid;
+    setups it makes identical (`--set dataset=celeba` over a grid of dataset setups)
+    become one."""
     config, grid = dict(profile.config), {k: list(v) for k, v in profile.grid.items()}
+    search = dict(profile.search)
     setups = [dict(s) for s in grid.get(SETUP, [])]
-    known = sorted({*config, *grid, *(k for s in setups for k in s)} - {SETUP})
+    known = sorted({*config, *grid, *search, *(k for s in setups for k in s)} - {SETUP})
     for item in overrides:
         key, sep, text = item.partition("=")
-        key = key.strip()
+        key, text = key.strip(), text.strip()
         if not sep or not key:
             raise UsageError(f"--set expects KEY=VALUE, got '{item}'")
         in_setup = any(key in s for s in setups)
-        if key == SETUP or (key not in config and key not in grid and not in_setup):
+        if key == SETUP or (key not in config and key not in grid and key not in search
+                            and not in_setup):
             raise UsageError(f"--set {key}: unknown key for sweep '{space.name}'; "
                              f"known keys: {', '.join(known)}")
         example = (config[key] if key in config else grid[key][0] if key in grid
+                   else search[key].args[0] if key in search
                    else next(s[key] for s in setups if key in s))
-        values = [_parse_scalar(key, part.strip(), example) for part in text.split(",")]
+        distribution = _parse_distribution(key, text, example)
+        values = (distribution.corners() if distribution else
+                  [_parse_scalar(key, part.strip(), example) for part in text.split(",")])
         allowed = space.choices.get(key)
         for value in values:
             if allowed is not None and value not in allowed:
@@ -62,11 +102,13 @@ def apply_overrides(space: SearchSpace, profile: Profile, overrides: list[str]) 
                                  f"{', '.join(map(str, allowed))}")
             if key in space.positive and not value > 0:
                 raise UsageError(f"--set {key}={value}: must be positive")
-        config.pop(key, None)
-        grid.pop(key, None)
+        for values_of in (config, grid, search):
+            values_of.pop(key, None)
         for setup in setups:  # an override wins over the profile's linked setups
             setup.pop(key, None)
-        if len(values) == 1:
+        if distribution is not None:
+            search[key] = distribution
+        elif len(values) == 1:
             config[key] = values[0]
         else:
             grid[key] = values
@@ -75,12 +117,60 @@ def apply_overrides(space: SearchSpace, profile: Profile, overrides: list[str]) 
         grid[SETUP] = setups
     else:
         grid.pop(SETUP, None)
-    return replace(profile, config=config, grid=grid)
+    return replace(profile, config=config, grid=grid, search=search)
+
+
+def apply_best(space: SearchSpace, profile: Profile, path: Path,
+               keep: tuple[str, ...] = ()) -> Profile:
+    """The profile at the values a search found (`--set-from`): the carried keys of a
+    sweep's results/best.json (orchestrator.reports.search), but those in `keep` (keys the
+    user --set). Found per configuration of a grid (`by`), they become linked `setup`s:
+    each combination of `by` in this profile's trials with its own values; a combination
+    the file has no values for is a UsageError."""
+    try:
+        best = json.loads(Path(path).read_text())
+        by, entries = list(best["by"]), list(best["per_configuration"])
+        carried = [k for k in entries[0]["values"] if k not in keep]
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
+        raise UsageError(f"--set-from {path}: not a sweep's best.json "
+                         f"({error.__class__.__name__}: {error})") from None
+    setups = [dict(s) for s in profile.grid.get(SETUP, [])]
+    known = {*profile.config, *profile.grid, *profile.search, *(k for s in setups for k in s)}
+    unknown = [k for k in (*carried, *by) if k not in known]
+    if unknown:
+        raise UsageError(f"--set-from {path}: {', '.join(unknown)}: not a key of sweep "
+                         f"'{space.name}'")
+    found = {json.dumps([e["config"][k] for k in by]): e["values"] for e in entries}
+    cells = list({json.dumps([c.get(k) for k in by]): {k: c.get(k) for k in by}
+                  for c in profile.trial_configs()}.values())
+    for cell in cells:
+        if json.dumps(list(cell.values())) not in found:
+            raise UsageError(f"--set-from {path}: no values of {', '.join(carried)} for "
+                             f"{', '.join(f'{k}={v}' for k, v in cell.items())}")
+    config = {k: v for k, v in profile.config.items() if k not in (*carried, *by)}
+    grid = {k: v for k, v in profile.grid.items() if k not in (*carried, *by, SETUP)}
+    search = {k: v for k, v in profile.search.items() if k not in (*carried, *by)}
+    linked = []
+    for setup in setups or [{}]:  # setups that fix a key of `by` keep their own cells
+        for cell in cells:
+            if all(setup.get(k, v) == v for k, v in cell.items()):
+                values = {k: v for k, v in found[json.dumps(list(cell.values()))].items()
+                          if k in carried}
+                merged = {**{k: v for k, v in setup.items() if k not in carried}, **cell,
+                          **values}
+                if merged not in linked:
+                    linked.append(merged)
+    if len(linked) == 1:
+        config.update(linked[0])
+    else:
+        grid[SETUP] = linked
+    return replace(profile, config=config, grid=grid, search=search)
 
 
 def profile_values(profile: Profile, key: str) -> list[Any]:
-    """Every value `key` takes in the profile's trials (once each, in trial order)."""
-    return list(dict.fromkeys(c.get(key) for c in profile.trial_configs()))
+    """Every value `key` takes in the profile's trials (once each, in trial order; a
+    searched key's `corners`)."""
+    return list(dict.fromkeys(c.get(key) for c in profile.checked_configs()))
 
 
 SCORE_KEYS = ("ood_scores", "failure_scores", "finetuned_scores")  # keys that name scores
@@ -93,7 +183,7 @@ def check_scores(space: SearchSpace, profile: Profile) -> None:
     from workloads.models import GENERATIVE_MODELS, model_provides
     from workloads.scores import OOD_SCORES
 
-    for config in profile.trial_configs():
+    for config in profile.checked_configs():
         for key in space.count_lists:
             if key in config and not all(v.strip().isdigit() and int(v) > 0
                                          for v in str(config[key]).split("+")):
@@ -138,7 +228,7 @@ def check_datasets(profile: Profile, data_dir: str, download: bool) -> None:
             print(f"[sweep] note: OOD set {other} of {name} is skipped: {expected} is not "
                   f"under {data_dir}", flush=True)
     sizes: dict[tuple, int] = {}
-    for config in profile.trial_configs():
+    for config in profile.checked_configs():
         batch_size = config.get("batch_size")
         if batch_size is None or "dataset" not in config:
             continue
@@ -161,7 +251,7 @@ def check_outliers(profile: Profile, data_dir: str, download: bool) -> None:
     from workloads.data import IMAGE_DATASETS
     from workloads.data.outliers import resolve_outlier_set
 
-    for config in profile.trial_configs():
+    for config in profile.checked_configs():
         if config.get("energy_epochs", 0) < 0:
             raise UsageError(f"--set energy_epochs={config['energy_epochs']}: must be >= 0")
         if config.get("energy_epochs", 0) == 0:

@@ -89,7 +89,7 @@ class ClassifierLoop(EpochLoop):
         if self.scheduler is not None:
             self.scheduler.step()
         return {"steps": stats.steps, "train_loss": stats.loss,
-                "train_acc_running": stats.accuracy, "lr": self.lr}
+                "train_acc_running": stats.accuracy, "scaled_lr": self.lr}
 
     def validate(self, epoch: int, state: dict[str, Any]) -> dict[str, Any]:
         val = evaluate_split(unwrap(self.model), self.data.x_val, self.data.y_val)
