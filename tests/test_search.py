@@ -225,7 +225,7 @@ def test_asha_stops_trials_best_json_is_the_best_validation_draw_and_set_from_re
     assert aggregated.seeds.sum() == (table.status == "completed").sum()
     # best.json: per model, the completed draw with the best validation accuracy (or, with
     # none completed, the one ASHA let run furthest); never the test accuracy
-    best = json.loads((sweep_dir / "results" / "best.json").read_text())
+    best = best_before = json.loads((sweep_dir / "results" / "best.json").read_text())
     assert best["metric"] == "val_acc" and best["by"] == ["model"]
     for entry in best["per_configuration"]:
         rows = table[table.model == entry["config"]["model"]]
@@ -239,12 +239,24 @@ def test_asha_stops_trials_best_json_is_the_best_validation_draw_and_set_from_re
     assert (sweep_dir / "results" / "plots" / "search_lr.png").exists()
     assert "Claims need a grid sweep" in (sweep_dir / "REPRODUCTION.md").read_text()
     assert "stopped at epoch" in proc.stdout
+    assert "searched lr ~ loguniform(0.0001, 0.1) (random, 4 draws), scheduler asha" in \
+        proc.stdout and "claims need a grid sweep" in proc.stdout
     # the W&B summary run has the search's tables and its plot
     (summary,) = [p for p in find_offline_runs(sweep_dir)
                   if read_offline_run(p).run_id.startswith("summary-")]
     for name in ("best_trials", "rungs"):
         assert list(summary.glob(f"files/media/table/{name}_*.table.json")), name
     assert list(summary.glob("files/media/images/plots/search_lr*.png"))
+    # the report redraws the search's files from the results alone
+    for name in ("best.json", "search.md", "plots/search_lr.png"):
+        (sweep_dir / "results" / name).unlink()
+    report = subprocess.run([sys.executable, "-m", "orchestrator.report", str(sweep_dir)],
+                            capture_output=True, text=True, env=sweep_env, timeout=300)
+    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
+    assert json.loads((sweep_dir / "results" / "best.json").read_text()) == best_before
+    assert "Rungs of asha" in (sweep_dir / "results" / "search.md").read_text()
+    assert (sweep_dir / "results" / "plots" / "search_lr.png").exists()
+    assert "[report] best on val_acc" in report.stdout
 
     # the grid at the values found: each model at its own tuned rate
     proc = sweep(tmp_path, sweep_env, *tuned, "--set-from",

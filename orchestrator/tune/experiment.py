@@ -36,6 +36,7 @@ from orchestrator.reports.reproduction import (
 from orchestrator.reports.search import (
     best_line,
     search_of,
+    search_text,
     with_searched_keys,
     write_search_report,
 )
@@ -220,6 +221,10 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
     print(f"[sweep] {space.name} / {profile_name}: {profile.num_trials()} trials; "
           f"{'connecting to ' + address if address else 'starting Ray locally'}; "
           f"Ray's log: {local_dir / RAY_LOG}", flush=True)
+    searching = search_of(settings)
+    if searching:
+        print(f"[sweep] {search_text(searching)}, on {search.metric} ({search.mode})",
+              flush=True)
     if not verbose:  # Tune's own console output off (its start-up box too); ours instead
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -345,6 +350,9 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
         print(f"[sweep] the documents' claims ({local_dir / REPRODUCTION_FILE}):")
         for line in verdict_lines(verdicts):
             print(f"  {line}")
+    elif searching and space.claims:
+        print(f"[sweep] the documents' claims need a grid sweep, every trial run to its "
+              f"end: skipped; run the grid with --set-from {out / 'best.json'}")
     summary_run(mode, run_name, record, table, artifacts, out, verdicts, search_tables)
     note = tracking.sync_instructions(local_dir)
     if note:
