@@ -67,6 +67,11 @@ def test_fingerprints_and_job_directories(tmp_path):
     with torch.no_grad():
         model.weight.add_(1)
     assert a != fingerprint({"eps": 0.1}, model, x)
+    # batch norm's state holds a 0-d tensor (num_batches_tracked): it counts too
+    norm = nn.BatchNorm1d(3)
+    b = fingerprint(norm)
+    norm.num_batches_tracked += 1
+    assert fingerprint(norm) != b
     out = open_job(tmp_path / "job", "attack", {"eps": 0.1}, "f1", resume=False)
     save_unit({"x": 1}, out / "units" / "a.pt")
     assert open_job(out, "attack", {"eps": 0.1}, "f1", resume=True) == out

@@ -34,7 +34,8 @@ def _digest(update, value: Any) -> None:
     if isinstance(value, torch.Tensor):
         t = value.detach().cpu().contiguous()
         update(str((t.dtype, tuple(t.shape))).encode())
-        update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # reshape: a 0-d tensor (batch norm's num_batches_tracked) cannot be viewed as bytes
+        update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     elif isinstance(value, nn.Module):
         for name, tensor in value.state_dict().items():
             update(name.encode())
