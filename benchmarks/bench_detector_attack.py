@@ -29,8 +29,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.pools.attack import AttackPool, ScoreAttack, run_score_attacks  # noqa: E402
+from orchestrator.pools.attack import AttackPool, run_score_attacks  # noqa: E402
 from workloads.adversarial.attacks import apgd_on_score  # noqa: E402
+from workloads.adversarial.detector_attacks import ScoreAttack  # noqa: E402
 from workloads.data import load_dataset  # noqa: E402
 from workloads.models import DIGLM, diglm_objective  # noqa: E402
 from workloads.models.flows import build_flow  # noqa: E402

@@ -6,9 +6,10 @@ import ray
 import torch
 from conftest import ActorKiller
 
-from orchestrator.pools.attack import AttackPool, ScoreAttack, run_attack_pool, run_score_attacks
+from orchestrator.pools.attack import AttackPool, run_attack_pool, run_score_attacks
 from orchestrator.pools.base import PoolError
 from workloads.adversarial.attacks import autoattack
+from workloads.adversarial.detector_attacks import ScoreAttack, attack_serially
 from workloads.data import load_digits
 from workloads.models import MLPClassifier
 from workloads.scores import build_score
@@ -131,8 +132,9 @@ def test_driver_failure_then_resume_recomputes_only_the_missing_units(setup, tmp
 
 
 def test_score_attacks_do_not_depend_on_the_actors_and_resume(setup, tmp_path):
-    """Attacks on detectors (APGD on the score): 1 and 3 actors give the same inputs and
-    scores; every input moved its score the asked way; a rerun loads every unit."""
+    """Attacks on detectors (APGD on the score): 1 and 3 actors, and this process without
+    Ray, give the same inputs and scores; every input moved its score the asked way; a
+    rerun loads every unit."""
     model, x, y = setup
     scores = {name: build_score(name).fit(model, x, y) for name in ("msp", "mahalanobis")}
     noise = torch.rand(x[:50].shape, generator=torch.Generator().manual_seed(0))
@@ -147,7 +149,14 @@ def test_score_attacks_do_not_depend_on_the_actors_and_resume(setup, tmp_path):
         again = run_score_attacks(pool, attacks, scores, config, tmp_path / "three",
                                   resume=True)
     assert one.units_computed == 12 and again.units_loaded == 12 and again.units_computed == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as an actor of 1 CPU: the same float reductions
+    try:
+        serial = attack_serially(model, attacks, scores, config)  # no Ray: the same units
+    finally:
+        torch.set_num_threads(threads)
     for attack in attacks:
+        assert torch.equal(serial[attack.name], one.score[attack.name])
         assert torch.equal(one.x_adv[attack.name], three.x_adv[attack.name])
         assert torch.equal(one.score[attack.name], again.score[attack.name])
         clean = scores[attack.score](model, attack.x)

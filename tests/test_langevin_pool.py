@@ -10,7 +10,7 @@ from conftest import ActorKiller
 
 from orchestrator.pools.base import PoolError
 from orchestrator.pools.langevin import LangevinPool, run_langevin_pool
-from orchestrator.pools.units import unit_seed
+from workloads.adversarial import unit_seed
 from workloads.adversarial.langevin import restore, run_chains, start_chains
 from workloads.data import load_digits
 from workloads.models import DIGLM

@@ -30,15 +30,11 @@ from orchestrator.jobs.trial import (
     record_provenance,
     trial_params,
 )
-from orchestrator.pools.attack import (
-    AttackPool,
-    ScoreAttack,
-    ScoreAttackResult,
-    run_score_attacks,
-)
+from orchestrator.pools.attack import AttackPool, ScoreAttackResult, run_score_attacks
 from orchestrator.pools.base import start_ray
 from orchestrator.reports.job_plots import plot_detectors
 from orchestrator.reports.tables import detector_markdown
+from workloads.adversarial.detector_attacks import ScoreAttack
 from workloads.data import Dataset
 from workloads.evaluation.ood_evaluation import ood_metrics_under_attack, resolve_scores
 from workloads.scores import OODScore, capabilities, fit_score

@@ -29,8 +29,10 @@ from torch import nn
 from orchestrator.pools.base import ModelActors, node_id, worker_device
 from orchestrator.pools.progress import Progress, ProgressFn
 from orchestrator.pools.stage_plan import StagePlan
-from orchestrator.pools.units import fingerprint, load_unit, open_job, save_unit, unit_seed
+from orchestrator.pools.units import fingerprint, load_unit, open_job, save_unit
 from workloads.adversarial import attacks as A
+from workloads.adversarial import unit_seed
+from workloads.adversarial.detector_attacks import ScoreAttack, score_attack_unit
 
 OWN_ATTACKS = ("fgsm", "bim", "pgd", "apgd", "apgd_adaptive")
 ATTACKS = ("autoattack", *OWN_ATTACKS)
@@ -94,13 +96,10 @@ class AttackWorker:
     def attack_score(self, name: str, score, direction: int, eps: float, start: int,
                      x: torch.Tensor, config: dict[str, Any]) -> dict[str, Any]:
         """One unit of a `ScoreAttack`: APGD on the fitted `score` itself."""
-        x_adv = A.apgd_on_score(lambda z: score.forward(self.model, z), x.to(self.device),
-                                eps, direction, config.get("steps", 100),
-                                config.get("norm", "Linf"),
-                                generator=torch.Generator().manual_seed(
-                                    unit_seed(config.get("seed", 0), start)))
-        return {"name": name, "start": start, "x_adv": x_adv.cpu(),
-                "score": score(self.model, x_adv).cpu(), "node_id": node_id()}
+        x_adv, values = score_attack_unit(self.model, score, x.to(self.device), direction,
+                                          eps, start, config)
+        return {"name": name, "start": start, "x_adv": x_adv.cpu(), "score": values.cpu(),
+                "node_id": node_id()}
 
 
 @dataclass
@@ -201,18 +200,6 @@ class AttackPool(ModelActors):
         progress.close()
         result.seconds = progress.elapsed()
         return result
-
-
-@dataclass
-class ScoreAttack:
-    """Inputs `x` moved within `eps` to raise (`direction` +1: OOD inputs made to look
-    in-distribution) or lower (-1: ID inputs made to look OOD) the score `score`."""
-
-    name: str       # names the attack's unit files, e.g. "neg_am-gaussian-eps0.0314"
-    score: str      # key of the fitted score (an `OODScore`) it attacks
-    x: torch.Tensor
-    direction: int
-    eps: float
 
 
 @dataclass

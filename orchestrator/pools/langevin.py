@@ -29,7 +29,8 @@ from torch import nn
 
 from orchestrator.pools.base import ModelActors, PoolError, node_id, worker_device
 from orchestrator.pools.progress import Progress, ProgressFn, eta_text
-from orchestrator.pools.units import fingerprint, load_unit, open_job, save_unit, unit_seed
+from orchestrator.pools.units import fingerprint, load_unit, open_job, save_unit
+from workloads.adversarial import unit_seed
 from workloads.adversarial.langevin import ChainState, restore, run_chains, start_chains
 
 DEFAULTS: dict[str, Any] = {"steps": 1000, "eta": 1e-3, "am_stop": None, "eps": None,

@@ -24,12 +24,6 @@ from orchestrator.pools.base import PoolError
 JOB_FILE = "job.json"
 
 
-def unit_seed(seed: int, start: int) -> int:
-    """The seed of the unit whose first input (or chain) has index `start`: a unit's
-    randomness depends on its index range only, not on the actor that runs it."""
-    return seed * 1_000_003 + start
-
-
 def _digest(update, value: Any) -> None:
     if isinstance(value, torch.Tensor):
         t = value.detach().cpu().contiguous()
