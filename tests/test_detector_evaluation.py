@@ -1,0 +1,102 @@
+"""Every detector of any classifier, clean and attacked, near and far, with intervals
+(workloads.evaluation.detector_evaluation), checked against pytorch-ood and our bootstrap."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from workloads.data import load_dataset
+from workloads.evaluation.detector_evaluation import (
+    evaluate_detectors,
+    ood_group,
+    servable_scores,
+)
+from workloads.evaluation.uncertainty import bootstrap_ood_intervals
+from workloads.models.foreign import ForeignClassifier
+from workloads.models.modes import module_modes
+from workloads.scores import fit_score
+
+
+@pytest.fixture(scope="module")
+def foreign():
+    """A classifier trained outside the project (batch norm and dropout), on digits."""
+    torch.manual_seed(0)
+    data = load_dataset("digits")
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.BatchNorm1d(64), nn.ReLU(),
+                        nn.Dropout(0.2), nn.Linear(64, 10))
+    optimizer = torch.optim.Adam(net.parameters(), 1e-2)
+    for _ in range(100):
+        loss = nn.functional.cross_entropy(net(data.x_train), data.y_train)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    net.eval()
+    return ForeignClassifier(net, data.x_train[:32]), data
+
+
+def test_openood_groups():
+    assert ood_group("cifar10", "cifar100") == "near" and ood_group("cifar10", "svhn") == "far"
+    assert ood_group("cifar100", "cifar10") == "near" and ood_group("cifar100", "dtd") == "far"
+    assert ood_group("cifar10", "gaussian_noise") == "other"
+    assert ood_group("digits", "uniform_noise") == "other"
+
+
+def test_clean_aurocs_equal_pytorch_oods_and_attacks_never_help_the_detector(foreign):
+    from pytorch_ood.metrics import OODMetrics
+
+    model, data = foreign
+    before = [(type(m).__name__, flag) for m, flag in module_modes(model)]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    evaluation = evaluate_detectors(model, data, ["msp", "energy", "mahalanobis", "vim"],
+                                    eps_values=[0.05], n=120,
+                                    attack_config={"steps": 10, "batch_size": 50})
+    frame = evaluation.frame
+    assert [(type(m).__name__, flag) for m, flag in module_modes(model)] == before
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert evaluation.not_attacked == {"vim": "pytorch-ood scores without a graph "
+                                              "(torch.no_grad)"}
+    assert 0.9 < evaluation.id_accuracy <= 1.0
+    sets = list(data.ood)
+    for name in ("msp", "energy", "mahalanobis", "vim"):
+        score = fit_score(name, {}, model, data)
+        id_values = score(model, data.x_test[:120])
+        for ood_set in sets:
+            ood_values = score(model, data.ood[ood_set][:120])
+            metrics = OODMetrics()  # OOD positive, higher = more OOD: our scores negated
+            metrics.update(-torch.cat([id_values, ood_values]),
+                           torch.cat([torch.zeros(len(id_values)),
+                                      -torch.ones(len(ood_values))]).long())
+            row = frame[(frame.score == name) & (frame.ood_set == ood_set)
+                        & (frame.setting == "clean")].iloc[0]
+            assert row.auroc == pytest.approx(metrics.compute()["AUROC"], abs=1e-6)
+            # one set's interval is our bootstrap's, draw for draw
+            lo, hi = bootstrap_ood_intervals(id_values.double().numpy(),
+                                             ood_values.double().numpy())["auroc"]
+            assert (row.auroc_lo, row.auroc_hi) == pytest.approx((lo, hi), abs=1e-12)
+            assert row.auroc_lo <= row.auroc <= row.auroc_hi
+    attacked = frame.pivot_table(index=["score", "ood_set"], columns="setting",
+                                 values="auroc").dropna()  # vim: clean only
+    # APGD on the score moves every input the detector's wrong way: never better than clean
+    assert (attacked.ood_attacked <= attacked.clean + 1e-9).all()
+    assert (attacked.both_attacked <= attacked.ood_attacked + 1e-9).all()
+    assert (attacked.both_attacked < attacked.clean).any()
+    # a group is the mean of its sets
+    for _, part in frame.groupby(["score", "setting"]):
+        singles = part[~part.ood_set.str.startswith("group:")]
+        whole = part[part.ood_set == "group:all"].iloc[0]
+        assert whole.auroc == pytest.approx(singles.auroc.mean())
+        assert whole.auroc_lo <= whole.auroc <= whole.auroc_hi
+    assert set(frame[frame.setting == "clean"].eps.isna()) == {True}
+    assert set(frame[frame.score == "vim"].setting) == {"clean"}
+
+
+def test_a_score_that_fails_on_the_model_is_named_and_the_rest_run(foreign):
+    model, data = foreign
+    evaluation = evaluate_detectors(model, data, ["msp", "knn"], n=60,
+                                    params={"knn": {"k": 10**6}})
+    assert list(evaluation.failed) == ["knn"] and "exceeds" in evaluation.failed["knn"]
+    assert set(evaluation.frame.score) == {"msp"}
+    assert "msp" in servable_scores(model) and "log_px" not in servable_scores(model)
+    assert isinstance(evaluation.frame, pd.DataFrame) and np.isfinite(evaluation.frame.auroc).all()
