@@ -1,0 +1,123 @@
+"""Evaluate any classifier: every OOD detector it can serve, clean and under adaptive attack,
+near and far OOD, with intervals.
+
+    python -m orchestrator.evaluate --model MODULE:FACTORY [--model-arg K=V ...]
+        [--checkpoint PATH] --dataset NAME [--ood SET ...] [--scores NAMES]
+        [--eps 1/255,4/255] [--steps 100] [--n 500] [--head MODULE] [--out DIR]
+
+The model is any `nn.Module` whose forward returns logits, built by `FACTORY(**model-args)`
+and loaded from `--checkpoint` (read with `weights_only=True`); it sees the dataset's inputs
+in [0, 1] (eps is measured there: put any normalisation inside the model). The features the
+detectors need are found by hooks (`workloads.models.foreign.ForeignClassifier`): the input
+of the last linear layer (or of `--head`), the feature maps before its pooling. The job:
+orchestrator.jobs.evaluate_model; files in `--out` (default
+runs/evaluate/<factory>-<dataset>-<time>/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from orchestrator.cli import add_job_arguments, parse_eps, pool_arguments, run_command
+from orchestrator.errors import UsageError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator.evaluate", description=__doc__.split("\n\n")[0],
+        epilog="examples:\n  python -m orchestrator.evaluate --model torchvision.models:resnet18 "
+               "--model-arg num_classes=10 --checkpoint resnet18.pt --dataset cifar10\n"
+               "  python -m orchestrator.evaluate --model mypkg.nets:build --dataset digits "
+               "--eps 0.05 --n 200 --num-actors 2",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, metavar="MODULE:FACTORY",
+                        help="a function returning the nn.Module (logits out)")
+    parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="keyword argument of the factory (int, float, bool or text; "
+                             "repeatable)")
+    parser.add_argument("--checkpoint", type=Path, help="weights: a state dict (or a dict "
+                        "holding one under state_dict / model), read with weights_only=True")
+    parser.add_argument("--head", help="the final linear layer's module name, when it is not "
+                                       "the last nn.Linear the model calls")
+    parser.add_argument("--dataset", required=True, help="the in-distribution dataset")
+    parser.add_argument("--ood", nargs="+", metavar="SET",
+                        help="OOD sets to use (default: every one of the dataset present)")
+    parser.add_argument("--scores", help="detectors joined by + (default: every one the "
+                                         "model can serve)")
+    parser.add_argument("--eps", type=lambda t: [parse_eps(p) for p in t.split(",")],
+                        default=[1 / 255, 4 / 255], help="attack radii (L-inf), comma "
+                                                         "separated (default: 1/255,4/255)")
+    parser.add_argument("--steps", type=int, default=100, help="APGD steps (default 100)")
+    parser.add_argument("--n", type=int, default=500,
+                        help="inputs of the ID test set and of each OOD set (default 500)")
+    parser.add_argument("--batch-size", type=int, default=100, help="inputs per attack unit")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="result directory (default: "
+                                                 "runs/evaluate/<factory>-<dataset>-<time>)")
+    add_job_arguments(parser)
+    return parser
+
+
+def _value(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def main(args: argparse.Namespace) -> int:
+    from orchestrator.jobs.evaluate_model import build_model, evaluate_model, load_weights
+    from workloads.data import load_dataset
+    from workloads.models.foreign import ForeignClassifier
+
+    if args.n < 1 or args.steps < 1 or args.batch_size < 1:
+        raise UsageError("--n, --steps and --batch-size must be >= 1")
+    kwargs = {}
+    for item in args.model_arg:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--model-arg expects KEY=VALUE, got '{item}'")
+        kwargs[key.strip()] = _value(text.strip())
+    pool_args = pool_arguments(args)
+    data_dir = args.data_dir or os.environ.get("ROBUSTNESS_DATA_DIR", "data")
+    data = load_dataset(args.dataset, data_dir)
+    if args.ood:
+        unknown = [s for s in args.ood if s not in data.ood]
+        if unknown:
+            raise UsageError(f"--ood {' '.join(unknown)}: not an OOD set of {args.dataset} "
+                             f"here; present: {', '.join(data.ood)}")
+        data.ood = {k: v for k, v in data.ood.items() if k in args.ood}
+    model = build_model(args.model, kwargs)
+    provenance = {"model": args.model, "model_args": kwargs,
+                  "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+                  "checkpoint_sha256": (load_weights(model, args.checkpoint)
+                                        if args.checkpoint else None)}
+    try:
+        served = ForeignClassifier(model, data.x_train[:64], head=args.head)
+    except (AttributeError, ValueError) as error:
+        raise UsageError(f"--head {args.head}: {error}") from None
+    for part, why in served.unavailable.items():
+        print(f"[evaluate] the model does not serve {part}: {why}", flush=True)
+    scores = args.scores.split("+") if args.scores else None
+    name = f"{args.model.split(':')[-1]}-{args.dataset}"
+    out = args.out or Path("runs", "evaluate", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.resume:
+        runs = sorted(Path("runs", "evaluate").glob(f"{name}-*")) if args.out is None else [out]
+        if not runs or not runs[-1].exists():
+            raise UsageError(f"--resume: no earlier evaluation '{name}-*' in runs/evaluate")
+        out = runs[-1]
+    config = {"steps": args.steps, "norm": "Linf", "seed": args.seed,
+              "batch_size": args.batch_size}
+    evaluate_model(served, data, provenance, out, scores, args.eps, args.n, config,
+                   pool_args, args.resume, args.wandb)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_command(build_parser(), main))
