@@ -62,6 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_ood_sets(dataset: str) -> list[str]:
+    """The dataset's cross-dataset OOD sets and, for CIFAR-10 / CIFAR-100, OpenOOD v1.5's
+    near and far sets."""
+    from workloads.data.ood_sets import CROSS_DATASET_OOD
+    from workloads.evaluation.detector_evaluation import OPENOOD_GROUPS
+
+    openood = [s for sets in OPENOOD_GROUPS.get(dataset, {}).values() for s in sets]
+    return list(dict.fromkeys([*openood, *CROSS_DATASET_OOD.get(dataset, ())]))
+
+
 def _value(text: str):
     for kind in (int, float):
         try:
@@ -86,13 +96,17 @@ def main(args: argparse.Namespace) -> int:
         kwargs[key.strip()] = _value(text.strip())
     pool_args = pool_arguments(args)
     data_dir = args.data_dir or os.environ.get("ROBUSTNESS_DATA_DIR", "data")
-    data = load_dataset(args.dataset, data_dir)
-    if args.ood:
-        unknown = [s for s in args.ood if s not in data.ood]
-        if unknown:
-            raise UsageError(f"--ood {' '.join(unknown)}: not an OOD set of {args.dataset} "
-                             f"here; present: {', '.join(data.ood)}")
-        data.ood = {k: v for k, v in data.ood.items() if k in args.ood}
+    generated = ("gaussian_noise", "uniform_noise", "natural_patches")
+    wanted = args.ood or [*generated, *default_ood_sets(args.dataset)]
+    try:
+        data = load_dataset(args.dataset, data_dir, ood_sets=tuple(
+            s for s in wanted if s not in generated))
+    except ValueError as error:
+        raise UsageError(f"--ood: {error}" if args.ood else str(error)) from None
+    for other, needs in data.skipped_ood.items():
+        print(f"[evaluate] OOD set {other} is skipped: {needs} is not under {data_dir}",
+              flush=True)
+    data.ood = {k: v for k, v in data.ood.items() if k in wanted}
     model = build_model(args.model, kwargs)
     provenance = {"model": args.model, "model_args": kwargs,
                   "checkpoint": str(args.checkpoint) if args.checkpoint else None,

@@ -73,8 +73,11 @@ def ensure_dataset(name: str, data_dir: str | Path | None, download: bool = Fals
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = False,
-                 seed: int = 0, ood: bool = True) -> Dataset:
-    """Load an in-distribution dataset by name, with its OOD sets sized like its test set."""
+                 seed: int = 0, ood: bool = True,
+                 ood_sets: tuple[str, ...] | None = None) -> Dataset:
+    """Load an in-distribution dataset by name, with its OOD sets sized like its test set:
+    the noise sets, natural-image patches and its cross-dataset sets (`CROSS_DATASET_OOD`,
+    or the datasets named in `ood_sets`), each where its files are present."""
     if name == DIGITS:
         data = load_digits(seed)
     elif name in IMAGE_DATASETS:
@@ -88,7 +91,13 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
         shape = data.input_shape
         data.ood.update(noise_ood_sets(n, shape, seed=seed + 1))
         data.ood["natural_patches"] = natural_image_patches(n, shape, seed=seed + 2)
-        for other in CROSS_DATASET_OOD.get(name, ()):
+        others = CROSS_DATASET_OOD.get(name, ()) if ood_sets is None else ood_sets
+        unknown = [o for o in others if o not in IMAGE_DATASETS and o not in OOD_ONLY_LOADERS]
+        if unknown or name in others:
+            raise ValueError(f"OOD sets {', '.join(unknown or [name])}: not a dataset other "
+                             f"than {name}; known: "
+                             f"{', '.join(sorted({*IMAGE_DATASETS, *OOD_ONLY_LOADERS} - {name}))}")
+        for other in others:
             try:
                 if other in OOD_ONLY_LOADERS:
                     x_other = OOD_ONLY_LOADERS[other](data_dir, n, shape[1:])

@@ -1,0 +1,93 @@
+"""`python -m orchestrator.evaluate`: a model from elsewhere (torchvision's ResNet-18, random
+weights) through the real CLI on CIFAR-10 files, near and far OOD sets, attacks on the pool,
+W&B offline, --resume; bad input exits 2 in one line."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from orchestrator.tracking.offline import find_offline_runs, read_offline_run
+
+pytestmark = pytest.mark.slow
+
+
+def evaluate(env, cwd, *args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "orchestrator.evaluate", *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def cifar_files(tmp_path_factory):
+    from test_datasets import write_cifar, write_idx
+
+    data = tmp_path_factory.mktemp("data")
+    write_cifar(data, "cifar10", 200, seed=0, test_n=60)
+    write_cifar(data, "cifar100", 1000, seed=1, test_n=60)  # near OOD of CIFAR-10
+    write_idx(data, "MNIST", 200, seed=2)                   # far OOD
+    return data
+
+
+def test_a_torchvision_resnet_is_evaluated_near_and_far_clean_and_attacked(
+        cifar_files, env, tmp_path):
+    import hashlib
+
+    import torchvision
+
+    torch.manual_seed(0)  # "trained elsewhere": random weights, saved as a state dict
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), tmp_path / "r18.pt")
+    out = tmp_path / "eval"
+    args = ["--model", "torchvision.models:resnet18", "--model-arg", "num_classes=10",
+            "--checkpoint", tmp_path / "r18.pt", "--dataset", "cifar10", "--data-dir",
+            cifar_files, "--scores", "msp+energy+mahalanobis+vim", "--eps", "2/255",
+            "--steps", 3, "--n", 40, "--batch-size", 20, "--num-actors", 2,
+            "--cpus-per-actor", 0.5, "--out", out]
+    proc = evaluate(env, tmp_path, *args, "--wandb", "offline")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "OOD set svhn is skipped" in proc.stdout  # absent files: a note, not an error
+    frame = pd.read_csv(out / "evaluation.csv")
+    assert {"cifar100", "mnist", "group:near", "group:far", "group:all"} <= set(frame.ood_set)
+    assert set(frame[frame.ood_set == "cifar100"].group) == {"near"}
+    assert set(frame[frame.ood_set == "mnist"].group) == {"far"}
+    markdown = (out / "evaluation.md").read_text()
+    for column in ("clean near", "clean far", "attacked near (eps 0.007843)",
+                   "attacked far (eps 0.007843)"):
+        assert column in markdown, column
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == "torchvision.models:resnet18"
+    assert summary["checkpoint_sha256"] == hashlib.sha256(
+        (tmp_path / "r18.pt").read_bytes()).hexdigest()
+    assert summary["not_attacked"] == {"vim": "pytorch-ood scores without a graph "
+                                              "(torch.no_grad)"}
+    # 3 attacked scores x (ID + 3 generated + 2 dataset sets) x 2 units of 20 inputs
+    assert (out / "evaluation.png").exists() and len(list((out / "units").glob("*.pt"))) == 36
+    (run_dir,) = find_offline_runs(out)
+    assert read_offline_run(run_dir).summary["id_accuracy"] == summary["id_accuracy"]
+    assert list(run_dir.glob("files/media/table/evaluation_*.table.json"))
+
+    resumed = evaluate(env, tmp_path, *args, "--wandb", "disabled", "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    again = pd.read_csv(out / "evaluation.csv")
+    pd.testing.assert_frame_equal(again, frame)  # every unit reused: the same table
+
+
+def test_bad_input_exits_2_in_one_line(cifar_files, env, tmp_path):
+    torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "wrong.pt")
+    (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
+    base = ["--dataset", "cifar10", "--data-dir", cifar_files, "--wandb", "disabled"]
+    resnet = ["--model", "torchvision.models:resnet18", "--model-arg", "num_classes=10"]
+    for args, words in [
+        (["--model", "torchvision.models:no_such_net", *base], "no_such_net"),
+        (["--model", "resnet18", *base], "expected MODULE:FACTORY"),
+        ([*resnet, "--checkpoint", tmp_path / "corrupt.pt", *base], "cannot be read safely"),
+        ([*resnet, "--checkpoint", tmp_path / "wrong.pt", *base], "does not fit the model"),
+        ([*resnet, "--head", "layer1", *base], "not nn.Linear"),
+        ([*resnet, *base, "--ood", "no_such_set"], "no_such_set"),
+    ]:
+        proc = evaluate(env, tmp_path, *args)
+        assert proc.returncode == 2, (words, proc.stderr[-2000:])
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0], (words, proc.stderr[-2000:])
