@@ -18,8 +18,9 @@ finished units (`units/`, reused by --resume). One W&B run per attack, in the sw
 With `--target ood` it attacks the detectors instead (orchestrator.jobs.detectors): for
 every differentiable OOD score of the model and every eps, APGD moves the first --n inputs
 of each OOD set to raise the score and the test inputs to lower it, and
-`SWEEP_DIR/attacks/<trial>-ood-<time>/` gets `detectors.csv`, `detectors.md` (AUROC / FPR95
-clean and under attack) and `detectors.png`.
+`SWEEP_DIR/attacks/<trial>-ood-<time>/` gets `evaluation.csv`, `evaluation.md` (AUROC /
+FPR95 with intervals, clean and under attack) and `evaluation.png`: the job
+`orchestrator.evaluate` runs on any model.
 
 With `--target adversarial` it detects adversarial inputs (document 003, Figures 4-5;
 orchestrator.jobs.adversarial_detection): FGSM and BIM examples at each eps are generated on

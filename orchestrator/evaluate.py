@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a function returning the nn.Module (logits out)")
     parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="keyword argument of the factory (int, float, bool or text; "
-                             "repeatable)")
+                             "A,B,C is a tuple, e.g. input_shape=1,8,8; repeatable)")
     parser.add_argument("--checkpoint", type=Path, help="weights: a state dict (or a dict "
                         "holding one under state_dict / model), read with weights_only=True")
     parser.add_argument("--head", help="the final linear layer's module name, when it is not "
@@ -73,6 +73,9 @@ def default_ood_sets(dataset: str) -> list[str]:
 
 
 def _value(text: str):
+    """int, float, bool or text; comma-separated: a tuple of those (e.g. a shape)."""
+    if "," in text:
+        return tuple(_value(part.strip()) for part in text.split(",") if part.strip())
     for kind in (int, float):
         try:
             return kind(text)
@@ -85,6 +88,7 @@ def main(args: argparse.Namespace) -> int:
     from orchestrator.jobs.evaluate_model import build_model, evaluate_model, load_weights
     from workloads.data import load_dataset
     from workloads.models.foreign import ForeignClassifier
+    from workloads.scores import OOD_SCORES
 
     if args.n < 1 or args.steps < 1 or args.batch_size < 1:
         raise UsageError("--n, --steps and --batch-size must be >= 1")
@@ -119,6 +123,10 @@ def main(args: argparse.Namespace) -> int:
     for part, why in served.unavailable.items():
         print(f"[evaluate] the model does not serve {part}: {why}", flush=True)
     scores = args.scores.split("+") if args.scores else None
+    unknown = [s for s in scores or [] if s not in OOD_SCORES]
+    if unknown:
+        raise UsageError(f"--scores: unknown {', '.join(unknown)} (known: "
+                         f"{', '.join(OOD_SCORES)})")
     name = f"{args.model.split(':')[-1]}-{args.dataset}"
     out = args.out or Path("runs", "evaluate", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     if args.resume:

@@ -100,3 +100,36 @@ def test_a_score_that_fails_on_the_model_is_named_and_the_rest_run(foreign):
     assert set(evaluation.frame.score) == {"msp"}
     assert "msp" in servable_scores(model) and "log_px" not in servable_scores(model)
     assert isinstance(evaluation.frame, pd.DataFrame) and np.isfinite(evaluation.frame.auroc).all()
+
+
+def test_one_of_our_classifiers_served_by_hooks_scores_as_it_does_natively():
+    """Our CNN (its own features / feature maps) and the same weights as a ForeignClassifier
+    (found by hooks) give the same table, clean and attacked: what `orchestrator.evaluate`
+    reports for a model of ours equals the sweep path's `attack --target ood`. Except
+    mahalanobis_lee: ours reads Lee et al.'s intermediate layers (`feature_layers`), which
+    hooks cannot name; a foreign model gives it its penultimate features only."""
+    from workloads.models.classifiers import build_classifier
+
+    torch.manual_seed(0)
+    data = load_dataset("digits")
+    ours = build_classifier("cnn", data.input_shape, data.num_classes)
+    optimizer = torch.optim.Adam(ours.parameters(), 1e-2)
+    for _ in range(30):  # trained a little, so that every class has correct predictions
+        loss = nn.functional.cross_entropy(ours(data.x_train), data.y_train)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    ours.eval()
+    foreign = build_classifier("cnn", data.input_shape, data.num_classes)
+    foreign.load_state_dict(ours.state_dict())
+    served = ForeignClassifier(foreign.eval(), data.x_train[:32])
+    common = [s for s in servable_scores(ours) if s in servable_scores(served)]
+    assert {"msp", "energy", "mahalanobis", "knn"} <= set(common)
+    kwargs = {"eps_values": [8 / 255], "n": 40, "attack_config": {"steps": 3},
+              "resamples": 100}
+    native = evaluate_detectors(ours, data, common, **kwargs)
+    hooked = evaluate_detectors(served, data, common, **kwargs)
+    assert not native.failed and native.id_accuracy == hooked.id_accuracy
+    same = native.frame.score != "mahalanobis_lee"
+    pd.testing.assert_frame_equal(native.frame[same], hooked.frame[same], rtol=1e-6)
+    assert not native.frame[~same].auroc.equals(hooked.frame[~same].auroc)

@@ -53,7 +53,7 @@ def test_a_torchvision_resnet_is_evaluated_near_and_far_clean_and_attacked(
     assert set(frame[frame.ood_set == "cifar100"].group) == {"near"}
     assert set(frame[frame.ood_set == "mnist"].group) == {"far"}
     markdown = (out / "evaluation.md").read_text()
-    for column in ("clean near", "clean far", "attacked near (eps 0.007843)",
+    for column in ("clean near", "clean far", "attacked near (eps 2/255)",
                    "attacked far (eps 0.007843)"):
         assert column in markdown, column
     summary = json.loads((out / "summary.json").read_text())
@@ -86,6 +86,7 @@ def test_bad_input_exits_2_in_one_line(cifar_files, env, tmp_path):
         ([*resnet, "--checkpoint", tmp_path / "wrong.pt", *base], "does not fit the model"),
         ([*resnet, "--head", "layer1", *base], "not nn.Linear"),
         ([*resnet, *base, "--ood", "no_such_set"], "no_such_set"),
+        ([*resnet, *base, "--scores", "msp+no_such_score"], "unknown no_such_score"),
     ]:
         proc = evaluate(env, tmp_path, *args)
         assert proc.returncode == 2, (words, proc.stderr[-2000:])

@@ -75,19 +75,28 @@ def test_attack_on_every_detector_writes_tables_and_resumes(sweep, env):
             "--n", "20", "--batch-size", "10"]
     proc = command("attack", sweep_dir, *args, env=env)
     (out,) = (sweep_dir / "attacks").glob(f"{trial}-ood-*")
-    frame = pd.read_csv(out / "detectors.csv")
+    frame = pd.read_csv(out / "evaluation.csv")
     scores = {"msp", "max_logit", "energy", "lnz", "odin", "mahalanobis", "gmm", "log_px",
               "neg_am"}
-    assert set(frame.score) == scores and frame.attacked.all()
-    assert set(frame.ood_set) == {"gaussian_noise", "uniform_noise", "natural_patches"}
-    assert sorted(frame.eps.unique()) == [1 / 16, 1 / 8] and (frame.n == 20).all()
-    for setting in ("ood_attacked", "both_attacked"):
-        assert (frame[f"auroc_{setting}"] <= frame.auroc_clean + 1e-9).all(), setting
-    assert (frame.auroc_both_attacked <= frame.auroc_ood_attacked + 1e-9).all()
-    assert (frame.auroc_both_attacked < frame.auroc_clean).mean() > 0.5
-    markdown = (out / "detectors.md").read_text()
+    sets = {"gaussian_noise", "uniform_noise", "natural_patches"}
+    assert set(frame.score) == scores and not frame.note.notna().any()
+    assert set(frame.ood_set) == sets | {"group:other", "group:all"}
+    assert set(frame.setting) == {"clean", "ood_attacked", "both_attacked"}
+    assert sorted(frame.eps.dropna().unique()) == [1 / 16, 1 / 8]
+    assert (frame.auroc_lo <= frame.auroc + 1e-12).all()
+    assert (frame.auroc <= frame.auroc_hi + 1e-12).all()
+    wide = frame.pivot_table(index=["score", "ood_set"], columns=["setting", "eps"],
+                             values="auroc", dropna=False)
+    clean = frame[frame.setting == "clean"].set_index(["score", "ood_set"]).auroc
+    for eps in (1 / 16, 1 / 8):
+        ood_hit, both = wide[("ood_attacked", eps)], wide[("both_attacked", eps)]
+        assert (ood_hit <= clean + 1e-9).all() and (both <= ood_hit + 1e-9).all(), eps
+        assert (both < clean).mean() > 0.5
+    markdown = (out / "evaluation.md").read_text()
     assert "## ID -> gaussian_noise" in markdown and "eps 0.125: both" in markdown
-    assert (out / "detectors.png").exists() and "Detectors under attack" in proc.stdout
+    assert "attacked all (eps 0.125)" in markdown  # no near / far split
+    assert (out / "evaluation.png").exists()
+    assert "Detectors clean and under attack" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["units_computed"] == 9 * 2 * 4 * 2  # scores x eps x sets x units
     (run_dir,) = find_offline_runs(out)
@@ -96,7 +105,7 @@ def test_attack_on_every_detector_writes_tables_and_resumes(sweep, env):
     assert str(out) in again.stdout
     resumed = json.loads((out / "summary.json").read_text())
     assert resumed["units_computed"] == 0 and resumed["units_loaded"] == 144
-    assert pd.read_csv(out / "detectors.csv").equals(frame)
+    assert pd.read_csv(out / "evaluation.csv").equals(frame)
 
 
 def test_langevin_driver_killed_then_resumed_ends_like_an_uninterrupted_run(

@@ -13,7 +13,8 @@ from conftest import ROOT
 from search_spaces import get_search_space, sweep_names
 
 CLIS = {"orchestrator.sweep", "orchestrator.report", "orchestrator.attack",
-        "orchestrator.langevin", "orchestrator.defend", "orchestrator.ensemble"}
+        "orchestrator.langevin", "orchestrator.defend", "orchestrator.ensemble",
+        "orchestrator.evaluate"}
 
 
 def imported_modules(path: Path) -> set[str]:

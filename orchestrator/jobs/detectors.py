@@ -1,21 +1,23 @@
-"""Adaptive attacks on OOD detectors: every differentiable score of a trial's model, attacked
-with APGD on the score itself (`python -m orchestrator.attack SWEEP --trial ID --target ood`).
-Writes `SWEEP_DIR/attacks/<trial>-ood-<time>/`: `detectors.csv`, `detectors.md`,
-`detectors.png`, `summary.json` and the units (`units/`, reused by --resume).
+"""OOD detectors clean and under adaptive attack, the job both paths share: a trial's model
+(`python -m orchestrator.attack SWEEP --trial ID --target ood`, into
+`SWEEP_DIR/attacks/<trial>-ood-<time>/`) and any model (`python -m orchestrator.evaluate`,
+`jobs.evaluate_model`). Writes `evaluation.csv` (`detector_frame`'s rows), `evaluation.md`,
+`evaluation.png`, `summary.json` and the units (`units/`, reused by --resume).
 
 OpenOOD and RobustBench evaluate detectors on clean OOD sets only, and the thesis attacks
 only its own AM detector (NOTES.md C). Here, for each score and eps, the OOD inputs are
 moved within eps to raise the score (to look in-distribution) and the ID test inputs to
 lower it (to look OOD); the detector's AUROC and FPR95 are reported clean, with the OOD
 inputs attacked, and with both attacked. The attacks run on the attack pool
-(`pools.attack.run_score_attacks`): deterministic under sharding, resumable.
+(`pools.attack.run_score_attacks`): deterministic under sharding, resumable. Every AUROC /
+FPR95 has a 95% bootstrap interval; sets are grouped near / far where the dataset has
+OpenOOD v1.5's split (`workloads.evaluation.detector_evaluation`).
 """
 
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +32,18 @@ from orchestrator.jobs.trial import (
     record_provenance,
     trial_params,
 )
-from orchestrator.pools.attack import AttackPool, ScoreAttackResult, run_score_attacks
-from orchestrator.pools.base import start_ray
-from orchestrator.reports.job_plots import plot_detectors
-from orchestrator.reports.tables import detector_markdown
-from workloads.adversarial.detector_attacks import ScoreAttack
+from orchestrator.reports.job_plots import plot_evaluation
+from orchestrator.reports.tables import evaluation_markdown
 from workloads.data import Dataset
-from workloads.evaluation.ood_evaluation import ood_metrics_under_attack, resolve_scores
-from workloads.scores import OODScore, capabilities, fit_score
-
-ID = "id"  # the name of the in-distribution test inputs among the attacked sets
+from workloads.evaluation.detector_evaluation import (
+    ID,
+    DetectorPlan,
+    accuracy,
+    detector_frame,
+    plan_detectors,
+)
+from workloads.evaluation.ood_evaluation import resolve_scores
+from workloads.scores import capabilities
 
 
 def default_scores(model: nn.Module) -> str:
@@ -50,78 +54,80 @@ def default_scores(model: nn.Module) -> str:
     return "+".join(names)
 
 
-@dataclass
-class DetectorAttackPlan:
-    inputs: dict[str, torch.Tensor]   # "id" (test inputs) and each OOD set, cut to n
-    scores: dict[str, OODScore]       # every requested score, fitted on the training split
-    skipped: dict[str, str]           # requested scores that are not attacked, and why
-    attacks: list[ScoreAttack]
+def evaluate_plan(model: nn.Module, plan: DetectorPlan, data, eps_values: list[float],
+                  attack_config: dict[str, Any], pool_args: dict[str, Any], out: Path,
+                  resume: bool, run, title: str, summary: dict[str, Any], label: str,
+                  resamples: int = 1000) -> pd.DataFrame:
+    """The evaluation both paths share (a trial's model: `orchestrator.attack --target
+    ood`; any model: `orchestrator.evaluate`): attack on the pool (units in `out/units`,
+    reused on `resume`), `detector_frame`'s rows, and `out/` evaluation.csv, evaluation.md,
+    evaluation.png and summary.json (`summary` and what the run measured); the table,
+    plot and worst attacked AUROC per detector go to `run` (a `JobRun`), which is
+    finished. Returns the rows."""
+    from orchestrator.pools.attack import AttackPool, run_score_attacks
+    from orchestrator.pools.base import start_ray
 
-
-def attack_name(score: str, inputs: str, eps: float) -> str:
-    return f"{score}-{inputs}-eps{eps:.6g}"
-
-
-def plan_detector_attacks(model: nn.Module, data: Dataset, requested: str,
-                          params: dict[str, dict], eps_values: list[float],
-                          n: int) -> DetectorAttackPlan:
-    """Fit the requested scores and list the attacks: for each differentiable score and
-    eps, the ID inputs pushed down and each OOD set pushed up. Raises ValueError for an
-    unknown or inapplicable score name."""
-    names = resolve_scores(model, requested, params)
-    inputs = {ID: data.x_test[:n], **{k: v[:n] for k, v in data.ood.items()}}
-    if len(inputs) == 1:
-        raise ValueError(f"dataset '{data.name}' has no OOD sets to attack the detectors with")
-    scores = {name: fit_score(name, p, model, data)
-              for name, p in names.items()}
-    skipped = {name: score.not_differentiable for name, score in scores.items()
-               if score.not_differentiable}
-    attacks = [ScoreAttack(attack_name(name, key, eps), name, x, -1 if key == ID else 1, eps)
-               for name in scores if name not in skipped
-               for eps in eps_values for key, x in inputs.items()]
-    return DetectorAttackPlan(inputs, scores, skipped, attacks)
-
-
-def detector_table(model: nn.Module, plan: DetectorAttackPlan, eps_values: list[float],
-                   result: ScoreAttackResult) -> pd.DataFrame:
-    """One row per (score, OOD set, eps): AUROC and FPR95 clean, with the OOD inputs
-    attacked and with both attacked. Scores that are not attacked get their clean figures
-    and the reason in `note`."""
-    rows = []
-    for name, score in plan.scores.items():
-        clean = {key: score(model, x).double().numpy() for key, x in plan.inputs.items()}
-        for ood_set in [k for k in plan.inputs if k != ID]:
-            n = min(len(clean[ID]), len(clean[ood_set]))
-            if name in plan.skipped:
-                metrics = ood_metrics_under_attack(clean[ID][:n], clean[ID][:n],
-                                                   clean[ood_set][:n], clean[ood_set][:n])
-                rows.append({"score": name, "ood_set": ood_set, "eps": math.nan, "n": n,
-                             "attacked": False, "note": plan.skipped[name],
-                             **{k: v for k, v in metrics.items() if k.endswith("_clean")}})
-                continue
-            for eps in eps_values:
-                attacked = {k: result.score[attack_name(name, k, eps)].double().numpy()
-                            for k in (ID, ood_set)}
-                metrics = ood_metrics_under_attack(clean[ID][:n], attacked[ID][:n],
-                                                   clean[ood_set][:n], attacked[ood_set][:n])
-                rows.append({"score": name, "ood_set": ood_set, "eps": eps, "n": n,
-                             "attacked": True, "note": "", **metrics})
-    return pd.DataFrame(rows)
+    for name, why in plan.failed.items():
+        print(f"[{label}] {name}: cannot be fitted on this model ({why})", flush=True)
+    for name, why in plan.not_attacked.items():
+        print(f"[{label}] {name}: evaluated clean only ({why})", flush=True)
+    started = time.perf_counter()
+    attacked: dict[str, torch.Tensor] = {}
+    units = {"units_computed": 0, "units_loaded": 0, "units_by_node": {}}
+    if plan.attacks:
+        start_ray()
+        eps_list = ", ".join(f"{e:.4g}" for e in eps_values)
+        print(f"[{label}] {len(plan.scores) - len(plan.not_attacked)} scores x "
+              f"{len(plan.inputs)} input sets x eps {eps_list}: {len(plan.attacks)} attacks "
+              f"on {pool_args['num_actors']} actors -> {out}", flush=True)
+        try:
+            with AttackPool(model, **pool_args) as pool:
+                result = run_score_attacks(pool, plan.attacks, plan.scores, attack_config,
+                                           out, resume, label=label,
+                                           on_progress=lambda m: run.log(
+                                               m, x_axis="samples_attacked"))
+        except BaseException:
+            run.finish(failed=True)
+            raise
+        attacked = result.score
+        units = {"units_computed": result.units_computed,
+                 "units_loaded": result.units_loaded, "units_by_node": result.units_by_node}
+    frame = detector_frame(model, plan, data.name, eps_values, attacked, resamples,
+                           attack_config.get("seed", 0))
+    id_accuracy = accuracy(model, data.x_test, data.y_test)
+    frame.to_csv(out / "evaluation.csv", index=False)
+    markdown = evaluation_markdown(frame, title, id_accuracy)
+    (out / "evaluation.md").write_text(markdown)
+    figure = plot_evaluation(frame, out / "evaluation.png")
+    summary = {**summary, **attack_config, "dataset": data.name,
+               "ood_sets": [k for k in plan.inputs if k != ID], "id_accuracy": id_accuracy,
+               "n": len(plan.inputs[ID]), "eps": eps_values, "scores": list(plan.scores),
+               "not_attacked": plan.not_attacked, "failed": plan.failed, **units,
+               "seconds": time.perf_counter() - started}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    run.table("evaluation", frame)
+    run.image("evaluation", figure)
+    hit = frame[(frame.setting == "both_attacked") & (frame.ood_set == "group:all")]
+    run.finish({"id_accuracy": id_accuracy,
+                **{f"worst_auroc/{k}": v for k, v in hit.groupby("score").auroc.min().items()}})
+    print("\n" + markdown)
+    print(f"[{label}] results: {out}/evaluation.md, evaluation.csv, evaluation.png")
+    return frame
 
 
 def attack_detectors(sweep_dir: Path, trial_id: str, model: nn.Module, data: Dataset,
                      config: dict[str, Any], scores: str | None, n: int,
                      pool_args: dict[str, Any], resume: bool = False,
                      wandb_mode: str | None = None) -> pd.DataFrame:
-    """The job: plan, attack on the pool, and write the table, markdown, plot, summary and
-    a W&B run (in the sweep's group). `config` holds `eps` (a list), `steps`, `norm`,
+    """The job of `--target ood`: plan, then `evaluate_plan` with a W&B run in the sweep's
+    group. `config` holds `eps` (a list), `steps`, `norm`,
     `seed` and `batch_size`; `scores` is None (every applicable score and lnz) or names
     joined by +. Returns the table."""
     params = trial_params(sweep_dir, trial_id).get("score_params") or {}
     try:
-        plan = plan_detector_attacks(model, data, scores or default_scores(model),
-                                     params if isinstance(params, dict) else {},
-                                     config["eps"], n)
+        names = resolve_scores(model, scores or default_scores(model),
+                               params if isinstance(params, dict) else {})
+        plan = plan_detectors(model, data, list(names), names, config["eps"], n)
     except ValueError as error:
         raise UsageError(str(error)) from None
     name = f"{trial_id}-ood"
@@ -130,37 +136,6 @@ def attack_detectors(sweep_dir: Path, trial_id: str, model: nn.Module, data: Dat
     run = open_job_run(wandb_mode, "attack", name, sweep_dir,
                        {**config, "trial": trial_id, "target": "ood", "n": n,
                         "scores": list(plan.scores), **pool_args}, out)
-    start_ray()
-    eps_list = ", ".join(f"{e:.4g}" for e in config["eps"])
-    print(f"[attack] {name}: {len(plan.scores) - len(plan.skipped)} scores x "
-          f"{len(plan.inputs)} input sets x eps {eps_list}: {len(plan.attacks)} attacks "
-          f"on {pool_args['num_actors']} actors -> {out}", flush=True)
-    for score, why in plan.skipped.items():
-        print(f"[attack] not attacked: {score} ({why})", flush=True)
-    try:
-        with AttackPool(model, **pool_args) as pool:
-            result = run_score_attacks(pool, plan.attacks, plan.scores, config, out, resume,
-                                       on_progress=lambda m: run.log(
-                                           m, x_axis="samples_attacked"))
-    except BaseException:
-        run.finish(failed=True)
-        raise
-    frame = detector_table(model, plan, config["eps"], result)
-    frame.to_csv(out / "detectors.csv", index=False)
-    markdown = detector_markdown(frame, f"trial {trial_id} ({data.name}), {config['norm']}, "
-                                        f"{config['steps']} APGD steps")
-    (out / "detectors.md").write_text(markdown)
-    figure = plot_detectors(frame, out / "detectors.png")
-    summary = {"trial": trial_id, **config, "n": n, "scores": list(plan.scores),
-               "not_attacked": plan.skipped, "seconds": result.seconds,
-               "units_computed": result.units_computed, "units_loaded": result.units_loaded,
-               "units_by_node": result.units_by_node, "dataset": data.name}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    run.table("detectors", frame)
-    run.image("detectors", figure)
-    worst = frame[frame.attacked].groupby("score").auroc_both_attacked.min()
-    run.finish({f"worst_auroc/{k}": v for k, v in worst.items()})
-    print("\n" + markdown)
-    print(f"[attack] {len(plan.attacks)} attacks in {result.seconds:.1f} s; results: "
-          f"{out}/detectors.md, detectors.csv, detectors.png")
-    return frame
+    title = f"trial {trial_id} ({data.name}), {config['norm']}, {config['steps']} APGD steps"
+    return evaluate_plan(model, plan, data, config["eps"], config, pool_args, out, resume,
+                         run, title, {"trial": trial_id}, "attack")

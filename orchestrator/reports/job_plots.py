@@ -11,6 +11,7 @@ import torch
 
 from orchestrator.reports import published
 from orchestrator.reports.plots import pyplot, save_figure
+from workloads.evaluation.detector_evaluation import summary_groups
 
 
 def plot_defense_trial(row: dict[str, Any], details: dict[str, Any], chains, path: Path) -> Path:
@@ -129,30 +130,30 @@ def plot_am_trace(steps: torch.Tensor, am: torch.Tensor, path: Path, title: str,
     return save_figure(fig, path)
 
 
-def plot_detectors(frame: pd.DataFrame, path: Path) -> Path:
-    """AUROC against eps per score, one panel per OOD set: both attacked (solid) and only
-    the OOD inputs attacked (dashed); eps 0 is the clean AUROC."""
+def plot_evaluation(frame: pd.DataFrame, path: Path) -> Path:
+    """From `detector_frame`'s rows: AUROC against eps per detector, one panel per group of
+    OOD sets (`summary_groups`, and all where there are several): both attacked (solid)
+    and only the OOD inputs attacked (dashed); eps 0 is the clean AUROC."""
     plt = pyplot()
-    attacked = frame[frame.attacked]
-    sets = list(dict.fromkeys(attacked.ood_set))
-    fig, axes = plt.subplots(1, max(len(sets), 1), figsize=(4.2 * max(len(sets), 1), 3.4),
-                             squeeze=False)
+    groups = summary_groups(frame)
+    panels = groups + (["all"] if len(groups) > 1 else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, ood_set in zip(axes[0], sets):
-        group = attacked[attacked.ood_set == ood_set]
-        for i, (score, rows) in enumerate(group.groupby("score", sort=False)):
-            rows = rows.sort_values("eps")
-            eps = [0.0, *(rows.eps * 255)]
-            color = colors[i % len(colors)]
-            ax.plot(eps, [rows.auroc_clean.iloc[0], *rows.auroc_both_attacked], "o-",
-                    color=color, ms=3, label=score)
-            ax.plot(eps, [rows.auroc_clean.iloc[0], *rows.auroc_ood_attacked], "--",
-                    color=color, lw=1)
+    for ax, group in zip(axes[0], panels):
+        rows = frame[frame.ood_set == f"group:{group}"]
+        for i, (score, part) in enumerate(rows.groupby("score", sort=False)):
+            clean = part[part.setting == "clean"].auroc.iloc[0]
+            for setting, style in (("both_attacked", "o-"), ("ood_attacked", "--")):
+                hit = part[part.setting == setting].sort_values("eps")
+                ax.plot([0.0, *(hit.eps * 255)], [clean, *hit.auroc], style, ms=3,
+                        lw=1.5 if setting == "both_attacked" else 1,
+                        color=colors[i % len(colors)],
+                        label=score if setting == "both_attacked" else None)
         ax.axhline(0.5, color="gray", lw=0.5)
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("eps x 255")
-        ax.set_ylabel("AUROC")
-        ax.set_title(f"ID -> {ood_set} (dashed: OOD attacked only)", fontsize=8)
+        ax.set_ylabel("AUROC (mean over the group's sets)")
+        ax.set_title(f"{group} OOD (dashed: OOD attacked only)", fontsize=8)
     axes[0][0].legend(fontsize=6)
     fig.tight_layout()
     return save_figure(fig, path)

@@ -13,6 +13,7 @@ from orchestrator.reports import published
 from orchestrator.reports.aggregate import SEED
 from search_spaces import ResultTable, SearchSpace
 from search_spaces._tables.cells import group_rows
+from workloads.evaluation.detector_evaluation import summary_groups
 from workloads.evaluation.uncertainty import interval_text, t_interval
 
 if TYPE_CHECKING:
@@ -200,35 +201,53 @@ def eps_text(eps: float) -> str:
     return f"{round(steps)}/255" if abs(steps - round(steps)) < 1e-6 else f"{eps:.4g}"
 
 
-def _pair(auroc: float, fpr95: float) -> str:
-    return "–" if math.isnan(auroc) else f"{auroc:.3f} / {fpr95:.3f}"
+def _setting(rows: pd.DataFrame, setting: str, eps: float | None = None) -> pd.DataFrame:
+    part = rows[rows.setting == setting]
+    return part if eps is None else part[part.eps == eps]
 
 
-def detector_markdown(frame: pd.DataFrame, title: str) -> str:
-    """Per OOD set: a row per score, AUROC / FPR95 clean and, per eps, with the OOD inputs
-    attacked and with both attacked; then the scores that were not attacked, and why."""
-    parts = [f"# Detectors under attack: {title}\n",
-             "AUROC / FPR95 (ID positive, higher score = more ID). *OOD attacked*: the OOD "
-             "inputs moved within eps to raise each score; *both*: the ID test inputs also "
-             "moved to lower it. APGD on the score itself.\n"]
-    attacked = frame[frame.attacked]
-    eps_values = sorted(attacked.eps.unique())
-    for ood_set, group in frame.groupby("ood_set", sort=False):
-        lines = []
-        for score, rows in group.groupby("score", sort=False):
-            first = rows.iloc[0]
-            line = {"score": score, "clean": _pair(first.auroc_clean, first.fpr95_clean)}
+def evaluation_markdown(frame: pd.DataFrame, title: str, id_accuracy: float) -> str:
+    """evaluation.md from `detector_frame`'s rows: first a row per detector with AUROC
+    [95%] clean and, per eps, with both the ID and the OOD inputs attacked, for each group
+    of OOD sets (near, far, other where present; else all); then, per OOD set, AUROC / FPR95 clean,
+    with the OOD inputs attacked and with both attacked; then what was not attacked, and
+    why."""
+    eps_values = sorted(frame.eps.dropna().unique())
+    groups = summary_groups(frame)
+    lines = []
+    for score, rows in frame.groupby("score", sort=False):
+        line = {"detector": score}
+        for group in groups:
+            part = rows[rows.ood_set == f"group:{group}"]
+            line[f"clean {group}"] = _auroc_cell(_setting(part, "clean"))
             for eps in eps_values:
-                match = rows[rows.eps == eps]
-                row = match.iloc[0] if len(match) else None
-                for setting, label in (("ood_attacked", "OOD attacked"), ("both_attacked",
-                                                                          "both")):
-                    line[f"eps {eps_text(eps)}: {label}"] = "not attacked" if row is None else \
-                        _pair(row[f"auroc_{setting}"], row[f"fpr95_{setting}"])
+                hit = _setting(part, "both_attacked", eps)
+                line[f"attacked {group} (eps {eps_text(eps)})"] = (
+                    _auroc_cell(hit) if len(hit) else "not attacked")
+        lines.append(line)
+    parts = [f"# Detectors clean and under attack: {title}\n",
+             f"ID test accuracy {id_accuracy:.4f}. AUROC with its 95% bootstrap interval (ID "
+             f"positive, higher score = more ID); a group is the mean over its OOD sets. "
+             f"Attacked: APGD on each detector's own score moves the OOD inputs within eps "
+             f"to look in-distribution and the ID test inputs to look OOD.\n",
+             pd.DataFrame(lines).to_markdown(index=False, disable_numparse=True), ""]
+    for ood_set, rows in frame[~frame.ood_set.str.startswith("group:")].groupby(
+            "ood_set", sort=False):
+        lines = []
+        for score, part in rows.groupby("score", sort=False):
+            clean = _setting(part, "clean").iloc[0]
+            line = {"score": score, "clean": f"{clean.auroc:.3f} / {clean.fpr95:.3f}"}
+            for eps in eps_values:
+                for setting, label in (("ood_attacked", "OOD attacked"),
+                                       ("both_attacked", "both")):
+                    hit = _setting(part, setting, eps)
+                    line[f"eps {eps_text(eps)}: {label}"] = (
+                        "not attacked" if hit.empty
+                        else f"{hit.auroc.iloc[0]:.3f} / {hit.fpr95.iloc[0]:.3f}")
             lines.append(line)
-        parts += [f"## ID -> {ood_set} (n = {int(group.n.iloc[0])} each)\n",
+        parts += [f"## ID -> {ood_set}: AUROC / FPR95\n",
                   pd.DataFrame(lines).to_markdown(index=False, disable_numparse=True), ""]
-    skipped = frame[~frame.attacked].drop_duplicates("score")
+    skipped = frame[frame.note.fillna("") != ""].drop_duplicates("score")
     if len(skipped):
         parts.append("Not attacked (no differentiable form):\n")
         parts += [f"- `{r.score}`: {r.note}" for r in skipped.itertuples()]

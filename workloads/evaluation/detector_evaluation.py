@@ -72,9 +72,9 @@ def attack_name(score: str, inputs: str, eps: float) -> str:
 def plan_detectors(model: nn.Module, data, names: list[str], params: dict[str, dict],
                    eps_values: list[float], n: int) -> DetectorPlan:
     """Fit the scores `names` on `data` (a `workloads.data.Dataset`; a score that cannot be
-    fitted on this model is recorded in `failed` with its error, and the rest go on) and
-    list the attacks: for each differentiable score and eps, the ID inputs pushed down and
-    each OOD set pushed up."""
+    fitted on this model is recorded in `failed` with its error, and the rest go on; none
+    fitted: ValueError) and list the attacks: for each differentiable score and eps, the
+    ID inputs pushed down and each OOD set pushed up."""
     inputs = {ID: data.x_test[:n], **{k: v[:n] for k, v in data.ood.items()}}
     if len(inputs) == 1:
         raise ValueError(f"dataset '{data.name}' has no OOD sets to evaluate detectors on")
@@ -84,6 +84,10 @@ def plan_detectors(model: nn.Module, data, names: list[str], params: dict[str, d
             scores[name] = fit_score(name, params.get(name, {}), model, data)
         except Exception as error:  # one detector's failure is reported, the rest run
             failed[name] = f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"
+    if not scores:
+        raise ValueError("no detector could be fitted on this model: " + "; ".join(
+            f"{name}: {why}" for name, why in failed.items()) if failed else
+            "no detector to evaluate")
     not_attacked = {name: score.not_differentiable for name, score in scores.items()
                     if score.not_differentiable}
     attacks = [ScoreAttack(attack_name(name, key, eps), name, x, -1 if key == ID else 1, eps)
@@ -160,6 +164,13 @@ def _groups(dataset: str, ood_sets: list[str]) -> dict[str, list[str]]:
     for ood_set in ood_sets:
         groups.setdefault(f"group:{ood_group(dataset, ood_set)}", []).append(ood_set)
     return {**groups, "group:all": list(ood_sets)}
+
+
+def summary_groups(frame: pd.DataFrame) -> list[str]:
+    """The groups a summary shows: near, far and other where they have sets; "all" alone
+    where the dataset has no customary split (every set is "other")."""
+    groups = [g for g in ("near", "far", "other") if (frame.ood_set == f"group:{g}").any()]
+    return ["all"] if groups in ([], ["other"]) else groups
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:

@@ -93,7 +93,7 @@ class ForeignClassifier(nn.Module):
             called = _called_in_order(model, probe)
             head_module = self._find_head(model, called, head)
             if head_module is not None:
-                self.head = head_module
+                self._head = (head_module,)  # not registered: its parameters once, as model's
                 self.features = _InputOf(model, head_module, flatten=True)
                 if _reproduces(logits, head_module(self.features(probe))):
                     provides.append("features")
@@ -143,6 +143,13 @@ class ForeignClassifier(nn.Module):
         before = modules[:modules.index(head)]
         pools = [m for m in before if isinstance(m, POOLS)]
         return pools[-1] if pools else None
+
+    @property
+    def head(self) -> nn.Module:
+        """The model's final linear layer (the detectors' `head`)."""
+        if not hasattr(self, "_head"):
+            raise AttributeError("the model has no final linear layer the detectors can use")
+        return self._head[0]
 
     @staticmethod
     def _name(model: nn.Module, module: nn.Module) -> str:
