@@ -80,7 +80,9 @@ def test_clean_aurocs_equal_pytorch_oods_and_attacks_never_help_the_detector(for
                                  values="auroc").dropna()  # vim: clean only
     # APGD on the score moves every input the detector's wrong way: never better than clean
     assert (attacked.ood_attacked <= attacked.clean + 1e-9).all()
+    assert (attacked.id_attacked <= attacked.clean + 1e-9).all()
     assert (attacked.both_attacked <= attacked.ood_attacked + 1e-9).all()
+    assert (attacked.both_attacked <= attacked.id_attacked + 1e-9).all()
     assert (attacked.both_attacked < attacked.clean).any()
     # a group is the mean of its sets
     for _, part in frame.groupby(["score", "setting"]):

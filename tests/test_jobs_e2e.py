@@ -81,7 +81,7 @@ def test_attack_on_every_detector_writes_tables_and_resumes(sweep, env):
     sets = {"gaussian_noise", "uniform_noise", "natural_patches"}
     assert set(frame.score) == scores and not frame.note.notna().any()
     assert set(frame.ood_set) == sets | {"group:other", "group:all"}
-    assert set(frame.setting) == {"clean", "ood_attacked", "both_attacked"}
+    assert set(frame.setting) == {"clean", "ood_attacked", "id_attacked", "both_attacked"}
     assert sorted(frame.eps.dropna().unique()) == [1 / 16, 1 / 8]
     assert (frame.auroc_lo <= frame.auroc + 1e-12).all()
     assert (frame.auroc <= frame.auroc_hi + 1e-12).all()
@@ -90,7 +90,9 @@ def test_attack_on_every_detector_writes_tables_and_resumes(sweep, env):
     clean = frame[frame.setting == "clean"].set_index(["score", "ood_set"]).auroc
     for eps in (1 / 16, 1 / 8):
         ood_hit, both = wide[("ood_attacked", eps)], wide[("both_attacked", eps)]
+        id_hit = wide[("id_attacked", eps)]
         assert (ood_hit <= clean + 1e-9).all() and (both <= ood_hit + 1e-9).all(), eps
+        assert (id_hit <= clean + 1e-9).all() and (both <= id_hit + 1e-9).all(), eps
         assert (both < clean).mean() > 0.5
     markdown = (out / "evaluation.md").read_text()
     assert "## ID -> gaussian_noise" in markdown and "eps 0.125: both" in markdown

@@ -209,9 +209,9 @@ def _setting(rows: pd.DataFrame, setting: str, eps: float | None = None) -> pd.D
 def evaluation_markdown(frame: pd.DataFrame, title: str, id_accuracy: float) -> str:
     """evaluation.md from `detector_frame`'s rows: first a row per detector with AUROC
     [95%] clean and, per eps, with both the ID and the OOD inputs attacked, for each group
-    of OOD sets (near, far, other where present; else all); then, per OOD set, AUROC / FPR95 clean,
-    with the OOD inputs attacked and with both attacked; then what was not attacked, and
-    why."""
+    of OOD sets (near, far, other where present; else all); then, per OOD set, AUROC /
+    FPR95 clean, with the OOD inputs attacked, the ID inputs attacked and both attacked;
+    then what was not attacked, and why."""
     eps_values = sorted(frame.eps.dropna().unique())
     groups = summary_groups(frame)
     lines = []
@@ -239,6 +239,7 @@ def evaluation_markdown(frame: pd.DataFrame, title: str, id_accuracy: float) -> 
             line = {"score": score, "clean": f"{clean.auroc:.3f} / {clean.fpr95:.3f}"}
             for eps in eps_values:
                 for setting, label in (("ood_attacked", "OOD attacked"),
+                                       ("id_attacked", "ID attacked"),
                                        ("both_attacked", "both")):
                     hit = _setting(part, setting, eps)
                     line[f"eps {eps_text(eps)}: {label}"] = (

@@ -7,7 +7,8 @@ For each score the model can serve (fitted on the split its method names), the I
 inputs and each OOD set are scored clean and attacked: for every eps, APGD on the score
 itself moves the OOD inputs to look in-distribution and the ID inputs to look OOD
 (`workloads.adversarial.detector_attacks`). A row per (score, OOD set, eps) holds AUROC and
-FPR95 clean, with the OOD inputs attacked and with both attacked, each with a 95% percentile
+FPR95 clean, with the OOD inputs attacked, with the ID inputs attacked and with both
+attacked (the three settings of ATD, Azizmalayeri et al. 2022), each with a 95% percentile
 bootstrap interval over the test inputs. Sets are grouped near / far where the ID dataset has
 a customary split (OpenOOD v1.5, Zhang et al. 2023: CIFAR-10 and CIFAR-100); a group's
 figure is the mean over its sets, its interval a bootstrap of that mean (the ID resample
@@ -32,7 +33,7 @@ from workloads.evaluation.uncertainty import _resample_counts, ood_metrics_of_we
 from workloads.scores import OOD_SCORES, OODScore, capabilities, fit_score
 
 ID = "id"  # the name of the in-distribution test inputs among the scored sets
-SETTINGS = ("clean", "ood_attacked", "both_attacked")
+SETTINGS = ("clean", "ood_attacked", "id_attacked", "both_attacked")
 # OpenOOD v1.5's near- and far-OOD sets (our names: dtd is Textures); others are "other".
 OPENOOD_GROUPS = {
     "cifar10": {"near": ("cifar100", "tinyimagenet"),
@@ -132,9 +133,9 @@ def detector_frame(model: nn.Module, plan: DetectorPlan, dataset: str, eps_value
                    seed: int = 0) -> pd.DataFrame:
     """The rows of the evaluation: per score, per OOD set and per group of sets (near, far,
     other, all: `ood_set` "group:<name>") and per setting: clean (eps NaN), then for each
-    eps ood_attacked and both_attacked (none for a score that is not attacked: the reason
-    in `note`): AUROC and FPR95 with their 95% intervals. `attacked` holds the score at
-    each attack's inputs (`attack_name`)."""
+    eps ood_attacked, id_attacked and both_attacked (ATD's three settings; none for a
+    score that is not attacked: the reason in `note`): AUROC and FPR95 with their 95%
+    intervals. `attacked` holds the score at each attack's inputs (`attack_name`)."""
     ood_sets = [k for k in plan.inputs if k != ID]
     units = {**{s: [s] for s in ood_sets}, **_groups(dataset, ood_sets)}
     rows = []
@@ -145,6 +146,7 @@ def detector_frame(model: nn.Module, plan: DetectorPlan, dataset: str, eps_value
             hit = {k: attacked[attack_name(name, k, eps)].double().numpy()
                    for k in (ID, *ood_sets)}
             settings += [(eps, "ood_attacked", clean[ID], hit),
+                         (eps, "id_attacked", hit[ID], clean),
                          (eps, "both_attacked", hit[ID], hit)]
         for eps, setting, id_values, ood in settings:
             for unit, members in units.items():
