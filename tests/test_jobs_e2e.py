@@ -88,6 +88,7 @@ def test_attack_on_every_detector_writes_tables_and_resumes(sweep, env):
     wide = frame.pivot_table(index=["score", "ood_set"], columns=["setting", "eps"],
                              values="auroc", dropna=False)
     clean = frame[frame.setting == "clean"].set_index(["score", "ood_set"]).auroc
+    clean = clean.reindex(wide.index)
     for eps in (1 / 16, 1 / 8):
         ood_hit, both = wide[("ood_attacked", eps)], wide[("both_attacked", eps)]
         id_hit = wide[("id_attacked", eps)]
