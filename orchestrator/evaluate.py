@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "the last nn.Linear the model calls")
     parser.add_argument("--dataset", required=True, help="the in-distribution dataset")
     parser.add_argument("--ood", nargs="+", metavar="SET",
-                        help="OOD sets to use (default: every one of the dataset present)")
+                        help="OOD sets to use: names, or folders of your own images (any "
+                             "depth; named by the folder) (default: the generated sets and "
+                             "every OOD set of the dataset present)")
     parser.add_argument("--scores", help="detectors joined by + (default: every one the "
                                          "model can serve)")
     parser.add_argument("--eps", type=lambda t: [parse_eps(p) for p in t.split(",")],
@@ -87,6 +89,8 @@ def _value(text: str):
 def main(args: argparse.Namespace) -> int:
     from orchestrator.jobs.evaluate_model import build_model, evaluate_model, load_weights
     from workloads.data import load_dataset
+    from workloads.data.image_folders import load_image_folder
+    from workloads.data.ood_sets import match_shape
     from workloads.models.foreign import ForeignClassifier
     from workloads.scores import OOD_SCORES
 
@@ -102,15 +106,23 @@ def main(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or os.environ.get("ROBUSTNESS_DATA_DIR", "data")
     generated = ("gaussian_noise", "uniform_noise", "natural_patches")
     wanted = args.ood or [*generated, *default_ood_sets(args.dataset)]
+    folders = [Path(s) for s in wanted if os.sep in s or Path(s).is_dir()]
+    for folder in folders:
+        if not folder.is_dir():
+            raise UsageError(f"--ood {folder}: not a directory")
+    names = [s for s in wanted if Path(s) not in folders]
     try:
         data = load_dataset(args.dataset, data_dir, ood_sets=tuple(
-            s for s in wanted if s not in generated))
+            s for s in names if s not in generated))
     except ValueError as error:
         raise UsageError(f"--ood: {error}" if args.ood else str(error)) from None
     for other, needs in data.skipped_ood.items():
         print(f"[evaluate] OOD set {other} is skipped: {needs} is not under {data_dir}",
               flush=True)
-    data.ood = {k: v for k, v in data.ood.items() if k in wanted}
+    data.ood = {k: v for k, v in data.ood.items() if k in names}
+    for folder in folders:  # a researcher's own OOD images, named by their folder
+        images = load_image_folder(folder, len(data.x_test), data.input_shape[1:])
+        data.ood[folder.resolve().name] = match_shape(images, data.input_shape)
     model = build_model(args.model, kwargs)
     provenance = {"model": args.model, "model_args": kwargs,
                   "checkpoint": str(args.checkpoint) if args.checkpoint else None,

@@ -36,20 +36,33 @@ def test_a_torchvision_resnet_is_evaluated_near_and_far_clean_and_attacked(
     import hashlib
 
     import torchvision
+    from PIL import Image
 
     torch.manual_seed(0)  # "trained elsewhere": random weights, saved as a state dict
     torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), tmp_path / "r18.pt")
+    own = tmp_path / "my_scans"  # the researcher's own OOD images: nested, mixed formats
+    (own / "batch2").mkdir(parents=True)
+    rng = torch.Generator().manual_seed(3)
+    for i in range(30):
+        pixels = (torch.rand(20, 24, 3, generator=rng) * 255).byte().numpy()
+        name = f"{i}.{'png' if i % 3 else 'jpg'}"
+        Image.fromarray(pixels).save(own / ("batch2" if i % 2 else "") / name)
+    (own / "notes.txt").write_text("not an image")
     out = tmp_path / "eval"
+    ood = ["--ood", "gaussian_noise", "uniform_noise", "natural_patches", "cifar100", "mnist",
+           "svhn", own]
     args = ["--model", "torchvision.models:resnet18", "--model-arg", "num_classes=10",
             "--checkpoint", tmp_path / "r18.pt", "--dataset", "cifar10", "--data-dir",
-            cifar_files, "--scores", "msp+energy+mahalanobis+vim", "--eps", "2/255",
+            cifar_files, *ood, "--scores", "msp+energy+mahalanobis+vim", "--eps", "2/255",
             "--steps", 3, "--n", 40, "--batch-size", 20, "--num-actors", 2,
             "--cpus-per-actor", 0.5, "--out", out]
     proc = evaluate(env, tmp_path, *args, "--wandb", "offline")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "OOD set svhn is skipped" in proc.stdout  # absent files: a note, not an error
     frame = pd.read_csv(out / "evaluation.csv")
-    assert {"cifar100", "mnist", "group:near", "group:far", "group:all"} <= set(frame.ood_set)
+    assert {"cifar100", "mnist", "my_scans", "group:near", "group:far", "group:other",
+            "group:all"} <= set(frame.ood_set)
+    assert set(frame[frame.ood_set == "my_scans"].group) == {"other"}
     assert set(frame[frame.ood_set == "cifar100"].group) == {"near"}
     assert set(frame[frame.ood_set == "mnist"].group) == {"far"}
     markdown = (out / "evaluation.md").read_text()
@@ -62,8 +75,10 @@ def test_a_torchvision_resnet_is_evaluated_near_and_far_clean_and_attacked(
         (tmp_path / "r18.pt").read_bytes()).hexdigest()
     assert summary["not_attacked"] == {"vim": "pytorch-ood scores without a graph "
                                               "(torch.no_grad)"}
-    # 3 attacked scores x (ID + 3 generated + 2 dataset sets) x 2 units of 20 inputs
-    assert (out / "evaluation.png").exists() and len(list((out / "units").glob("*.pt"))) == 36
+    assert summary["ood_sets"] == ["gaussian_noise", "uniform_noise", "natural_patches",
+                                   "cifar100", "mnist", "my_scans"]
+    # 3 attacked scores x (ID + 3 generated + 2 dataset sets + 1 folder) x 2 units of 20
+    assert (out / "evaluation.png").exists() and len(list((out / "units").glob("*.pt"))) == 42
     (run_dir,) = find_offline_runs(out)
     assert read_offline_run(run_dir).summary["id_accuracy"] == summary["id_accuracy"]
     assert list(run_dir.glob("files/media/table/evaluation_*.table.json"))
@@ -76,6 +91,7 @@ def test_a_torchvision_resnet_is_evaluated_near_and_far_clean_and_attacked(
 
 def test_bad_input_exits_2_in_one_line(cifar_files, env, tmp_path):
     torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "wrong.pt")
+    (tmp_path / "empty").mkdir()
     (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
     base = ["--dataset", "cifar10", "--data-dir", cifar_files, "--wandb", "disabled"]
     resnet = ["--model", "torchvision.models:resnet18", "--model-arg", "num_classes=10"]
@@ -87,6 +103,8 @@ def test_bad_input_exits_2_in_one_line(cifar_files, env, tmp_path):
         ([*resnet, "--head", "layer1", *base], "not nn.Linear"),
         ([*resnet, *base, "--ood", "no_such_set"], "no_such_set"),
         ([*resnet, *base, "--scores", "msp+no_such_score"], "unknown no_such_score"),
+        ([*resnet, *base, "--ood", tmp_path / "no" / "such_folder"], "not a directory"),
+        ([*resnet, *base, "--ood", tmp_path / "empty"], "holds no image files"),
     ]:
         proc = evaluate(env, tmp_path, *args)
         assert proc.returncode == 2, (words, proc.stderr[-2000:])

@@ -236,6 +236,20 @@ def load_lsun(data_dir: str | Path, n: int, size: tuple[int, int]) -> torch.Tens
 
 
 # OOD sets that are never trained on: name -> loader(data_dir, n, (H, W)) -> (n, C, h, w)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def load_image_folder(folder: str | Path, n: int, size: tuple[int, int]) -> torch.Tensor:
+    """A researcher's own OOD set: `n` of the image files under `folder` (any depth, sorted
+    by path, spread evenly over them), resized to `size`, (n, 3, H, W) in [0, 1]."""
+    root = Path(folder).expanduser()
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise DatasetUnreadableError(root.name, root, "holds no image files "
+                                     f"({', '.join(IMAGE_SUFFIXES)})")
+    return _image_batch(root.name, _spread(paths, n), size)
+
+
 OOD_ONLY_LOADERS = {TINY_IMAGENET: load_tiny_imagenet, "emnist": load_emnist_letters,
                     "dtd": load_dtd, "gtsrb": load_gtsrb, "places365": load_places365,
                     "inaturalist_plants": load_inaturalist_plants, "lsun": load_lsun}
