@@ -131,7 +131,16 @@ def main(args: argparse.Namespace) -> int:
     try:
         served = ForeignClassifier(model, data.x_train[:64], head=args.head)
     except (AttributeError, ValueError) as error:
-        raise UsageError(f"--head {args.head}: {error}") from None
+        what = f"--head {args.head}" if args.head else f"--model {args.model}"
+        raise UsageError(f"{what}: {error}") from None
+    except RuntimeError as error:  # e.g. channels or sizes the model was not built for
+        first = (str(error).strip().splitlines() or [""])[0][:300]
+        raise UsageError(f"--model {args.model}: fails on the inputs of {data.name}, shape "
+                         f"{tuple(data.x_train.shape[1:])} ({first})") from None
+    if served.num_logits != data.num_classes:
+        raise UsageError(f"--model {args.model}: returns {served.num_logits} logits, "
+                         f"{data.name} has {data.num_classes} classes (a --model-arg such as "
+                         f"num_classes={data.num_classes}?)")
     for part, why in served.unavailable.items():
         print(f"[evaluate] the model does not serve {part}: {why}", flush=True)
     scores = args.scores.split("+") if args.scores else None

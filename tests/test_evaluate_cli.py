@@ -104,6 +104,9 @@ def test_bad_input_exits_2_in_one_line(cifar_files, env, tmp_path):
         ([*resnet, *base, "--ood", "no_such_set"], "no_such_set"),
         ([*resnet, *base, "--scores", "msp+no_such_score"], "unknown no_such_score"),
         ([*resnet, *base, "--ood", tmp_path / "no" / "such_folder"], "not a directory"),
+        (["--model", "torchvision.models:resnet18", *base], "returns 1000 logits, cifar10 "
+                                                            "has 10 classes"),
+        ([*resnet, "--dataset", "digits", "--wandb", "disabled"], "fails on the inputs of digits"),
         ([*resnet, *base, "--ood", tmp_path / "empty"], "holds no image files"),
     ]:
         proc = evaluate(env, tmp_path, *args)

@@ -90,6 +90,10 @@ class ForeignClassifier(nn.Module):
         provides = ["logits"]
         with evaluating(model), torch.no_grad():
             logits = model(probe)
+            if logits.dim() != 2:
+                raise ValueError(f"the model returns a tensor of shape {tuple(logits.shape)}, "
+                                 f"not logits (batch x classes)")
+            self.num_logits = logits.shape[1]
             called = _called_in_order(model, probe)
             head_module = self._find_head(model, called, head)
             if head_module is not None:
