@@ -59,6 +59,7 @@ def test_a_torchvision_resnet_is_evaluated_near_and_far_clean_and_attacked(
     proc = evaluate(env, tmp_path, *args, "--wandb", "offline")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "OOD set svhn is skipped" in proc.stdout  # absent files: a note, not an error
+    assert "fitting detector 4/4: vim" in proc.stdout  # progress while the detectors fit
     frame = pd.read_csv(out / "evaluation.csv")
     assert {"cifar100", "mnist", "my_scans", "group:near", "group:far", "group:other",
             "group:all"} <= set(frame.ood_set)

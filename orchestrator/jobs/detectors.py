@@ -127,7 +127,8 @@ def attack_detectors(sweep_dir: Path, trial_id: str, model: nn.Module, data: Dat
     try:
         names = resolve_scores(model, scores or default_scores(model),
                                params if isinstance(params, dict) else {})
-        plan = plan_detectors(model, data, list(names), names, config["eps"], n)
+        plan = plan_detectors(model, data, list(names), names, config["eps"], n,
+                              progress=lambda text: print(f"[attack] {text}", flush=True))
     except ValueError as error:
         raise UsageError(str(error)) from None
     name = f"{trial_id}-ood"

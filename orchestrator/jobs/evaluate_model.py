@@ -82,7 +82,8 @@ def evaluate_model(model: nn.Module, data, provenance: dict[str, Any], out: Path
     from orchestrator.tracking import runs
 
     try:
-        plan = plan_detectors(model, data, scores or servable_scores(model), {}, eps_values, n)
+        plan = plan_detectors(model, data, scores or servable_scores(model), {}, eps_values, n,
+                              progress=lambda text: print(f"[evaluate] {text}", flush=True))
     except ValueError as error:
         raise UsageError(str(error)) from None
     out.mkdir(parents=True, exist_ok=True)

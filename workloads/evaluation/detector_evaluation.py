@@ -29,6 +29,7 @@ from torch import nn
 
 from workloads.adversarial.detector_attacks import ScoreAttack, attack_serially
 from workloads.evaluation.metrics import ood_metrics
+from workloads.evaluation.ood_evaluation import no_progress
 from workloads.evaluation.uncertainty import _resample_counts, ood_metrics_of_weights
 from workloads.scores import OOD_SCORES, OODScore, capabilities, fit_score
 
@@ -71,16 +72,18 @@ def attack_name(score: str, inputs: str, eps: float) -> str:
 
 
 def plan_detectors(model: nn.Module, data, names: list[str], params: dict[str, dict],
-                   eps_values: list[float], n: int) -> DetectorPlan:
+                   eps_values: list[float], n: int,
+                   progress: Callable[[str], None] = no_progress) -> DetectorPlan:
     """Fit the scores `names` on `data` (a `workloads.data.Dataset`; a score that cannot be
     fitted on this model is recorded in `failed` with its error, and the rest go on; none
     fitted: ValueError) and list the attacks: for each differentiable score and eps, the
-    ID inputs pushed down and each OOD set pushed up."""
+    ID inputs pushed down and each OOD set pushed up. `progress` is told each fit."""
     inputs = {ID: data.x_test[:n], **{k: v[:n] for k, v in data.ood.items()}}
     if len(inputs) == 1:
         raise ValueError(f"dataset '{data.name}' has no OOD sets to evaluate detectors on")
     scores, failed = {}, {}
-    for name in names:
+    for i, name in enumerate(names):
+        progress(f"fitting detector {i + 1}/{len(names)}: {name}")
         try:
             scores[name] = fit_score(name, params.get(name, {}), model, data)
         except Exception as error:  # one detector's failure is reported, the rest run
