@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "every OOD set of the dataset present)")
     parser.add_argument("--scores", help="detectors joined by + (default: every one the "
                                          "model can serve)")
-    parser.add_argument("--eps", type=lambda t: [parse_eps(p) for p in t.split(",")],
+    parser.add_argument("--eps", type=lambda t: list(dict.fromkeys(parse_eps(p)
+                                                                    for p in t.split(","))),
                         default=[1 / 255, 4 / 255], help="attack radii (L-inf), comma "
                                                          "separated (default: 1/255,4/255)")
     parser.add_argument("--steps", type=int, default=100, help="APGD steps (default 100)")
@@ -75,7 +76,7 @@ def default_ood_sets(dataset: str) -> list[str]:
 
 
 def _value(text: str):
-    """int, float, bool or text; comma-separated: a tuple of those (e.g. a shape)."""
+    """int, float, bool, None or text; comma-separated: a tuple of those (e.g. a shape)."""
     if "," in text:
         return tuple(_value(part.strip()) for part in text.split(",") if part.strip())
     for kind in (int, float):
@@ -83,13 +84,14 @@ def _value(text: str):
             return kind(text)
         except ValueError:
             pass
-    return {"true": True, "false": False}.get(text.lower(), text)
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
 
 
 def main(args: argparse.Namespace) -> int:
     from orchestrator.jobs.evaluate_model import build_model, evaluate_model, load_weights
     from workloads.data import load_dataset
-    from workloads.data.image_folders import load_image_folder
+    from workloads.data.dataset import IMAGE_DATASETS
+    from workloads.data.image_folders import OOD_ONLY_LOADERS, load_image_folder
     from workloads.data.ood_sets import match_shape
     from workloads.models.foreign import ForeignClassifier
     from workloads.scores import OOD_SCORES
@@ -106,11 +108,18 @@ def main(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or os.environ.get("ROBUSTNESS_DATA_DIR", "data")
     generated = ("gaussian_noise", "uniform_noise", "natural_patches")
     wanted = args.ood or [*generated, *default_ood_sets(args.dataset)]
-    folders = [Path(s) for s in wanted if os.sep in s or Path(s).is_dir()]
-    for folder in folders:
+    named = {*generated, *IMAGE_DATASETS, *OOD_ONLY_LOADERS}
+    folders = {s: Path(s).expanduser() for s in wanted
+               if s not in named and (os.sep in s or s.startswith("~") or Path(s).is_dir())}
+    for text, folder in folders.items():
         if not folder.is_dir():
-            raise UsageError(f"--ood {folder}: not a directory")
-    names = [s for s in wanted if Path(s) not in folders]
+            raise UsageError(f"--ood {text}: not a directory")
+    names = [s for s in wanted if s not in folders]
+    folder_names = [folder.resolve().name for folder in folders.values()]
+    clash = [f for f in folder_names if folder_names.count(f) > 1 or f in names or f == "id"]
+    if clash:
+        raise UsageError(f"--ood: folder name {clash[0]} is given twice, is a set's name or is "
+                         f"'id'; rename the folder")
     try:
         data = load_dataset(args.dataset, data_dir, ood_sets=tuple(
             s for s in names if s not in generated))
@@ -120,9 +129,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"[evaluate] OOD set {other} is skipped: {needs} is not under {data_dir}",
               flush=True)
     data.ood = {k: v for k, v in data.ood.items() if k in names}
-    for folder in folders:  # a researcher's own OOD images, named by their folder
+    for name, folder in zip(folder_names, folders.values()):  # one's own OOD images
         images = load_image_folder(folder, len(data.x_test), data.input_shape[1:])
-        data.ood[folder.resolve().name] = match_shape(images, data.input_shape)
+        data.ood[name] = match_shape(images, data.input_shape)
     model = build_model(args.model, kwargs)
     provenance = {"model": args.model, "model_args": kwargs,
                   "checkpoint": str(args.checkpoint) if args.checkpoint else None,

@@ -94,11 +94,36 @@ def test_clean_aurocs_equal_pytorch_oods_and_attacks_never_help_the_detector(for
     assert set(frame[frame.score == "vim"].setting) == {"clean"}
 
 
+def test_a_model_in_train_mode_is_evaluated_in_eval_mode_and_left_as_found(foreign):
+    """The in-process attacks (a notebook's path) run the model in eval mode: batch norm's
+    running statistics are not updated by APGD's forward passes, dropout is off; an eps given
+    twice is one attack."""
+    model, data = foreign
+    model.train()
+    try:
+        before = [(type(m).__name__, flag) for m, flag in module_modes(model)]
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        evaluation = evaluate_detectors(model, data, ["msp", "energy"], eps_values=[0.05, 0.05],
+                                        n=40, attack_config={"steps": 3}, resamples=50)
+        assert [(type(m).__name__, flag) for m, flag in module_modes(model)] == before
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    finally:
+        model.eval()
+    assert list(evaluation.frame.eps.dropna().unique()) == [0.05]
+    assert len(evaluation.frame[(evaluation.frame.setting == "both_attacked")
+                                & (evaluation.frame.ood_set == "group:all")]) == 2
+
+
 def test_a_score_that_fails_on_the_model_is_named_and_the_rest_run(foreign):
     model, data = foreign
     evaluation = evaluate_detectors(model, data, ["msp", "knn"], n=60,
                                     params={"knn": {"k": 10**6}})
     assert list(evaluation.failed) == ["knn"] and "exceeds" in evaluation.failed["knn"]
+    logits_only = ForeignClassifier(model.model, data.x_train[:32], head=None)
+    logits_only.provides = ("logits",)  # as a model whose features do not reproduce its logits
+    partial = evaluate_detectors(logits_only, data, ["msp", "mahalanobis"], n=60)
+    assert partial.failed == {"mahalanobis": "needs features, which this model does not serve"}
+    assert set(partial.frame.score) == {"msp"}
     assert set(evaluation.frame.score) == {"msp"}
     assert "msp" in servable_scores(model) and "log_px" not in servable_scores(model)
     assert isinstance(evaluation.frame, pd.DataFrame) and np.isfinite(evaluation.frame.auroc).all()

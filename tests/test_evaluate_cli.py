@@ -93,6 +93,8 @@ def test_a_torchvision_resnet_is_evaluated_near_and_far_clean_and_attacked(
 def test_bad_input_exits_2_in_one_line(cifar_files, env, tmp_path):
     torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "wrong.pt")
     (tmp_path / "empty").mkdir()
+    (tmp_path / "a" / "scans").mkdir(parents=True)
+    (tmp_path / "b" / "scans").mkdir(parents=True)
     (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
     base = ["--dataset", "cifar10", "--data-dir", cifar_files, "--wandb", "disabled"]
     resnet = ["--model", "torchvision.models:resnet18", "--model-arg", "num_classes=10"]
@@ -109,6 +111,8 @@ def test_bad_input_exits_2_in_one_line(cifar_files, env, tmp_path):
                                                             "has 10 classes"),
         ([*resnet, "--dataset", "digits", "--wandb", "disabled"], "fails on the inputs of digits"),
         ([*resnet, *base, "--ood", tmp_path / "empty"], "holds no image files"),
+        ([*resnet, *base, "--ood", tmp_path / "a" / "scans", tmp_path / "b" / "scans"],
+         "folder name scans is given twice"),
     ]:
         proc = evaluate(env, tmp_path, *args)
         assert proc.returncode == 2, (words, proc.stderr[-2000:])

@@ -76,6 +76,21 @@ def test_what_a_model_cannot_serve_is_named():
     with pytest.raises(ValueError, match="not nn.Linear"):
         ForeignClassifier(Scaled(), x, head="body")
 
+    class PerToken(nn.Module):  # the head applied to each row, then averaged
+        def __init__(self):
+            super().__init__()
+            self.out, self.unused = nn.Linear(32, 10), nn.Linear(32, 10)
+
+        def forward(self, x):
+            return self.out(x.mean(1)).mean(1)
+
+    tokens = ForeignClassifier(PerToken(), x)
+    assert tokens.provides == ("logits",) and not hasattr(tokens, "features")
+    assert "has shape (4, 32, 32), not batch x features" in tokens.unavailable["features"]
+    assert "needs the features" in tokens.unavailable["feature_maps"]
+    with pytest.raises(ValueError, match="not called by the model's forward"):
+        ForeignClassifier(PerToken(), x, head="unused")
+
 
 def test_detectors_on_a_foreign_model_with_dropout_and_batch_norm_leave_it_as_found():
     torch.manual_seed(1)

@@ -18,6 +18,7 @@ from torch import nn
 
 from workloads.adversarial import unit_seed
 from workloads.adversarial.attacks import apgd_on_score
+from workloads.models.modes import evaluating
 
 
 @dataclass
@@ -35,13 +36,15 @@ class ScoreAttack:
 def score_attack_unit(model: nn.Module, score, x: torch.Tensor, direction: int, eps: float,
                       start: int, config: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """One unit of a `ScoreAttack` (its inputs from index `start`, on the model's device):
-    the attacked inputs and the score at them. `config`: `steps` (APGD iterations, 100),
-    `norm` ("Linf") and `seed` (0)."""
-    x_adv = apgd_on_score(lambda z: score.forward(model, z), x, eps, direction,
-                          config.get("steps", 100), config.get("norm", "Linf"),
-                          generator=torch.Generator().manual_seed(
-                              unit_seed(config.get("seed", 0), start)))
-    return x_adv, score(model, x_adv)
+    the attacked inputs and the score at them, the model in eval mode (each module's mode
+    put back after). `config`: `steps` (APGD iterations, 100), `norm` ("Linf") and `seed`
+    (0)."""
+    with evaluating(model):
+        x_adv = apgd_on_score(lambda z: score.forward(model, z), x, eps, direction,
+                              config.get("steps", 100), config.get("norm", "Linf"),
+                              generator=torch.Generator().manual_seed(
+                                  unit_seed(config.get("seed", 0), start)))
+        return x_adv, score(model, x_adv)
 
 
 def attack_serially(model: nn.Module, attacks: list[ScoreAttack], scores: dict[str, Any],

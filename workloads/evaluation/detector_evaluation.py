@@ -78,12 +78,20 @@ def plan_detectors(model: nn.Module, data, names: list[str], params: dict[str, d
     fitted on this model is recorded in `failed` with its error, and the rest go on; none
     fitted: ValueError) and list the attacks: for each differentiable score and eps, the
     ID inputs pushed down and each OOD set pushed up. `progress` is told each fit."""
+    eps_values = list(dict.fromkeys(eps_values))  # an eps given twice is one attack
+    if ID in data.ood:
+        raise ValueError(f"an OOD set may not be named '{ID}' (the ID test inputs' name)")
     inputs = {ID: data.x_test[:n], **{k: v[:n] for k, v in data.ood.items()}}
     if len(inputs) == 1:
         raise ValueError(f"dataset '{data.name}' has no OOD sets to evaluate detectors on")
     scores, failed = {}, {}
+    offered = capabilities(model)
     for i, name in enumerate(names):
         progress(f"fitting detector {i + 1}/{len(names)}: {name}")
+        missing = sorted(set(OOD_SCORES[name].requires) - offered) if name in OOD_SCORES else []
+        if missing:
+            failed[name] = f"needs {', '.join(missing)}, which this model does not serve"
+            continue
         try:
             scores[name] = fit_score(name, params.get(name, {}), model, data)
         except Exception as error:  # one detector's failure is reported, the rest run
@@ -139,6 +147,7 @@ def detector_frame(model: nn.Module, plan: DetectorPlan, dataset: str, eps_value
     eps ood_attacked, id_attacked and both_attacked (ATD's three settings; none for a
     score that is not attacked: the reason in `note`): AUROC and FPR95 with their 95%
     intervals. `attacked` holds the score at each attack's inputs (`attack_name`)."""
+    eps_values = list(dict.fromkeys(eps_values))
     ood_sets = [k for k in plan.inputs if k != ID]
     units = {**{s: [s] for s in ood_sets}, **_groups(dataset, ood_sets)}
     rows = []

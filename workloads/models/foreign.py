@@ -97,15 +97,23 @@ class ForeignClassifier(nn.Module):
             called = _called_in_order(model, probe)
             head_module = self._find_head(model, called, head)
             if head_module is not None:
-                self._head = (head_module,)  # not registered: its parameters once, as model's
-                self.features = _InputOf(model, head_module, flatten=True)
-                if _reproduces(logits, head_module(self.features(probe))):
-                    provides.append("features")
-                else:
+                features = _InputOf(model, head_module, flatten=False)(probe)
+                if features.dim() != 2:
+                    self.unavailable["features"] = (
+                        f"the input of its last linear layer "
+                        f"({self._name(model, head_module)}) has shape "
+                        f"{tuple(features.shape)}, not batch x features")
+                elif not _reproduces(logits, head_module(features)):
                     self.unavailable["features"] = (
                         f"the model changes the output of its last linear layer "
                         f"({self._name(model, head_module)}) before returning it")
+                else:
+                    self._head = (head_module,)  # not registered: its parameters once
+                    self.features = _InputOf(model, head_module, flatten=True)
+                    provides.append("features")
             pool = self._find_pool(called, head_module)
+            if "features" not in provides and "feature_maps" not in self.unavailable:
+                self.unavailable["feature_maps"] = "needs the features, which it does not serve"
             if head_module is not None and "features" in provides:
                 if pool is None:
                     self.unavailable["feature_maps"] = ("no pooling module is called before "
@@ -131,6 +139,8 @@ class ForeignClassifier(nn.Module):
             module = model.get_submodule(name)  # AttributeError names a missing module
             if not isinstance(module, nn.Linear):
                 raise ValueError(f"head '{name}' is a {type(module).__name__}, not nn.Linear")
+            if all(m is not module for _, m in called):
+                raise ValueError(f"head '{name}' is not called by the model's forward")
             return module
         linears = [m for _, m in called if isinstance(m, nn.Linear)]
         if not linears:
