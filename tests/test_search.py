@@ -103,6 +103,57 @@ def test_rungs_are_rays_asha_rungs(max_t, grace, factor):
     assert ours == rays
 
 
+class StoppingController:
+    """What Ray's `TuneController.stop_trial` does to the scheduler, and nothing else: a
+    paused or pending trial is removed (`on_trial_remove`), a running one completed
+    (`on_trial_complete`); either ends TERMINATED."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+
+    def stop_trial(self, trial):
+        from ray.tune.experiment import Trial
+
+        if trial.status in (Trial.PENDING, Trial.PAUSED):
+            self.scheduler.on_trial_remove(self, trial)
+        elif trial.status == Trial.RUNNING:
+            self.scheduler.on_trial_complete(self, trial, trial.last_result)
+        trial.set_status(Trial.TERMINATED)
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_hyperband_stops_paused_trials_when_the_last_one_ends_without_a_result(fixed):
+    """Ray's HyperBandScheduler (max_t 9, factor 3: the first three trials form a bracket
+    run to epoch 9). Two reach epoch 9 and are paused to wait for the third; the third
+    returns as it reports its last epoch, so Tune stops it. Ray's scheduler leaves the two
+    paused with nothing to run (the sweep hung in CI); ours stops them."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import HyperBandScheduler, TrialScheduler
+
+    from orchestrator.tune.search import hyperband_scheduler
+
+    cls = hyperband_scheduler() if fixed else HyperBandScheduler
+    scheduler = cls(time_attr="epoch", max_t=9, reduction_factor=3, metric="val_acc",
+                    mode="max")
+    controller = StoppingController(scheduler)
+    trials = [Trial("__fake", stub=True, trial_id=f"t{i}") for i in range(3)]
+    for trial in trials:
+        scheduler.on_trial_add(controller, trial)
+        trial.set_status(Trial.RUNNING)
+    for trial in trials[:2]:
+        decision = scheduler.on_trial_result(controller, trial, {"epoch": 9, "val_acc": 0.9})
+        assert decision == TrialScheduler.PAUSE
+        trial.set_status(Trial.PAUSED)
+    trials[2].update_last_result({"epoch": 9, "val_acc": 0.8})
+    controller.stop_trial(trials[2])
+    statuses = [trial.status for trial in trials]
+    if fixed:
+        assert statuses == [Trial.TERMINATED] * 3
+    else:  # Ray's own: waits forever
+        assert statuses[:2] == [Trial.PAUSED] * 2
+        assert scheduler.choose_trial_to_run(controller) is None
+
+
 def test_pbt_explores_within_the_distributions_through_rays_own_explore_step():
     import random
 

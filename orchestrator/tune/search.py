@@ -197,8 +197,8 @@ def trial_scheduler(search: Search, profile: Profile):
             time_attr="epoch", max_t=search.max_t, grace_period=search.grace_period,
             reduction_factor=search.reduction_factor or 4)
     if search.scheduler == "hyperband":
-        return schedulers.HyperBandScheduler(time_attr="epoch", max_t=search.max_t,
-                                             reduction_factor=search.reduction_factor or 3)
+        return hyperband_scheduler()(time_attr="epoch", max_t=search.max_t,
+                                     reduction_factor=search.reduction_factor or 3)
     if search.scheduler == "pbt":
         mutations = {k: list(d.args) if d.kind == "choice" else sampler(d)
                      for k, d in profile.search.items()}  # a list: PBT shifts along it
@@ -207,6 +207,36 @@ def trial_scheduler(search: Search, profile: Profile):
             hyperparam_mutations=mutations, synch=False,
             custom_explore_fn=WithinDistributions(profile.search))
     return None
+
+
+def hyperband_scheduler():
+    """Ray's `HyperBandScheduler`, with one fix. A trial paused at its bracket's milestone
+    waits for the bracket's other trials; when the last of them ends without its final
+    result reaching `on_trial_result` (its function returned as it reported, so Tune stops
+    it and calls `on_trial_remove`), Ray does not process the bracket (it is finished, or
+    was halved once before: `is_being_processed` is never reset), so the paused trials are
+    never stopped nor resumed and the sweep waits forever (Ray 2.60; seen in CI with
+    hyperopt under hyperband). Here a removed trial always gets its bracket processed,
+    outside the processing it may itself be part of."""
+    from ray.tune.schedulers import HyperBandScheduler
+
+    class HyperBand(HyperBandScheduler):
+        _processing = False
+
+        def _process_bracket(self, tune_controller, bracket) -> str:
+            self._processing = True
+            try:
+                return super()._process_bracket(tune_controller, bracket)
+            finally:
+                self._processing = False
+
+        def on_trial_remove(self, tune_controller, trial) -> None:
+            bracket, _ = self._trial_info[trial]
+            bracket.cleanup_trial(trial)
+            if not self._processing:
+                self._process_bracket(tune_controller, bracket)
+
+    return HyperBand
 
 
 class WithinDistributions:
