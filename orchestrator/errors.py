@@ -7,6 +7,12 @@ EXIT_NO_RESULTS = 3  # nothing to show: no trial of the sweep completed (all div
 
 
 
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of an error's message (empty for an error without one), cut to
+    `limit` characters: what a one-line report of it shows."""
+    return (str(error).strip().splitlines() or [""])[0][:limit]
+
+
 class UsageError(ValueError):
     """Bad input to a command (a flag, a key, a file, a directory): the command prints one
     line naming it and exits with code 2, with no traceback (`orchestrator.cli`)."""

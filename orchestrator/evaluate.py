@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from orchestrator.cli import add_job_arguments, parse_eps, pool_arguments, run_command
-from orchestrator.errors import UsageError
+from orchestrator.errors import UsageError, first_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,9 +143,8 @@ def main(args: argparse.Namespace) -> int:
         what = f"--head {args.head}" if args.head else f"--model {args.model}"
         raise UsageError(f"{what}: {error}") from None
     except RuntimeError as error:  # e.g. channels or sizes the model was not built for
-        first = (str(error).strip().splitlines() or [""])[0][:300]
         raise UsageError(f"--model {args.model}: fails on the inputs of {data.name}, shape "
-                         f"{tuple(data.x_train.shape[1:])} ({first})") from None
+                         f"{tuple(data.x_train.shape[1:])} ({first_line(error)})") from None
     if served.num_logits != data.num_classes:
         raise UsageError(f"--model {args.model}: returns {served.num_logits} logits, "
                          f"{data.name} has {data.num_classes} classes (a --model-arg such as "

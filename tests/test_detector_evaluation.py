@@ -160,3 +160,21 @@ def test_one_of_our_classifiers_served_by_hooks_scores_as_it_does_natively():
     same = native.frame.score != "mahalanobis_lee"
     pd.testing.assert_frame_equal(native.frame[same], hooked.frame[same], rtol=1e-6)
     assert not native.frame[~same].auroc.equals(hooked.frame[~same].auroc)
+
+
+def test_a_detector_failing_without_a_message_is_named_too(foreign, monkeypatch):
+    """An error with an empty message (e.g. a bare `RuntimeError()`) is reported by its
+    type, and the rest run (it used to escape as an IndexError)."""
+    import workloads.evaluation.detector_evaluation as evaluation
+
+    fit = evaluation.fit_score
+
+    def fit_or_fail(name, *args):
+        if name == "energy":
+            raise RuntimeError()
+        return fit(name, *args)
+
+    monkeypatch.setattr(evaluation, "fit_score", fit_or_fail)
+    model, data = foreign
+    result = evaluate_detectors(model, data, ["msp", "energy"], n=40, resamples=50)
+    assert result.failed == {"energy": "RuntimeError: "} and set(result.frame.score) == {"msp"}

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from orchestrator.errors import UsageError
+from orchestrator.errors import UsageError, first_line
 from workloads.evaluation.detector_evaluation import (
     plan_detectors,
     servable_scores,
@@ -54,9 +54,8 @@ def load_weights(model: nn.Module, path: Path) -> str:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        detail = (str(error).strip().splitlines() or [""])[0][:200]
         raise UsageError(f"--checkpoint {path}: cannot be read safely "
-                         f"({type(error).__name__}: {detail})") from None
+                         f"({type(error).__name__}: {first_line(error, 200)})") from None
     if isinstance(state, dict):
         state = state.get("state_dict", state.get("model", state))
     try:

@@ -95,7 +95,8 @@ def plan_detectors(model: nn.Module, data, names: list[str], params: dict[str, d
         try:
             scores[name] = fit_score(name, params.get(name, {}), model, data)
         except Exception as error:  # one detector's failure is reported, the rest run
-            failed[name] = f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"
+            first = (str(error).strip().splitlines() or [""])[0]  # an error may have none
+            failed[name] = f"{type(error).__name__}: {first}"
     if not scores:
         raise ValueError("no detector could be fitted on this model: " + "; ".join(
             f"{name}: {why}" for name, why in failed.items()) if failed else
@@ -161,14 +162,17 @@ def detector_frame(model: nn.Module, plan: DetectorPlan, dataset: str, eps_value
                          (eps, "id_attacked", hit[ID], clean),
                          (eps, "both_attacked", hit[ID], hit)]
         for eps, setting, id_values, ood in settings:
+            figures = {}  # per member list: a group of one set, or "all" = "other", once
             for unit, members in units.items():
+                if tuple(members) not in figures:
+                    figures[tuple(members)] = _figures(id_values, [ood[s] for s in members],
+                                                       resamples, seed)
                 rows.append({"score": name, "ood_set": unit,
                              "group": (ood_group(dataset, unit) if unit in ood_sets
                                        else unit.split(":")[1]),
                              "eps": eps, "setting": setting, "n_sets": len(members),
                              "note": plan.not_attacked.get(name, ""),
-                             **_figures(id_values, [ood[s] for s in members], resamples,
-                                        seed)})
+                             **figures[tuple(members)]})
     return pd.DataFrame(rows)
 
 
