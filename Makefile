@@ -17,12 +17,18 @@ setup: $(VENV)/.installed
 sweep: setup
 	$(PY) -m orchestrator.sweep $(SWEEP) $(ARGS)
 
+# Two pytest workers (one per core: Ray's start-up and the trials' waits leave a serial run's
+# CPU idle half the time), whole modules per worker, then the tests marked `alone` by
+# themselves. Both parts always run; the exit status is the worse of the two.
 test: setup
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
+	status=0; \
+	$(PY) -m pytest -n 2 --dist loadscope -m "not alone" || status=$$?; \
+	$(PY) -m pytest -m alone || status=$$?; \
+	exit $$status
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n 2 --dist loadscope -m "not slow and not alone"
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -62,10 +62,12 @@ def free_port() -> int:
 
 
 def kill_when_running(pattern: str, timeout: float = 60.0):
-    """Start a thread that SIGKILLs, for real, the first process whose command line holds
-    `pattern` (e.g. `RayTrainWorker`) once one exists. A process that has left by the time
-    of the kill is tolerated: the thread looks again. Returns the thread and the list that
-    receives the killed pid."""
+    """Start a thread that SIGKILLs, for real, the first process of this test whose command
+    line holds `pattern` (e.g. `RayTrainWorker`) once one exists. Only this process's
+    descendants are candidates (the Ray nodes a test starts, their workers, its commands'
+    processes): a test running beside it in another pytest worker keeps its own. A process
+    that has left by the time of the kill is tolerated: the thread looks again. Returns the
+    thread and the list that receives the killed pid."""
     import threading
     import time
 
@@ -76,14 +78,14 @@ def kill_when_running(pattern: str, timeout: float = 60.0):
     def kill() -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
-            for proc in psutil.process_iter(["pid", "cmdline"]):
-                if pattern in " ".join(proc.info["cmdline"] or []):
-                    try:
+            for proc in psutil.Process().children(recursive=True):
+                try:
+                    if pattern in " ".join(proc.cmdline()):
                         proc.kill()
-                    except psutil.NoSuchProcess:
-                        continue
-                    killed.append(proc.info["pid"])
-                    return
+                        killed.append(proc.pid)
+                        return
+                except psutil.NoSuchProcess:
+                    continue
             time.sleep(0.05)
 
     thread = threading.Thread(target=kill, daemon=True)
@@ -199,3 +201,14 @@ def assert_model_unchanged(model, before):
     assert set(tensors) == set(before[1]), "parameters or buffers added or removed"
     changed = [n for n, t in tensors.items() if not torch.equal(t, before[1][n])]
     assert not changed, f"changed: {changed}"
+
+
+def pytest_collection_modifyitems(items):
+    """The modules that hold slow tests first (a stable sort; the order within a module is
+    kept): `make test`'s two workers take whole modules, the long ones early, and end
+    together on the short ones."""
+    def module(item):
+        return item.nodeid.split("::")[0]
+
+    slow = {module(item) for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: module(item) not in slow)

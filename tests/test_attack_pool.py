@@ -26,7 +26,7 @@ def setup():
     data = load_digits()
     model = MLPClassifier(data.input_shape, 10, width=64)
     fit_classifier(model, data.x_train, data.y_train, epochs=10)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield model.eval(), data.x_test[:160], data.y_test[:160]
     ray.shutdown()
 

@@ -103,7 +103,7 @@ def test_tune_calls_get_state_at_its_snapshots_and_retention_prunes(tmp_path, mo
             time.sleep(0.4)
 
     retention = CheckpointRetention(keep=3)
-    ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR")
     try:
         tune.Tuner(trainable, run_config=tune.RunConfig(
             name="retention", storage_path=str(tmp_path / "store"), callbacks=[retention],

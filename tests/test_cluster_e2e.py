@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from conftest import kill_when_running
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.alone]  # Ray outside private dirs, `ray stop`
 SMOKE_TRIALS = {(16, "ffn"), (16, "gffn"), (128, "ffn"), (128, "gffn")}  # the smoke grid
 
 

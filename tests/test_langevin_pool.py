@@ -25,7 +25,7 @@ CONFIG = {"steps": 30, "eta": 1e-3, "eps": 0.05, "seed": 4, "chains_per_unit": 1
 def setup():
     torch.manual_seed(0)
     model = DIGLM(build_flow("vector", (1, 8, 8), levels=17, num_couplings=2, hidden=16), 10)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield model.eval(), load_digits().x_test[:40]
     ray.shutdown()
 
