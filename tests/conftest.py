@@ -18,16 +18,62 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.pop("RAY_ADDRESS", None)
 
 
+def subprocess_env(home: Path, ray_tmp: str) -> dict:
+    """Environment for a command subprocess: offline W&B writing under `home`, no cluster
+    address, no user key, Ray's temp dir `ray_tmp`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "RAY_"))}
+    env.update(WANDB_MODE="offline", WANDB_DIR=str(home), HOME=str(home),
+               PYTHONPATH=str(ROOT), RAY_TMPDIR=ray_tmp)
+    return env
+
+
 @pytest.fixture
 def sweep_env(tmp_path):
-    """Environment for a sweep subprocess: offline W&B, no cluster address, no user key,
-    and a private Ray temp dir (short: Ray's socket paths must stay under 108 bytes)."""
+    """Environment for a sweep subprocess, with a private Ray temp dir (short: Ray's socket
+    paths must stay under 108 bytes)."""
     ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "RAY_"))}
-    env.update(WANDB_MODE="offline", WANDB_DIR=str(tmp_path), HOME=str(tmp_path),
-               PYTHONPATH=str(ROOT), RAY_TMPDIR=ray_tmp)
-    yield env
+    yield subprocess_env(tmp_path, ray_tmp)
     shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def made_once(name: str, tmp_path_factory, make) -> Path:
+    """The directory `make(directory)` fills, made once per test run: the first test to ask
+    (in any pytest worker) makes it, the others wait for it, and all read it, never change
+    it. For a run that tests in several modules check from different sides: the same
+    model is not trained twice. A `make` that fails is tried again by the next test."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the test run's directory, which its workers share
+    directory = base / f"made-once-{name}"
+    with FileLock(f"{directory}.lock"):
+        if not (directory / ".made").exists():
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir()
+            make(directory)
+            (directory / ".made").touch()
+    return directory
+
+
+@pytest.fixture(scope="session")
+def alpha_diglm_ddp_sweep(tmp_path_factory):
+    """(console output, sweep directory) of the alpha_diglm smoke sweep on Ray Train's path
+    (2 gloo DDP workers, W&B offline), made once: test_generative_e2e checks its models and
+    OOD stage, test_storage_s3 compares the same sweep run on S3 with it."""
+    def make(directory: Path) -> None:
+        ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+        try:
+            proc = command("sweep", "alpha_diglm", "--profile", "smoke", "--num-workers", 2,
+                           "--wandb", "offline", "--storage", directory / "runs",
+                           env=subprocess_env(directory, ray_tmp), cwd=directory)
+        finally:
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+        (directory / "stdout.txt").write_text(proc.stdout)
+
+    directory = made_once("alpha_diglm_ddp", tmp_path_factory, make)
+    (sweep_dir,) = (directory / "runs").glob("alpha_diglm-smoke-*")
+    return (directory / "stdout.txt").read_text(), sweep_dir
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +88,14 @@ def env(tmp_path_factory):
     shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def command(module: str, *args, env: dict, timeout: float = 600, check: bool = True):
+def command(module: str, *args, env: dict, timeout: float = 600, check: bool = True,
+            cwd: Path | None = None):
     """Run `python -m orchestrator.<module> ARGS`; with `check`, assert it exits 0 (showing
     the output's tail if not)."""
     import subprocess
 
     proc = subprocess.run([sys.executable, "-m", f"orchestrator.{module}", *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=timeout)
+                          capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc

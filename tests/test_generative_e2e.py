@@ -109,10 +109,11 @@ def test_alpha_flow_smoke_with_class_anomaly_option(tmp_path, sweep_env):
     assert len(list((results / "plots").glob("diagnostic_*.png"))) == 2
 
 
-def test_alpha_diglm_smoke_on_ray_train_ddp_keeps_checkpoints(tmp_path, sweep_env):
-    proc, sweep_dir, table, ood = run_sweep(tmp_path, sweep_env, "alpha_diglm",
-                                            "--num-workers", "2", "--wandb", "offline")
-    assert "TorchTrainer, 2 workers" in proc.stdout
+def test_alpha_diglm_smoke_on_ray_train_ddp_keeps_checkpoints(alpha_diglm_ddp_sweep):
+    stdout, sweep_dir = alpha_diglm_ddp_sweep  # conftest: `--num-workers 2 --wandb offline`
+    table = pd.read_csv(sweep_dir / "results" / "trials.csv")
+    ood = pd.read_csv(sweep_dir / "results" / "ood.csv")
+    assert "TorchTrainer, 2 workers" in stdout
     assert len(table) == 2 and set(table.alpha) == {0.0, 2.0}
     for column in ("test_acc", "test_ece", "test_bpd", "test_am", "val_acc", "train_ce"):
         assert table[column].map(math.isfinite).all(), column
