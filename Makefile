@@ -19,7 +19,7 @@ sweep: setup
 
 # Two pytest workers (one per core: Ray's start-up and the trials' waits leave a serial run's
 # CPU idle half the time), whole modules per worker, then the tests marked `alone` by
-# themselves. Both parts always run; the exit status is the worse of the two.
+# themselves. Both parts always run; the target fails if either part fails.
 test: setup
 	$(VENV)/bin/ruff check .
 	status=0; \

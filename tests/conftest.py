@@ -82,8 +82,8 @@ def env(tmp_path_factory):
     HOME and Ray temp dir (short: Ray's socket paths must stay under 108 bytes)."""
     home = tmp_path_factory.mktemp("home")
     ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "RAY_"))}
-    env.update(WANDB_MODE="offline", HOME=str(home), PYTHONPATH=str(ROOT), RAY_TMPDIR=ray_tmp)
+    env = subprocess_env(home, ray_tmp)
+    del env["WANDB_DIR"]  # W&B writes where each command's storage says
     yield env
     shutil.rmtree(ray_tmp, ignore_errors=True)
 
