@@ -145,12 +145,17 @@ def test_driver_killed_mid_sweep_resumes_from_s3(s3, tmp_path):
         """Tune's experiment snapshot in S3 (beside tuner.pkl) records a trial 3 s into its
         run, so a resume has a checkpoint to start it from. (A trial's own result.json in S3
         is not enough: the snapshot can predate it, and a trial it records without a
-        checkpoint restarts from epoch 1 on resume.)"""
+        checkpoint restarts from epoch 1 on resume.)
+        Tune rewrites the snapshot while we poll: pyarrow sizes the object, then reads it,
+        so a read that straddles a rewrite is cut short (or the file is gone): not yet."""
         if not files("tuner.pkl"):
             return False
         for path in files("experiment_state-"):
-            with filesystem.open_input_stream(path) as stream:
-                snapshot = json.loads(stream.read().decode())
+            try:
+                with filesystem.open_input_stream(path) as stream:
+                    snapshot = json.loads(stream.read().decode())
+            except (json.JSONDecodeError, FileNotFoundError):
+                continue
             for _, runtime in snapshot["trial_data"]:
                 runtime = json.loads(runtime) if isinstance(runtime, str) else runtime
                 last = runtime.get("last_result") or {}
