@@ -2,6 +2,7 @@
 sweep (smoke through Ray Tune and W&B, then adversarial detection on the attack pool; the
 paper profile on CIFAR-100 pickles, a Tiny ImageNet folder and FashionMNIST IDX files)."""
 
+import collections
 import json
 import math
 
@@ -9,12 +10,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import command, train_digits_classifier
+from conftest import BNDropoutNet, command, train_digits_classifier
 
 from orchestrator.tracking.offline import find_offline_runs, read_offline_run
+from orchestrator.tune.epochs import run_epochs
+from orchestrator.tune.session import LocalSession
+from search_spaces import get_search_space
 from workloads.adversarial.purification import purification_table
 from workloads.models import FeatureCache, build_classifier
 from workloads.scores import build_score
+from workloads.studies import failure_prediction as failure_prediction_study
+from workloads.studies import feature_gmm as feature_gmm_study
+from workloads.studies.classifier import ClassifierLoop
 from workloads.training.epochs import classifier_optimizer, translate_and_flip
 
 
@@ -199,3 +206,58 @@ def test_feature_cache_shares_one_forward_pass_and_changes_no_score():
         data.x_test.mul_(0.5)  # an input changed in place is recomputed
         assert torch.equal(cached.features(data.x_test), model.features(data.x_test))
         assert not torch.equal(cached.features(data.x_test), before)
+
+
+def test_feature_cache_forgets_the_features_of_a_model_that_changed():
+    """A cache that outlives a change of the model (batch-norm statistics updated by a pass in
+    train mode, an optimizer step, loaded weights) answers for the model as it is now."""
+    torch.manual_seed(0)
+    model, x = BNDropoutNet().eval(), torch.randn(40, 1, 8, 8)
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    cached = FeatureCache(model)
+
+    def agrees():
+        with torch.no_grad():
+            return torch.equal(cached.features(x[:20]), model.features(x[:20]))
+
+    with torch.no_grad():
+        first = cached.features(x[:20])
+        model.train()(x)  # updates the BN running statistics in place
+        model.eval()
+    assert agrees() and not torch.equal(cached.features(x[:20]), first)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    torch.nn.functional.cross_entropy(model(x), torch.zeros(40, dtype=torch.long)).backward()
+    optimizer.step()
+    assert agrees()
+    model.load_state_dict(trained)
+    with torch.no_grad():
+        assert agrees() and torch.equal(cached.features(x[:20]), first)
+
+
+@pytest.mark.parametrize("study", ["feature_gmm", "failure_prediction", "batch_size_gffn"])
+def test_a_classifier_trial_runs_its_network_over_the_training_set_once_after_training(study):
+    """The final stage's scores and the trial's training accuracy share one forward pass per
+    training chunk (the GMMs' training features were computed a second time for `train_acc`:
+    a quarter of a DenseNet trial's time on the paper profile)."""
+    loops = {"feature_gmm": feature_gmm_study.LOOP, "failure_prediction":
+             failure_prediction_study.LOOP, "batch_size_gffn": ClassifierLoop}
+    profile = get_search_space(study).profile("smoke")
+    config = {**profile.config, **{key: values[0] for key, values in profile.grid.items()}}
+    passes = collections.Counter()
+
+    def make_loop(config, session):
+        loop = loops[study](config, session)
+        x_train = loop.data.x_train
+
+        def count(module, args):
+            (x,) = args
+            if not module.training and x._base is x_train:
+                passes[x.storage_offset(), len(x)] += 1
+
+        loop.model.features.register_forward_pre_hook(count)
+        return loop
+
+    session = LocalSession(num_threads=1)
+    run_epochs(make_loop, config, session)
+    assert session.reports[-1]["status"] == "completed"
+    assert passes and set(passes.values()) == {1}, passes

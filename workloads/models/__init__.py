@@ -12,7 +12,7 @@ from workloads.models.factory import (
     build_vae,
     model_provides,
 )
-from workloads.models.feature_cache import FeatureCache
+from workloads.models.feature_cache import FeatureCache, feature_cached
 from workloads.models.flows import Flow, build_flow
 from workloads.models.vae import ConvVAE
 
@@ -20,5 +20,5 @@ __all__ = [
     "CLASSIFIERS", "ConvVAE", "DIGLM", "DenseNetBC100", "FeatureCache", "GENERATIVE_MODELS",
     "Flow", "MLPClassifier", "SmallCNN", "WideResNet28",
     "build_classifier", "build_flow", "build_generative_model", "build_model", "build_vae",
-    "diglm_objective", "model_provides",
+    "diglm_objective", "feature_cached", "model_provides",
 ]

@@ -12,7 +12,9 @@ perturbed one) is not, so the cache holds no copies of inputs. Use it for the sp
 evaluation over inputs that stay alive and unchanged. The chunks are keyed as the scores hand
 them to the model: on the CPU they are views of the dataset and repeat; on a GPU each chunk is
 a fresh copy (not a view), so there the cache is bypassed: correct, but no faster (keying the
-CPU chunk before the copy is left to do).
+CPU chunk before the copy is left to do). A change to any parameter or buffer of the model
+(an optimizer step, loaded weights, batch-norm statistics updated by a pass in train mode)
+empties the cache, so a cache that outlives such a change still answers for the model as it is.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class FeatureCache(nn.Module):
         # key -> (the input, its features); holding the input keeps its memory from being
         # reused by another tensor that would then share its key
         self._features: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._state = self._model_state()  # the model the cached features are of
         self.hits = self.misses = 0
 
     @property
@@ -65,9 +68,19 @@ class FeatureCache(nn.Module):
                     or torch._C._functorch.maybe_current_level() is not None
                     or any(m.training for m in self.model.modules()))
 
+    def _model_state(self) -> tuple:
+        """Which tensors hold the model's parameters and buffers, and how often each was
+        changed in place (`_version`: optimizer steps, `load_state_dict`, BN statistics)."""
+        return tuple((t.data_ptr(), t._version) for t in (*self.model.parameters(),
+                                                          *self.model.buffers()))
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if not self._cacheable(x):
             return self.model.features(x)
+        state = self._model_state()
+        if state != self._state:  # the model changed: its cached features are stale
+            self._features.clear()
+            self._state = state
         key = self._key(x)
         if key not in self._features:
             self.misses += 1
@@ -84,6 +97,12 @@ class FeatureCache(nn.Module):
 
     def head_from_feature_maps(self, maps: torch.Tensor) -> torch.Tensor:
         return self.model.head_from_feature_maps(maps)
+
+
+def feature_cached(model: nn.Module) -> FeatureCache:
+    """`model` with a feature cache: itself if it already is one (a caller that wrapped it
+    shares its cache with the callee), a new `FeatureCache` otherwise."""
+    return model if isinstance(model, FeatureCache) else FeatureCache(model)
 
 
 def unwrapped(model: nn.Module) -> nn.Module:

@@ -12,7 +12,7 @@ from torch import nn
 
 from workloads.data import load_trial_data
 from workloads.evaluation.ood_evaluation import Progress, no_progress, resolve_scores
-from workloads.models import FeatureCache, build_classifier
+from workloads.models import build_classifier, feature_cached
 from workloads.models.factory import classifier_options
 from workloads.training.epochs import (
     AUGMENTATIONS,
@@ -33,7 +33,7 @@ def classifier_final_stage(model: nn.Module, data, config: dict[str, Any],
                            progress: Progress = no_progress):
     """Test accuracy, calibration and the OOD scores of `ood_scores` (MSP and ln Z by
     default); the reliability bins as the artifact."""
-    model = FeatureCache(model)  # the scores share one forward pass per input chunk
+    model = feature_cached(model)  # the scores share one forward pass per input chunk
     scores = resolve_scores(model, config.get("ood_scores", "msp+lnz"),
                             {"lnz": {"kind": config["log_partition"]}})
     final, reliability = final_evaluation(model, data, num_bins=config["num_bins"],
@@ -109,6 +109,8 @@ class ClassifierLoop(EpochLoop):
             self.scheduler.load_state_dict(state["scheduler"])
 
     def final_stage(self, model, state, progress):
+        # the stage's scores and the training accuracy share one forward pass per input chunk
+        model = feature_cached(model)
         final, artifacts = self.stage(model, self.data, self.config, progress=progress)
         train = evaluate_split(model, self.data.x_train, self.data.y_train)
         return {**final, "train_acc": train["acc"]}, artifacts

@@ -17,7 +17,7 @@ from workloads.evaluation.ood_evaluation import (
     no_progress,
     resolve_scores,
 )
-from workloads.models import FeatureCache
+from workloads.models import feature_cached
 from workloads.scores import OODScore, fit_score
 from workloads.studies.classifier import ClassifierLoop
 from workloads.training.epochs import classifier_test_metrics
@@ -66,7 +66,7 @@ def failure_prediction_final_stage(model: nn.Module, data, config: dict[str, Any
     failure_names = config["failure_scores"]
     all_names = "+".join(dict.fromkeys([*failure_names.split("+"),
                                         *config["ood_scores"].split("+")]))
-    model = FeatureCache(model)  # the scores share one forward pass per input chunk
+    model = feature_cached(model)  # the scores share one forward pass per input chunk
     scores = failure_scores(model, data, config, all_names, progress)
 
     def chosen(names: str) -> dict[str, OODScore]:

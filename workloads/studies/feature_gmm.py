@@ -18,7 +18,7 @@ from workloads.evaluation.ood_evaluation import (
     no_progress,
     resolve_scores,
 )
-from workloads.models import FeatureCache
+from workloads.models import feature_cached
 from workloads.scores import OODScore, batched_logits, fit_score
 from workloads.studies.classifier import ClassifierLoop
 from workloads.studies.config_lists import plus_list
@@ -59,7 +59,7 @@ def feature_gmm_final_stage(model: nn.Module, data, config: dict[str, Any],
     detection (`workloads.evaluation.mistake_detection`, Mann-Whitney test) and OOD detection; ECE
     before and after temperature scaling; feature purification (eq. 9) over the
     `purify_eps` x `purify_nu` grid on the validation and test splits (Table 4)."""
-    model = FeatureCache(model)  # the scores share one forward pass per input chunk
+    model = feature_cached(model)  # the scores share one forward pass per input chunk
     scores = feature_gmm_scores(model, data, config, progress=progress)
     metrics, reliability = classifier_test_metrics(model, data, config["num_bins"])
     if "msp_calibrated" in scores:

@@ -17,7 +17,8 @@ from workloads.evaluation.ood_evaluation import (
     no_progress,
     resolve_scores,
 )
-from workloads.models import FeatureCache
+from workloads.models import FeatureCache, feature_cached
+from workloads.models.feature_cache import unwrapped
 from workloads.studies.classifier import ClassifierLoop
 from workloads.training.energy_finetuning import finetune_with_outliers, mean_energy
 from workloads.training.epochs import classifier_test_metrics, evaluate_split
@@ -32,14 +33,14 @@ def ood_baselines_final_stage(model: nn.Module, data, config: dict[str, Any],
     > 0, a copy of the model is then fine-tuned with outliers (`_energy_finetuned`, Liu et
     al. 2020) and scored by `finetuned_scores`, named `<score>_ft` (`energy_ft`: the
     thesis' Energy column)."""
-    metrics, reliability = classifier_test_metrics(model, data, config["num_bins"])
-    metrics["num_params"] = sum(p.numel() for p in model.parameters())
-    cached = FeatureCache(model)  # the scores share one forward pass per input chunk
+    cached = feature_cached(model)  # the scores share one forward pass per input chunk
+    metrics, reliability = classifier_test_metrics(cached, data, config["num_bins"])
+    metrics["num_params"] = sum(p.numel() for p in cached.parameters())
     ood = evaluate_ood(cached, data, resolve_scores(cached, config["ood_scores"]),
                        progress=progress)
     if config["energy_epochs"] > 0:
         progress("energy fine-tuning")
-        tuned, tuned_metrics = _energy_finetuned(model, data, config)
+        tuned, tuned_metrics = _energy_finetuned(unwrapped(model), data, config)
         metrics.update(tuned_metrics)
         tuned = FeatureCache(tuned)
         tuned_ood = evaluate_ood(tuned, data, resolve_scores(tuned, config["finetuned_scores"]),
