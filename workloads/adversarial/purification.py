@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from workloads.models.modes import evaluating
+from workloads.scores.base import eval_chunk
 
 
 def bits_per_dim(log_density: torch.Tensor, dim: int) -> torch.Tensor:
@@ -43,12 +44,14 @@ def purify_features(features: torch.Tensor,
 
 def purification_effect(model: nn.Module, log_density: Callable[[torch.Tensor], torch.Tensor],
                         x: torch.Tensor, y: torch.Tensor, eps: float, nu: float,
-                        steps: int = 100, batch_size: int = 1024) -> dict[str, float]:
+                        steps: int = 100, batch_size: int | None = None) -> dict[str, float]:
     """Accuracy of `model` (which has `features` and `head`) on (x, y) before and after
     purifying its features, and how many predictions it fixes and breaks (Table 4). The
     model runs in eval mode (its modes are left as found), on its device, in chunks of
-    `batch_size` inputs; each chunk's features are purified on that device."""
+    `batch_size` inputs (default `eval_chunk`, the scores' chunks); each chunk's features are
+    purified on that device."""
     device = next(model.parameters()).device
+    batch_size = batch_size or eval_chunk(model)
     dtype = next(model.head.parameters()).dtype
     before, after = [], []
     with evaluating(model):
