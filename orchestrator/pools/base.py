@@ -126,5 +126,9 @@ def start_ray() -> None:
     import ray
 
     if not ray.is_initialized():
-        # "local" without RAY_ADDRESS: a new Ray, never one a `ray start` left running
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING")
+        # "local" without RAY_ADDRESS: a new Ray, never one a `ray start` left running; a
+        # local one without the dashboard, as a sweep's (a process and a web server taking
+        # ~1 core-s at start from the pool's actors; a cluster keeps its own)
+        address = os.environ.get("RAY_ADDRESS")
+        ray.init(address=address or "local", logging_level="WARNING",
+                 **({} if address else {"include_dashboard": False}))
