@@ -7,6 +7,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import bench_eval_chunk  # noqa: E402
 import bench_final_stages  # noqa: E402
 import bench_scale  # noqa: E402
 
@@ -32,3 +33,9 @@ def test_the_scale_benchmark_reads_the_throughput_of_each_tenth_from_the_sweeps_
     assert bench_scale.first_trial_start(tmp_path) == 100
     rates = bench_scale.finished_per_second(tmp_path)
     assert rates == [2.0, 2.0, 2.0, round(2 / 3, 2), 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
+
+
+def test_the_chunk_benchmark_times_both_chunk_sizes_on_the_same_features():
+    row = bench_eval_chunk.measure("cnn", inputs=70)
+    assert row["chunk_1024_s"] > 0 and row["chunk_32_s"] > 0
+    assert row["max_abs_difference"] < 1e-4

@@ -110,8 +110,9 @@ def _device(model: nn.Module) -> torch.device:
 
 
 # Inputs per chunk of an evaluation without a graph. Large chunks keep an accelerator busy; on
-# the CPU small ones are faster, the same outputs bit for bit (1,024 CIFAR images, 1 thread:
-# DenseNet-BC-100 13.7 s in chunks of 32 against 32.4 s in chunks of 1,024; WRN-28-10 1.15x).
+# the CPU small ones are faster (1,024 CIFAR-sized inputs, 1 thread: DenseNet-BC-100 13.7 s in
+# chunks of 32 against 32.4 s in chunks of 1,024; WRN-28-10 1.15x; benchmarks/
+# bench_eval_chunk.py). The outputs agree up to float rounding (other kernel blocks).
 ACCELERATOR_CHUNK, CPU_CHUNK = 1024, 32
 
 
