@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,26 @@ class Scaling:
                              resources_per_worker=resources)
 
 
+def report_after_fit(final: dict[str, Any], timeout: float = 300.0) -> None:
+    """Report a Ray Train run's final metrics to the Tune trial that ran it, once more.
+
+    `TuneReportCallback` forwards each report of the run through a queue (one item) that
+    the trial's Tune session drains while this function runs; `fit()` can return with the
+    last report still queued, and it was then lost when the function ended (2 of 6
+    two-worker runs). So the final metrics go through the same queue, after what is left in
+    it, and the function waits until the session has taken them: the trial's last row is its
+    final one (a duplicate at worst). Not `tune.report`: the session takes a queued item
+    by reporting it itself into a one-item result queue, which `tune.report` from this
+    thread may have filled first, and the trial then hung for good (seen in CI)."""
+    from ray.train._internal.session import get_session
+
+    queue = get_session()._get_or_create_inter_actor_queue()
+    queue.put(final, block=True, timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while not queue.empty() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def make_trainable(loop_name: str, scaling: Scaling, train_storage: str | Path,
                    filesystem=None, board: str | None = None) -> Callable:
     """A Tune function trainable running the loop `LOOPS[loop_name]` (by `run_epochs`) on
@@ -95,15 +116,10 @@ def make_trainable(loop_name: str, scaling: Scaling, train_storage: str | Path,
             ),
         )
         result = trainer.fit()
-        # `TuneReportCallback` forwards each report through a queue that this function's
-        # Tune session drains while the function runs; fit() can return with the last
-        # report still queued, and it was then lost (2 of 6 two-worker runs). Report the
-        # run's final metrics once more, through the public API: the trial's last row is
-        # always its final one (a duplicate of it at worst).
         final = dict(result.metrics or {})
         if result.checkpoint is not None:
             final["checkpoint_path"] = result.checkpoint.path
-        tune.report(final)
+        report_after_fit(final)
 
     trainable.__name__ = f"{loop_name}_trainable"
     from ray import tune
