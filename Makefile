@@ -19,7 +19,9 @@ sweep: setup
 
 # Two pytest workers (one per core: Ray's start-up and the trials' waits leave a serial run's
 # CPU idle half the time), whole modules per worker, then the tests marked `alone` by
-# themselves. Both parts always run; the target fails if either part fails.
+# themselves. Both parts always run; the target fails if either part fails. Three workers
+# were slower on 2 cores (28 min against 23) and two DDP sweeps timed out: Ray runs its
+# workers at nice 15, so trials starve while more un-niced test processes than cores run.
 test: setup
 	$(VENV)/bin/ruff check .
 	status=0; \

@@ -35,6 +35,19 @@ def test_the_scale_benchmark_reads_the_throughput_of_each_tenth_from_the_sweeps_
     assert rates == [2.0, 2.0, 2.0, round(2 / 3, 2), 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
 
 
+def test_the_scale_benchmark_draws_the_limit_through_the_two_largest_measured_counts():
+    """A limit of 10 s + 0.2 s per trial, measured at 100, 400 and 1,000 trials (the first
+    off the line: only the two largest are used)."""
+    measured = {100: 99.0, 400: 10 + 0.2 * 400, 1000: 10 + 0.2 * 1000}
+    assert abs(bench_scale.extrapolated_limit(measured, 10_000) - (10 + 0.2 * 10_000)) < 1e-9
+    try:
+        bench_scale.extrapolated_limit({100: 30.0}, 10_000)
+    except SystemExit as error:
+        assert "two measured counts" in str(error)
+    else:
+        raise AssertionError("one measured count cannot draw a line")
+
+
 def test_the_chunk_benchmark_times_both_chunk_sizes_on_the_same_features():
     row = bench_eval_chunk.measure("cnn", inputs=70)
     assert row["chunk_1024_s"] > 0 and row["chunk_32_s"] > 0

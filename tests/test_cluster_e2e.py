@@ -6,19 +6,19 @@ corrupted: test_driver_failures). In every case the final table must list exactl
 failure-free set of trials."""
 
 import json
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 from conftest import kill_when_running
 
-# Ray outside private dirs, `ray stop`; the failures of a local sweep's driver and checkpoints,
-# which need neither, are in test_driver_failures
-pytestmark = [pytest.mark.slow, pytest.mark.alone]
+# Each cluster keeps its files in the test's private Ray temp dir and its shutdown ends its own
+# processes: these tests run beside others. The autoscaler's (`ray stop --force`) runs alone
+# (test_autoscaling_cluster); the failures of a local sweep's driver and checkpoints are in
+# test_driver_failures.
+pytestmark = pytest.mark.slow
 SMOKE_TRIALS = {(16, "ffn"), (16, "gffn"), (128, "ffn"), (128, "gffn")}  # the smoke grid
 
 
@@ -78,12 +78,12 @@ def cluster_env(sweep_env, monkeypatch):
     from ray.cluster_utils import Cluster
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # inherited by the nodes started below
+    monkeypatch.setenv("RAY_TMPDIR", sweep_env["RAY_TMPDIR"])  # the nodes' and the job's
     cluster = Cluster(initialize_head=True, connect=False,
                       head_node_args={"num_cpus": 1, "include_dashboard": False})
     worker = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     env = {**sweep_env, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": cluster.address}
-    env.pop("RAY_TMPDIR", None)  # the job joins the cluster's session
     yield cluster, worker, env
     cluster.shutdown()
 
@@ -168,77 +168,6 @@ def test_ray_train_worker_killed_mid_trial_resumes_from_its_checkpoint(sweep_env
     assert rows[-1]["epoch"] == 60
 
 
-
-
-
-# Ray's fake multi-node provider (every node a raylet on this machine), in the cluster
-# launcher's schema. Ray's wheel leaves out the provider's defaults file, which both
-# `AutoscalingCluster` and the autoscaler's monitor read; the fixture supplies this one.
-FAKE_PROVIDER_DEFAULTS = {
-    "cluster_name": "fake-autoscaling", "max_workers": 2, "upscaling_speed": 1.0,
-    "idle_timeout_minutes": 1.0, "head_node_type": "ray.head.default",
-    "provider": {"type": "fake_multinode", "use_node_id_as_ip": True,
-                 "disable_node_updaters": True, "disable_launch_config_check": True},
-    "available_node_types": {"ray.head.default": {"resources": {}, "node_config": {},
-                                                  "max_workers": 0}},
-    "auth": {}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [],
-    "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
-    "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
-    "worker_setup_commands": [], "head_start_ray_commands": [],
-    "worker_start_ray_commands": []}
-
-
-@pytest.fixture
-def autoscaling_env(sweep_env, monkeypatch):
-    """Ray's fake multi-node autoscaler (`AutoscalingCluster`): a head that offers no CPU to
-    trials (as cluster.yaml's) and a worker type of 1 CPU, 0 to 2 nodes, launched as real
-    raylets when trials ask for room. Its start and end run `ray stop --force`."""
-    import ray.autoscaler._private.fake_multi_node as fake_multi_node
-    import yaml
-    from ray.cluster_utils import AutoscalingCluster
-
-    defaults = Path(fake_multi_node.__file__).parent / "example.yaml"
-    supplied = not defaults.exists()
-    if supplied:
-        defaults.write_text(yaml.safe_dump(FAKE_PROVIDER_DEFAULTS))
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    # `ray start` / `ray stop` run as commands: the ones of this interpreter's environment
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    cluster = AutoscalingCluster(
-        head_resources={"CPU": 0},
-        worker_node_types={"cpu_node": {"resources": {"CPU": 1}, "node_config": {},
-                                        "min_workers": 0, "max_workers": 2}})
-    try:
-        cluster.start(override_env={"RAY_AUTH_MODE": "disabled"})
-        env = {**sweep_env, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "auto"}
-        env.pop("RAY_TMPDIR", None)  # the job joins the cluster's session
-        yield env
-    finally:
-        cluster.shutdown()
-        if supplied:
-            defaults.unlink()
-
-
-def test_autoscaling_cluster_runs_trials_on_two_new_nodes_at_once(autoscaling_env, tmp_path):
-    """4 trials on a cluster whose head has no CPU: the sweep sets no concurrency cap, the
-    autoscaler sees all four trials' demand and starts both worker nodes, and trials run
-    on the two of them at the same time (one trial at a time before the fix)."""
-    proc = subprocess.run(sweep_command(tmp_path / "runs", "--set", "batch_size=16,32",
-                                        "--set", "epochs_b=150"),
-                          env=autoscaling_env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "as many trials at once as the cluster grows to" in proc.stdout
-    (sweep_dir,) = (tmp_path / "runs").glob("batch_size_gffn-smoke-*")
-    assert (final_table(sweep_dir).status == "completed").all()
-    spans = {trial: (rows[0]["node_id"], rows[0]["timestamp"], rows[-1]["timestamp"])
-             for trial, rows in reports(sweep_dir).items()}
-    assert len(spans) == 4 and len({node for node, _, _ in spans.values()}) == 2
-    overlapping = [(a, b) for a, (node_a, start_a, end_a) in spans.items()
-                   for b, (node_b, start_b, end_b) in spans.items()
-                   if a < b and node_a != node_b and start_a < end_b and start_b < end_a]
-    assert overlapping, spans
-
-
 def test_without_ray_address_a_sweep_starts_its_own_ray(sweep_env, monkeypatch, tmp_path):
     """A Ray left running on the machine (here a head with no CPU, recorded in Ray's
     ray_current_cluster file as `ray start` records it) is not joined by a sweep run
@@ -248,12 +177,13 @@ def test_without_ray_address_a_sweep_starts_its_own_ray(sweep_env, monkeypatch, 
     from ray.cluster_utils import Cluster
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    # where `ray start` records the Ray it leaves running: the temp dir the sweep uses too
+    monkeypatch.setenv("RAY_TMPDIR", sweep_env["RAY_TMPDIR"])
     cluster = Cluster(initialize_head=True, connect=False,
                       head_node_args={"num_cpus": 0, "include_dashboard": False})
     try:
         assert services.find_bootstrap_address(None) == cluster.address  # the precondition
         env = {**sweep_env, "RAY_AUTH_MODE": "disabled"}
-        env.pop("RAY_TMPDIR", None)  # where the left-running Ray is recorded
         proc = subprocess.run(sweep_command(tmp_path / "runs"), env=env, capture_output=True,
                               text=True, timeout=300)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from workloads.data import (
+    DIGITS_TRAIN_SIZE,
     DatasetMissingError,
     ensure_dataset,
     iterate_minibatches,
@@ -71,6 +72,8 @@ def test_digits_split_is_seeded_stratified_and_scaled():
     counts = torch.bincount(a.y_test, minlength=10).float()
     assert counts.max() - counts.min() <= 2  # stratified
     assert not torch.equal(load_digits(seed=1).y_test, a.y_test)
+    # the size the sweep's batch check assumes without loading, for every seed
+    assert {len(load_digits(seed=s).x_train) for s in range(5)} == {DIGITS_TRAIN_SIZE}
 
 
 def test_natural_patches_fit_the_id_shape():

@@ -13,6 +13,7 @@ from workloads.data.dataset import (
     DatasetUnreadableError,
 )
 from workloads.data.datasets import (
+    DIGITS_TRAIN_SIZE,
     absent_ood_sets,
     dataset_files,
     ensure_dataset,
@@ -32,7 +33,8 @@ from workloads.data.ood_sets import (
 from workloads.data.torchvision_sets import load_image_dataset
 
 __all__ = [
-    "CROSS_DATASET_OOD", "DATASET_NAMES", "DIGITS", "IMAGE_DATASETS", "Dataset",
+    "CROSS_DATASET_OOD", "DATASET_NAMES", "DIGITS", "DIGITS_TRAIN_SIZE", "IMAGE_DATASETS",
+    "Dataset",
     "DatasetMissingError", "DatasetUnreadableError", "absent_ood_sets",
     "check_idx_file", "dataset_files",
     "ensure_dataset", "iterate_minibatches", "load_celeba", "load_dataset", "load_digits",

@@ -33,6 +33,12 @@ from workloads.data.ood_sets import (
 )
 from workloads.data.torchvision_sets import CIFAR_FILES, load_image_dataset, torchvision_dataset
 
+# The training split of digits holds 1,077 examples for every seed (1,797 split 60/20/20,
+# stratified: scikit-learn sizes the splits from the count alone; the seed only draws which
+# examples). The sweep's pre-flight batch check reads it here instead of importing
+# scikit-learn and loading the set before Ray starts; a test holds it to the loaded split.
+DIGITS_TRAIN_SIZE = 1077
+
 
 def load_digits(seed: int = 0) -> Dataset:
     """scikit-learn's bundled 8x8 digits scaled to [0, 1]; stratified 60/20/20 split."""
