@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,32 +23,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_scale import first_trial_start  # noqa: E402
-
-
-def last_report(sweep_dir: Path) -> float:
-    """Epoch seconds of the last report of any trial of the sweep."""
-    return max(json.loads(path.read_text().splitlines()[-1])["timestamp"]
-               for path in sweep_dir.glob("*/result.json"))
+from bench_scale import first_trial_start, trial_ends  # noqa: E402
+from bench_sweep import run_sweep  # noqa: E402
 
 
 def measure_once() -> dict[str, float]:
     storage = Path(tempfile.mkdtemp(prefix="fixed-cost-"))
-    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "WANDB_MODE": "disabled"}
+    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # a Ray of its own
     try:
         started = time.time()
-        subprocess.run([sys.executable, "-m", "orchestrator.sweep", "batch_size_gffn",
-                        "--profile", "smoke", "--wandb", "disabled", "--storage", str(storage)],
-                       cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
-        ended = time.time()
-        (sweep_dir,) = storage.glob("batch_size_gffn-smoke-*")
+        wall, sweep_dir = run_sweep(storage, "--profile", "smoke", "--wandb", "disabled")
+        ended = started + wall
         return {"start_to_first_trial_s": round(first_trial_start(sweep_dir) - started, 1),
-                "last_report_to_exit_s": round(ended - last_report(sweep_dir), 1),
-                "total_s": round(ended - started, 1)}
+                "last_report_to_exit_s": round(ended - trial_ends(sweep_dir)[-1], 1),
+                "total_s": round(wall, 1)}
     finally:
         shutil.rmtree(storage, ignore_errors=True)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+        shutil.rmtree(os.environ.pop("RAY_TMPDIR"), ignore_errors=True)
 
 
 def main() -> None:

@@ -53,13 +53,18 @@ def first_trial_start(sweep_dir: Path) -> float:
     return min(starts)
 
 
+def trial_ends(sweep_dir: Path) -> list[float]:
+    """Epoch seconds of each trial's last report (its result.json's last row), in order."""
+    return sorted(json.loads(result.read_text().splitlines()[-1])["timestamp"]
+                  for result in sweep_dir.glob("*/result.json"))
+
+
 def finished_per_second(sweep_dir: Path, parts: int = 10) -> list[float]:
     """Trials finished per second in each of `parts` equal shares of the sweep's trials, in
     the order they finished (each trial's end: its last report's timestamp; the first share
     counted from the first trial's start). Flat when no per-trial cost grows as the sweep
     goes on; a dip marks a share that something else slowed (say, other work beside it)."""
-    ends = sorted(json.loads(result.read_text().splitlines()[-1])["timestamp"]
-                  for result in sweep_dir.glob("*/result.json"))
+    ends = trial_ends(sweep_dir)
     size = len(ends) // parts
     marks = [first_trial_start(sweep_dir)] + [ends[size * (k + 1) - 1] for k in range(parts)]
     return [round(size / (b - a), 2) for a, b in zip(marks, marks[1:])]

@@ -15,14 +15,7 @@ from typing import Any
 from orchestrator.errors import UsageError
 from orchestrator.tune.storage import open_storage
 from search_spaces import SETUP, Distribution, Profile, SearchSpace
-from workloads.data import (
-    DIGITS,
-    DIGITS_TRAIN_SIZE,
-    absent_ood_sets,
-    ensure_dataset,
-    load_dataset,
-    one_class_split,
-)
+from workloads.data import absent_ood_sets, ensure_dataset, training_set_size
 
 
 def _parse_scalar(key: str, text: str, example: Any) -> Any:
@@ -240,12 +233,8 @@ def check_datasets(profile: Profile, data_dir: str, download: bool) -> None:
         if batch_size is None or "dataset" not in config:
             continue
         key = (config["dataset"], config.get("data_seed", 0), config.get("normal_class", -1))
-        if key not in sizes and key[0] == DIGITS and key[2] < 0:
-            sizes[key] = DIGITS_TRAIN_SIZE  # the same for every seed (no load: ~1 s)
         if key not in sizes:
-            data = load_dataset(key[0], data_dir, seed=key[1], ood=False)
-            sizes[key] = len(one_class_split(data, key[2]).x_train if key[2] >= 0
-                             else data.x_train)
+            sizes[key] = training_set_size(key[0], data_dir, seed=key[1], normal_class=key[2])
         if batch_size > sizes[key]:
             what = key[0] + (f" (normal_class {key[2]})" if key[2] >= 0 else "")
             raise UsageError(f"--set batch_size={batch_size}: larger than the {sizes[key]:,} "

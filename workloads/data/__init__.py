@@ -22,6 +22,7 @@ from workloads.data.datasets import (
     load_digits,
     load_trial_data,
     one_class_split,
+    training_set_size,
 )
 from workloads.data.idx import check_idx_file
 from workloads.data.ood_sets import (
@@ -39,5 +40,5 @@ __all__ = [
     "check_idx_file", "dataset_files",
     "ensure_dataset", "iterate_minibatches", "load_celeba", "load_dataset", "load_digits",
     "load_image_dataset", "load_trial_data", "match_shape", "natural_image_patches",
-    "noise_ood_sets", "one_class_split",
+    "noise_ood_sets", "one_class_split", "training_set_size",
 ]

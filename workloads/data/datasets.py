@@ -53,6 +53,18 @@ def load_digits(seed: int = 0) -> Dataset:
                    levels=17)
 
 
+def training_set_size(name: str, data_dir: str | Path | None, seed: int = 0,
+                      normal_class: int = -1) -> int:
+    """How many training examples a trial of `name` (with `seed`, and `normal_class` for
+    class anomaly detection; -1: every class) trains on. Digits' full training split is
+    known without loading it; the others are loaded (their files may be any size)."""
+    if name == DIGITS and normal_class < 0:
+        return DIGITS_TRAIN_SIZE
+    data = load_dataset(name, data_dir, seed=seed, ood=False)
+    return len(one_class_split(data, normal_class).x_train if normal_class >= 0
+               else data.x_train)
+
+
 def ensure_dataset(name: str, data_dir: str | Path | None, download: bool = False) -> None:
     """Check that `name` can be loaded (downloading it when asked) without loading it.
 
