@@ -88,14 +88,61 @@ def env(tmp_path_factory):
     shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+def run_captured(argv: list[str], *, env: dict | None, timeout: float,
+                 cwd: Path | None = None):
+    """`subprocess.run(argv, capture_output=True, text=True)`, except that a command still
+    running at `timeout` first has the Python stack of every process of its tree printed
+    (py-spy, which Ray ships: the driver, Ray's trial, Train controller and worker
+    processes) and its output's tail, and then the whole tree is killed: a hang seen once
+    in CI leaves where each process waited, not only that the test timed out."""
+    import subprocess
+
+    import psutil
+
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=cwd)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print_stacks(proc.pid)
+        for process in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        proc.kill()
+        out, err = proc.communicate()
+        print(f"--- the command's output, last 3000 characters:\n{out[-3000:]}\n{err[-3000:]}")
+        raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def print_stacks(pid: int) -> None:
+    """Print the Python stack of process `pid` and of each of its descendants (py-spy)."""
+    import subprocess
+
+    import psutil
+
+    py_spy = Path(sys.executable).with_name("py-spy")
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            name = " ".join(process.cmdline())[:160]
+        except psutil.Error:
+            continue
+        if "python" not in name.split(" ")[0] and not name.startswith("ray::"):
+            continue  # Ray's C++ daemons (gcs_server, raylet) have no Python stack
+        dump = subprocess.run([str(py_spy), "dump", "--pid", str(process.pid)],
+                              capture_output=True, text=True, timeout=60)
+        print(f"--- process {process.pid}: {name}\n{dump.stdout}{dump.stderr}")
+
+
 def command(module: str, *args, env: dict, timeout: float = 600, check: bool = True,
             cwd: Path | None = None):
     """Run `python -m orchestrator.<module> ARGS`; with `check`, assert it exits 0 (showing
     the output's tail if not)."""
-    import subprocess
-
-    proc = subprocess.run([sys.executable, "-m", f"orchestrator.{module}", *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)
+    proc = run_captured([sys.executable, "-m", f"orchestrator.{module}", *map(str, args)],
+                        env=env, timeout=timeout, cwd=cwd)
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc

@@ -9,6 +9,7 @@ import sys
 import pandas as pd
 import pytest
 import torch
+from conftest import run_captured
 
 from orchestrator.tracking.offline import find_offline_runs, read_offline_run
 from workloads.data import load_trial_data
@@ -20,10 +21,10 @@ OOD_METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95", "tnr95")
 
 def run_sweep(tmp_path, env, name, *args, timeout=600):
     tmp_path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
+    proc = run_captured(
         [sys.executable, "-m", "orchestrator.sweep", name, "--profile", "smoke",
          "--storage", str(tmp_path / "runs"), *args],
-        capture_output=True, text=True, env=env, timeout=timeout, cwd=tmp_path)
+        env=env, timeout=timeout, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (sweep_dir,) = (tmp_path / "runs").glob(f"{name}-smoke-*")
     results = sweep_dir / "results"

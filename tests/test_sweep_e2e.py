@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import run_captured
 
 from orchestrator.tracking.offline import find_offline_runs, read_offline_run
 
@@ -17,10 +18,10 @@ SECRET = "sentinel-wandb-key-0123456789abcdef"
 
 def run_sweep(tmp_path, env, *args, timeout=600):
     tmp_path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
+    proc = run_captured(
         [sys.executable, "-m", "orchestrator.sweep", "batch_size_gffn", "--profile", "smoke",
          "--storage", str(tmp_path / "runs"), *args],
-        capture_output=True, text=True, env=env, timeout=timeout, cwd=tmp_path)
+        env=env, timeout=timeout, cwd=tmp_path)
     sweep_dirs = sorted((tmp_path / "runs").glob("batch_size_gffn-smoke-*"))
     return proc, (sweep_dirs[-1] if sweep_dirs else None)
 
