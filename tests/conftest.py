@@ -132,9 +132,13 @@ def print_stacks(pid: int) -> None:
             continue
         if "python" not in name.split(" ")[0] and not name.startswith("ray::"):
             continue  # Ray's C++ daemons (gcs_server, raylet) have no Python stack
-        dump = subprocess.run([str(py_spy), "dump", "--pid", str(process.pid)],
-                              capture_output=True, text=True, timeout=60)
-        print(f"--- process {process.pid}: {name}\n{dump.stdout}{dump.stderr}")
+        try:
+            dump = subprocess.run([str(py_spy), "dump", "--pid", str(process.pid)],
+                                  capture_output=True, text=True, timeout=20)
+            stack = dump.stdout + dump.stderr
+        except (OSError, subprocess.TimeoutExpired) as error:  # never hide the test's own error
+            stack = f"(no stack: {error})\n"
+        print(f"--- process {process.pid}: {name}\n{stack}")
 
 
 def command(module: str, *args, env: dict, timeout: float = 600, check: bool = True,
