@@ -21,14 +21,18 @@ from orchestrator.errors import (
     NoResultsError,
     UsageError,
 )
-from orchestrator.pools.base import PoolError, actor_options
-from workloads.adversarial.attacks import AttackError
-from workloads.data import DatasetMissingError, DatasetUnreadableError
 
-# What a command reports in one line with EXIT_USAGE: bad input, found before or during
-# the work (an impossible pool, an unknown attack, a missing dataset).
-USAGE_ERRORS = (UsageError, PoolError, AttackError, DatasetMissingError,
-                DatasetUnreadableError)
+
+def usage_errors() -> tuple[type[Exception], ...]:
+    """What a command reports in one line with EXIT_USAGE: bad input, found before or during
+    the work (an impossible pool, an unknown attack, a missing dataset). Imported when an
+    error is raised, not before: a command checks its input without loading torch or Ray
+    (a typo costs a fraction of a second, not the ~4 s of those imports)."""
+    from orchestrator.pools.base import PoolError
+    from workloads.adversarial.attacks import AttackError
+    from workloads.data import DatasetMissingError, DatasetUnreadableError
+
+    return (UsageError, PoolError, AttackError, DatasetMissingError, DatasetUnreadableError)
 
 
 def finite_float(text: str) -> float:
@@ -45,13 +49,13 @@ def run_command(parser: argparse.ArgumentParser, main, argv: list[str] | None = 
     args = parser.parse_args(argv)
     try:
         return main(args)
-    except USAGE_ERRORS as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
     except NoResultsError as error:
         print(f"{parser.prog}: {error}", file=sys.stderr)
         return EXIT_NO_RESULTS
     except Exception as error:
+        if isinstance(error, UsageError) or isinstance(error, usage_errors()):
+            print(f"{parser.prog}: error: {error}", file=sys.stderr)
+            return EXIT_USAGE
         from ray.exceptions import RayActorError
 
         if not isinstance(error, RayActorError):
@@ -115,6 +119,8 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
 def pool_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """The actor pool's resources from --num-actors, --cpus-per-actor, --gpus-per-actor,
     checked: keyword arguments of the pools (`AttackPool(model, **pool_args)`)."""
+    from orchestrator.pools.base import actor_options
+
     if args.num_actors < 1:
         raise UsageError("--num-actors must be >= 1")
     actor_options(args.cpus_per_actor, args.gpus_per_actor)  # PoolError names the flag

@@ -24,6 +24,7 @@ from orchestrator.tune.overrides import (
     check_storage,
     profile_values,
 )
+from orchestrator.tune.scaling import Scaling
 from orchestrator.tune.search import SCHEDULERS, SEARCHERS, resolve_search
 from search_spaces import PROFILES, get_search_space, sweep_names
 
@@ -129,10 +130,6 @@ def list_sweeps() -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Resolve the sweep, its profile, overrides and trial resources; check them; run."""
-    from orchestrator.tracking import runs as tracking
-    from orchestrator.tune.experiment import run_sweep
-    from orchestrator.tune.trainable import Scaling
-
     if args.list:
         print(list_sweeps())
         return 0
@@ -180,6 +177,9 @@ def main(args: argparse.Namespace) -> int:
     check_storage(args.storage)
     data_dir = str(Path(args.data_dir).expanduser().resolve())
     check_datasets(profile, data_dir, args.download)
+    from orchestrator.tracking import runs as tracking  # torch, Ray, W&B: after the checks
+    from orchestrator.tune.experiment import run_sweep
+
     try:
         mode = tracking.resolve_mode(args.wandb)
     except ValueError as error:

@@ -152,6 +152,48 @@ def command(module: str, *args, env: dict, timeout: float = 600, check: bool = T
     return proc
 
 
+def command_in_process(module: str, *args, env: dict | None = None, cwd: Path | None = None):
+    """`python -m orchestrator.<module> ARGS` run in this process through what its `__main__`
+    runs (`run_command(build_parser(), main, argv)`), with `env` as the whole environment and
+    `cwd` as the directory meanwhile: its exit code and output, as `command(..., check=False)`
+    returns them, without the ~4 s of a new interpreter importing torch and Ray. For bad
+    input a command refuses before its work starts; each command's process contract (exit 2,
+    one line, no traceback) is also held by a test that runs it as its own process. An
+    exception that escapes `run_command` is printed as the interpreter would (its traceback
+    on stderr, exit code 1), and a command that started Ray fails the test."""
+    import contextlib
+    import importlib
+    import io
+    import subprocess
+    import traceback
+
+    argv = [str(a) for a in args]
+    cli = importlib.import_module(f"orchestrator.{module}")
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd = dict(os.environ), Path.cwd()
+    try:
+        if env is not None:
+            os.environ.clear()
+            os.environ.update(env)
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.run_command(cli.build_parser(), cli.main, argv)
+            except SystemExit as exit_:  # argparse's own errors and --help
+                code = exit_.code if isinstance(exit_.code, int) else 1
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    ray = sys.modules.get("ray")
+    assert ray is None or not ray.is_initialized(), f"{module} {argv} started Ray in-process"
+    return subprocess.CompletedProcess([module, *argv], code, out.getvalue(), err.getvalue())
+
+
 def free_port() -> int:
     """A free TCP port on localhost, for a gloo process group in tests."""
     with socket.socket() as s:

@@ -1,21 +1,30 @@
-"""Bad input exits 2 with a one-line reason and no traceback, before Ray starts."""
+"""Bad input exits 2 with a one-line reason and no traceback, before Ray starts.
+
+The command's process contract (its exit code and output as a process) is held by the tests
+that run `python -m orchestrator.sweep` (`sweep_process`); the other bad inputs run through
+the same `run_command(build_parser(), main)` in this process (`sweep`), ~4 s faster each."""
 
 import subprocess
 import sys
 
 import pytest
+from conftest import command_in_process
 
 from orchestrator.tune.overrides import apply_overrides
 from search_spaces import PROFILES, get_search_space, sweep_names
 
 
-def sweep(*args, env):
+def sweep_process(*args, env):
     return subprocess.run([sys.executable, "-m", "orchestrator.sweep", *args],
                           capture_output=True, text=True, env=env, timeout=120)
 
 
+def sweep(*args, env):
+    return command_in_process("sweep", *args, env=env)
+
+
 def test_unknown_sweep_exits_2_and_lists_valid_names(sweep_env):
-    proc = sweep("no_such_sweep", env=sweep_env)
+    proc = sweep_process("no_such_sweep", env=sweep_env)
     assert proc.returncode == 2
     assert "batch_size_gffn" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -62,10 +71,10 @@ def test_missing_dataset_exits_2_with_directory_files_and_download(sweep_env, tm
 
 
 def test_list_and_help(sweep_env):
-    listing = sweep("--list", env=sweep_env)
+    listing = sweep_process("--list", env=sweep_env)
     assert listing.returncode == 0 and "batch_size_gffn" in listing.stdout
     assert "smoke" in listing.stdout and "paper" in listing.stdout
-    helptext = sweep("--help", env=sweep_env)
+    helptext = sweep_process("--help", env=sweep_env)
     assert helptext.returncode == 0
     for flag in ("--profile", "--set", "--num-workers", "--gpus-per-worker", "--storage",
                  "--resume", "--wandb", "--data-dir", "--download", "--list"):
@@ -118,7 +127,7 @@ def test_local_profile_spans_the_study():
 
 
 def test_trials_that_cannot_fit_on_a_local_ray_exit_2(sweep_env):
-    proc = sweep("batch_size_gffn", "--profile", "smoke", "--gpus-per-worker", "1",
+    proc = sweep_process("batch_size_gffn", "--profile", "smoke", "--gpus-per-worker", "1",
                  "--num-workers", "64", "--set", "batch_size=128", "--wandb", "disabled",
                  env=sweep_env)
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -216,7 +225,7 @@ def test_resume_refuses_a_changed_sweep_naming_each_key(sweep_env, tmp_path):
     import json
 
     from orchestrator.tune.experiment import sweep_settings
-    from orchestrator.tune.trainable import Scaling
+    from orchestrator.tune.scaling import Scaling
 
     profile = get_search_space("batch_size_gffn").profile("smoke")
     run = tmp_path / "batch_size_gffn-smoke-20260101-000000"
@@ -244,3 +253,23 @@ def test_the_batch_check_on_digits_loads_nothing_before_ray_starts(sweep_env):
                           env=sweep_env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("args, not_imported", [
+    (["no_such_sweep"], {"torch", "ray", "pandas", "wandb"}),
+    (["batch_size_gffn", "--set", "foo=1"], {"ray", "pandas", "wandb"}),
+    (["batch_size_gffn", "--profile", "smoke", "--num-workers", "0"], {"ray", "pandas", "wandb"}),
+])
+def test_bad_input_is_refused_before_ray_and_pandas_are_imported(sweep_env, args, not_imported):
+    """A typo costs a fraction of a second, not the ~4 s of importing Ray, Tune and pandas
+    (the old driver imported them, and torch, before its first check). The search spaces
+    name their choices from the workloads' registries, so a sweep's checks import torch."""
+    script = ("import sys\n"
+              "from orchestrator import sweep\n"
+              "code = sweep.run_command(sweep.build_parser(), sweep.main, sys.argv[1:])\n"
+              "print(code, sorted({m.split('.')[0] for m in sys.modules}))\n")
+    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
+                          text=True, env=sweep_env, timeout=120)
+    code, imported = proc.stdout.split(" ", 1)
+    assert code == "2", proc.stderr[-2000:]
+    assert not not_imported & set(eval(imported)), not_imported & set(eval(imported))

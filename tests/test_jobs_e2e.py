@@ -13,7 +13,7 @@ import time
 import pandas as pd
 import pytest
 import torch
-from conftest import command
+from conftest import command, command_in_process
 
 from orchestrator.tracking.offline import find_offline_runs, read_offline_run
 
@@ -211,7 +211,7 @@ def test_job_commands_exit_2_on_bad_input(tmp_path, env, module, args, words):
     args = [str(sweep_dir) if a == "FAKE" else a for a in args]
     if args[0].startswith("--"):
         args = [str(tmp_path / "nothing"), *args]
-    proc = command(module, *args, env=env, timeout=120, check=False)
+    proc = command_in_process(module, *args, env=env)  # as processes: the tests below
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     for word in words:

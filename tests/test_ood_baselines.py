@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import command, train_digits_classifier
+from conftest import command, command_in_process, train_digits_classifier
 from pytorch_ood.loss import EnergyRegularizedLoss
 from test_datasets import write_cifar, write_idx
 
@@ -220,9 +220,9 @@ def test_classifier_widths_match_the_alpha_flow_flows(profile):
     ("finetuned_scores=godin", "godin"),               # the plain MLP has no G-ODIN head
 ])
 def test_bad_settings_exit_2_before_ray_starts(tmp_path, env, setting, message):
-    proc = command("sweep", "ood_baselines", "--profile", "smoke", "--storage", tmp_path,
-                   "--data-dir", tmp_path / "data", "--wandb", "disabled", "--set", setting,
-                   env=env, check=False)
+    proc = command_in_process("sweep", "ood_baselines", "--profile", "smoke", "--storage",
+                              tmp_path, "--data-dir", tmp_path / "data", "--wandb", "disabled",
+                              "--set", setting, env=env)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert message in proc.stdout + proc.stderr
     assert not list(tmp_path.glob("ood_baselines-*"))

@@ -8,8 +8,8 @@ import torch
 
 from orchestrator.tracking.runs import has_api_key, resolve_mode
 from orchestrator.tune.epochs import run_epochs
+from orchestrator.tune.scaling import Scaling
 from orchestrator.tune.session import LocalSession, select_device
-from orchestrator.tune.trainable import Scaling
 from search_spaces import get_search_space
 from workloads.studies.classifier import ClassifierLoop
 

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import run_captured
+from conftest import command_in_process, run_captured, subprocess_env
 
 HANGS = """
 import subprocess, sys, time
@@ -32,3 +32,34 @@ def test_a_command_in_time_is_subprocess_run():
     proc = run_captured([sys.executable, "-c", "import sys; print('out'); "
                          "print('err', file=sys.stderr); sys.exit(3)"], env=None, timeout=60)
     assert (proc.returncode, proc.stdout, proc.stderr) == (3, "out\n", "err\n")
+
+
+@pytest.mark.parametrize("args", [["batch_size_gffn", "--set", "foo=1"],
+                                  ["batch_size_gffn", "--profile", "huge"],
+                                  ["no_such_sweep"], ["--list"]])
+def test_a_command_in_process_prints_and_exits_as_its_process_does(tmp_path, args):
+    env = subprocess_env(tmp_path, str(tmp_path))
+    alone = subprocess.run([sys.executable, "-m", "orchestrator.sweep", *args],
+                           capture_output=True, text=True, env=env, timeout=120)
+    here = command_in_process("sweep", *args, env=env)
+    assert (here.returncode, here.stdout, here.stderr) == \
+        (alone.returncode, alone.stdout, alone.stderr)
+
+
+def test_a_command_in_process_shows_an_escaped_error_and_restores_env_and_cwd(
+        tmp_path, monkeypatch):
+    import os
+    from pathlib import Path
+
+    import orchestrator.sweep
+
+    def crash(args):
+        assert os.environ == {"ONLY": "this"} and Path.cwd() == tmp_path
+        raise RuntimeError("a bug, not bad input")
+
+    monkeypatch.setattr(orchestrator.sweep, "main", crash)
+    env, cwd = dict(os.environ), Path.cwd()
+    proc = command_in_process("sweep", "x", env={"ONLY": "this"}, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "RuntimeError: a bug, not bad input" in proc.stderr
+    assert dict(os.environ) == env and Path.cwd() == cwd

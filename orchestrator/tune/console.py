@@ -18,22 +18,14 @@ from typing import Any
 
 from ray.tune import Callback
 
+from orchestrator.tune.search import max_epochs
+
 
 def console_keys(table_keys: tuple[str, ...], settings: dict[str, Any]) -> tuple[str, ...]:
     """The config keys that name a trial on the console: the space's table keys, and the
     seed when the sweep runs several."""
     seeds = settings.get("seed")
     return (*table_keys, "seed") if isinstance(seeds, list) and len(seeds) > 1 else table_keys
-
-
-def max_epochs(config: dict[str, Any]) -> int | None:
-    """The most epochs a trial of `config` runs (budget A's cap, budget B's count, or
-    `epochs`); None when the config does not say."""
-    if config.get("budget") == "B" and "epochs_b" in config:
-        return config["epochs_b"]
-    if config.get("budget") == "A" and "max_epochs_a" in config:
-        return config["max_epochs_a"]
-    return config["epochs"] if isinstance(config.get("epochs"), int) else None
 
 
 def planned_epochs(config: dict[str, Any]) -> str:

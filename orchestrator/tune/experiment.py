@@ -42,6 +42,7 @@ from orchestrator.reports.search import (
 )
 from orchestrator.reports.tables import markdown_table
 from orchestrator.tracking import runs as tracking
+from orchestrator.tune.scaling import Scaling
 from orchestrator.tune.search import (
     Search,
     is_grid,
@@ -52,7 +53,7 @@ from orchestrator.tune.search import (
     trial_scheduler,
 )
 from orchestrator.tune.storage import Storage, open_storage
-from orchestrator.tune.trainable import KEEP_CHECKPOINTS, Scaling, make_trainable
+from orchestrator.tune.trainable import KEEP_CHECKPOINTS, make_trainable
 from search_spaces import Profile, SearchSpace
 
 # Environment of every Ray worker of a sweep (a value already in the environment wins).

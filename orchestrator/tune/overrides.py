@@ -15,7 +15,6 @@ from typing import Any
 from orchestrator.errors import UsageError
 from orchestrator.tune.storage import open_storage
 from search_spaces import SETUP, Distribution, Profile, SearchSpace
-from workloads.data import absent_ood_sets, ensure_dataset, training_set_size
 
 
 def _parse_scalar(key: str, text: str, example: Any) -> Any:
@@ -222,6 +221,8 @@ def check_datasets(profile: Profile, data_dir: str, download: bool) -> None:
     """Fail before starting Ray when a dataset of the sweep is missing or unreadable (or
     download it), or when a trial's batch is larger than its training set (it would take
     no optimizer step)."""
+    from workloads.data import absent_ood_sets, ensure_dataset, training_set_size
+
     for name in profile_values(profile, "dataset"):
         ensure_dataset(name, data_dir, download=download)
         for other, expected in absent_ood_sets(name, data_dir).items():
@@ -246,7 +247,7 @@ def check_outliers(profile: Profile, data_dir: str, download: bool) -> None:
     """Trials that fine-tune with outliers (`energy_epochs` > 0): the
     outlier set exists for the dataset and is on disk (or downloaded), and the energy
     margins are ordered, m_in < m_out (Liu et al. 2020)."""
-    from workloads.data import IMAGE_DATASETS
+    from workloads.data import IMAGE_DATASETS, ensure_dataset
     from workloads.data.outliers import resolve_outlier_set
 
     for config in profile.checked_configs():

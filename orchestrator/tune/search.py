@@ -31,13 +31,22 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from orchestrator.errors import UsageError
-from orchestrator.tune.console import max_epochs
 from search_spaces import Distribution, Profile, SearchSpace
 
 SEARCHERS = ("random", "optuna", "hyperopt")
 SCHEDULERS = ("fifo", "asha", "hyperband", "pbt")
 STOPPING = ("asha", "hyperband")  # the schedulers that end trials before their last epoch
 SEED = 0
+
+
+def max_epochs(config: dict[str, Any]) -> int | None:
+    """The most epochs a trial of `config` runs (budget A's cap, budget B's count, or
+    `epochs`); None when the config does not say."""
+    if config.get("budget") == "B" and "epochs_b" in config:
+        return config["epochs_b"]
+    if config.get("budget") == "A" and "max_epochs_a" in config:
+        return config["max_epochs_a"]
+    return config["epochs"] if isinstance(config.get("epochs"), int) else None
 
 
 @dataclass(frozen=True)
