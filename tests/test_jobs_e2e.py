@@ -177,8 +177,8 @@ def test_defend_smoke_writes_tables_4_1_to_4_4_and_resumes(sweep, env):
                     env=env)
     assert again.stdout.count("done earlier") == len(frame)
     assert (out / "tables.md").read_text() == tables
-    other = command("defend", sweep_dir, "--profile", "smoke", "--eps", "0.1", "--resume",
-                    env=env, check=False)
+    other = command_in_process("defend", sweep_dir, "--profile", "smoke", "--eps", "0.1",
+                               "--resume", env=env)
     assert other.returncode == 2 and "settings differ in eps" in other.stderr
 
 
@@ -219,8 +219,10 @@ def test_job_commands_exit_2_on_bad_input(tmp_path, env, module, args, words):
 
 
 def test_job_commands_help(env):
-    for module in ("attack", "langevin", "defend"):
-        proc = command(module, "--help", env=env, timeout=60)
+    for module in ("attack", "langevin", "defend"):  # one as a process, as a user runs it
+        proc = command(module, "--help", env=env, timeout=60) if module == "attack" else \
+            command_in_process(module, "--help", env=env)
+        assert proc.returncode == 0, proc.stderr
         for flag in ("--resume", "--num-actors", "--gpus-per-actor", "--wandb"):
             assert flag in proc.stdout, (module, flag)
 

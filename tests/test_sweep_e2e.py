@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import run_captured
+from conftest import command_in_process, run_captured
 
 from orchestrator.tracking.offline import find_offline_runs, read_offline_run
 
@@ -183,7 +183,9 @@ def test_killed_trial_is_retried_from_its_checkpoint(tmp_path, sweep_env):
 
 
 def test_resume_continues_the_latest_run_of_a_sweep(tmp_path, sweep_env):
-    proc, _ = run_sweep(tmp_path / "none", sweep_env, "--resume", "--wandb", "disabled")
+    proc = command_in_process("sweep", "batch_size_gffn", "--profile", "smoke", "--storage",
+                              tmp_path / "none" / "runs", "--resume", "--wandb", "disabled",
+                              env=sweep_env)
     assert proc.returncode == 2 and "no earlier run" in proc.stderr
 
     first, sweep_dir = run_sweep(tmp_path, sweep_env, "--set", "model=gffn",

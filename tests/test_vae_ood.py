@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import command
+from conftest import command, command_in_process
 
 from orchestrator.tracking.offline import find_offline_runs, read_offline_run
 from workloads.data import load_dataset
@@ -255,8 +255,8 @@ def test_vae_ood_smoke_sweep(tmp_path, env):
     media = runs[table.trial_id[0]].path / "files" / "media" / "table"
     assert list(media.glob("latent_svm_*.table.json"))
 
-    bad = command("sweep", "vae_ood", "--profile", "smoke", "--set", "iwae_samples=5+0",
-                  "--storage", tmp_path, env=env, check=False)
+    bad = command_in_process("sweep", "vae_ood", "--profile", "smoke", "--set",
+                             "iwae_samples=5+0", "--storage", tmp_path, env=env)
     assert bad.returncode == 2 and "iwae_samples" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
 
