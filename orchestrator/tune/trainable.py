@@ -4,13 +4,12 @@
   `TorchTrainer` per trial would cost ~19 s of controller start-up on 2 cores, and its
   processes would halve the trial's compute.
 - Ray Train path (N workers or GPUs): the trial builds a `TorchTrainer` (Ray Train V2) with
-  a `ScalingConfig`, and `TuneReportCallback` forwards the workers' reports to Tune. The
+  a `ScalingConfig`, and `ForwardReports` forwards the workers' reports to Tune. The
   Train run is named after the trial, so a retried trial resumes from its latest checkpoint.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,24 +23,47 @@ from workloads.studies import LOOPS
 KEEP_CHECKPOINTS = 3
 
 
-def report_after_fit(final: dict[str, Any], timeout: float = 300.0) -> None:
-    """Report a Ray Train run's final metrics to the Tune trial that ran it, once more.
+def fit_reporting_to_tune(fit: Callable[[], Any], reports) -> Any:
+    """Run `fit()` (a Ray Train run) in a thread, and meanwhile report to Tune, from this
+    thread (the trial function's), each item the run puts into `reports` (a
+    `ray.util.queue.Queue` that `ForwardReports` fills), in order, to the last; return
+    `fit()`'s result or raise its error.
 
-    `TuneReportCallback` forwards each report of the run through a queue (one item) that
-    the trial's Tune session drains while this function runs; `fit()` can return with the
-    last report still queued, and it was then lost when the function ended (2 of 6
-    two-worker runs). So the final metrics go through the same queue, after what is left in
-    it, and the function waits until the session has taken them: the trial's last row is its
-    final one (a duplicate at worst). Not `tune.report`: the session takes a queued item
-    by reporting it itself into a one-item result queue, which `tune.report` from this
-    thread may have filled first, and the trial then hung for good (seen in CI)."""
-    from ray.train._internal.session import get_session
+    Why not Ray's `TuneReportCallback`: it puts the run's reports into a one-item queue that
+    the trial's Tune session drains on its main thread, and that thread reports each item
+    itself into the session's one-item result queue. When the trial function ended while the
+    session held the last item but had not yet reported it, the function's end-of-run report
+    filled the result queue first and the session blocked for good on its own put (the
+    intermittent two-worker hang of CI, found from the stacks of the trial process: its main
+    thread in `Queue.put` under `_get_result_from_queues`, the function's thread gone). Here
+    only the function's thread reports, the one way the Function API is made for."""
+    import threading
 
-    queue = get_session()._get_or_create_inter_actor_queue()
-    queue.put(final, block=True, timeout=timeout)
-    deadline = time.monotonic() + timeout
-    while not queue.empty() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    from ray.util.queue import Empty
+
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = fit()
+        except BaseException as error:  # raised again in the trial's function below
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, name="ray-train-fit", daemon=True)
+    thread.start()
+    from ray import tune
+
+    while True:
+        done = not thread.is_alive()  # before the get: a run's reports precede its end
+        try:
+            tune.report(reports.get(timeout=0.2))
+        except Empty:
+            if done:
+                break
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def make_trainable(loop_name: str, scaling: Scaling, train_storage: str | Path,
@@ -64,9 +86,12 @@ def make_trainable(loop_name: str, scaling: Scaling, train_storage: str | Path,
             return
         from ray import train, tune
         from ray.train.torch import TorchTrainer
-        from ray.tune.integration.ray_train import TuneReportCallback
+        from ray.util.queue import Queue
+
+        from orchestrator.tune.forward_reports import ForwardReports
 
         trial_id = tune.get_context().get_trial_id()
+        reports = Queue(actor_options={"num_cpus": 0})
         trainer = TorchTrainer(
             train_worker,
             train_loop_config=config,
@@ -74,17 +99,17 @@ def make_trainable(loop_name: str, scaling: Scaling, train_storage: str | Path,
             run_config=train.RunConfig(
                 name=f"{TRAIN_RUN_PREFIX}{trial_id}",
                 storage_path=str(train_storage), storage_filesystem=filesystem,
-                callbacks=[TuneReportCallback()],
+                callbacks=[ForwardReports(reports)],
                 checkpoint_config=train.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
                 failure_config=train.FailureConfig(max_failures=scaling.max_failures),
                 logging_config=train.LoggingConfig(log_level="WARNING"),
             ),
         )
-        result = trainer.fit()
+        result = fit_reporting_to_tune(trainer.fit, reports)
         final = dict(result.metrics or {})
         if result.checkpoint is not None:
             final["checkpoint_path"] = result.checkpoint.path
-        report_after_fit(final)
+        tune.report(final)  # the trial's last row is its final one (a duplicate at worst)
 
     trainable.__name__ = f"{loop_name}_trainable"
     from ray import tune
