@@ -14,7 +14,7 @@ from ray.util.queue import Queue
 from orchestrator.tune.trainable import fit_reporting_to_tune
 
 def trainable(config):
-    reports = Queue(actor_options={"num_cpus": 0})
+    reports = Queue(1, actor_options={"num_cpus": 0})  # as the trainable makes it
 
     def fit():  # what a Train run's controller does through ForwardReports
         for step in range(3):

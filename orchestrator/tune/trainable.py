@@ -25,9 +25,10 @@ KEEP_CHECKPOINTS = 3
 
 def fit_reporting_to_tune(fit: Callable[[], Any], reports) -> Any:
     """Run `fit()` (a Ray Train run) in a thread, and meanwhile report to Tune, from this
-    thread (the trial function's), each item the run puts into `reports` (a
-    `ray.util.queue.Queue` that `ForwardReports` fills), in order, to the last; return
-    `fit()`'s result or raise its error.
+    thread (the trial function's), each item the run puts into `reports` (a one-item
+    `ray.util.queue.Queue` that `ForwardReports` fills: the run waits until each is taken,
+    as with Ray's callback), in order, to the last; return `fit()`'s result or raise its
+    error.
 
     Why not Ray's `TuneReportCallback`: it puts the run's reports into a one-item queue that
     the trial's Tune session drains on its main thread, and that thread reports each item
@@ -39,6 +40,7 @@ def fit_reporting_to_tune(fit: Callable[[], Any], reports) -> Any:
     only the function's thread reports, the one way the Function API is made for."""
     import threading
 
+    from ray import tune
     from ray.util.queue import Empty
 
     outcome: dict[str, Any] = {}
@@ -51,8 +53,6 @@ def fit_reporting_to_tune(fit: Callable[[], Any], reports) -> Any:
 
     thread = threading.Thread(target=run, name="ray-train-fit", daemon=True)
     thread.start()
-    from ray import tune
-
     while True:
         done = not thread.is_alive()  # before the get: a run's reports precede its end
         try:
@@ -91,7 +91,7 @@ def make_trainable(loop_name: str, scaling: Scaling, train_storage: str | Path,
         from orchestrator.tune.forward_reports import ForwardReports
 
         trial_id = tune.get_context().get_trial_id()
-        reports = Queue(actor_options={"num_cpus": 0})
+        reports = Queue(1, actor_options={"num_cpus": 0})  # the run waits for Tune to take each
         trainer = TorchTrainer(
             train_worker,
             train_loop_config=config,
