@@ -88,7 +88,7 @@ def make_trainable(loop_name: str, scaling: Scaling, train_storage: str | Path,
         from ray.train.torch import TorchTrainer
         from ray.util.queue import Queue
 
-        from orchestrator.tune.forward_reports import ForwardReports
+        from orchestrator.tune.forward_reports import CHECKPOINT_PATH_KEY, ForwardReports
 
         trial_id = tune.get_context().get_trial_id()
         reports = Queue(1, actor_options={"num_cpus": 0})  # the run waits for Tune to take each
@@ -108,7 +108,7 @@ def make_trainable(loop_name: str, scaling: Scaling, train_storage: str | Path,
         result = fit_reporting_to_tune(trainer.fit, reports)
         final = dict(result.metrics or {})
         if result.checkpoint is not None:
-            final["checkpoint_path"] = result.checkpoint.path
+            final[CHECKPOINT_PATH_KEY] = result.checkpoint.path
         tune.report(final)  # the trial's last row is its final one (a duplicate at worst)
 
     trainable.__name__ = f"{loop_name}_trainable"
