@@ -69,6 +69,7 @@ BASE = {
     "report_seconds": 1.0,
     "seed": 0,
     "data_seed": 0,
+    "val_fraction": 0.1,            # of an image set's training split, held out (stratified)
 }
 
 DENSENET = {"arch": "densenet100", "batch_size": 64, "reference_batch_size": 64,

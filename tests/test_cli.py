@@ -199,6 +199,20 @@ def test_truncated_mnist_files_exit_2_naming_the_file(sweep_env, tmp_path):
     assert str(bad) in line and "truncated" in line
 
 
+def test_a_validation_share_outside_0_1_or_smaller_than_the_classes_exits_2(sweep_env,
+                                                                         tmp_path):
+    from test_datasets import write_cifar
+
+    line = one_line_error(sweep("feature_gmm", "--profile", "smoke", "--set",
+                                "val_fraction=1", env=sweep_env))
+    assert "val_fraction=1" in line and "(0, 1)" in line
+    write_cifar(tmp_path, "cifar100", 400, seed=0, test_n=100)
+    line = one_line_error(sweep("feature_gmm", "--profile", "smoke", "--set",
+                                "dataset=cifar100", "--set", "val_fraction=0.2", "--data-dir",
+                                str(tmp_path), env=sweep_env))  # 80 held out, 100 classes
+    assert "val_fraction=0.2" in line and "cifar100" in line and "classes" in line
+
+
 def test_storage_that_is_a_file_or_cannot_be_written_exits_2(sweep_env, tmp_path):
     a_file = tmp_path / "notes.txt"
     a_file.write_text("x")

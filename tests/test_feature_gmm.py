@@ -157,19 +157,20 @@ def test_feature_gmm_paper_profile_on_cifar100_tiny_imagenet_and_fashionmnist_fi
         tmp_path, env):
     """The paper profile's path on files in their real formats: CIFAR-100 pickles, a Tiny
     ImageNet folder and FashionMNIST IDX files (SVHN absent: skipped with a note), with
-    DenseNet-BC-100 for one epoch (the WRN-28-10 setup overridden: too slow on a CPU)."""
+    DenseNet-BC-100 for one epoch (the WRN-28-10 setup overridden: too slow on a CPU), on
+    300 training images: a quarter of 400 is held out for validation (one per class)."""
     from test_datasets import write_cifar, write_idx, write_tiny_imagenet
 
     data = tmp_path / "data"
-    write_cifar(data, "cifar100", 1000, seed=0, test_n=100)
+    write_cifar(data, "cifar100", 400, seed=0, test_n=100)
     write_tiny_imagenet(data, 40, seed=1)
     write_idx(data, "FashionMNIST", 200, seed=2)
     proc = command("sweep", "feature_gmm", "--profile", "paper", "--set", "dataset=cifar100",
                    "--set", "arch=densenet100", "--set", "epochs_b=1", "--set",
-                   "batch_size=50", "--set", "gmm_components=2+3", "--set",
-                   "purify_steps=2", "--set", "purify_nu=0", "--seeds", 1,
-                   "--gpus-per-worker", 0, "--cpus-per-worker", 1, "--data-dir", data,
-                   "--storage", tmp_path / "runs",
+                   "batch_size=50", "--set", "val_fraction=0.25", "--set",
+                   "gmm_components=2+3", "--set", "purify_steps=2", "--set", "purify_nu=0",
+                   "--seeds", 1, "--gpus-per-worker", 0, "--cpus-per-worker", 1,
+                   "--data-dir", data, "--storage", tmp_path / "runs",
                    "--wandb", "disabled", env=env, timeout=900)
     assert "OOD set svhn of cifar100 is skipped: train_32x32.mat" in proc.stdout
     (sweep_dir,) = (tmp_path / "runs").glob("feature_gmm-paper-*")
@@ -177,6 +178,7 @@ def test_feature_gmm_paper_profile_on_cifar100_tiny_imagenet_and_fashionmnist_fi
     assert len(table) == 2 and (table.status == "completed").all()
     assert set(table.optimizer) == {"sgd"} and set(table.arch) == {"densenet100"}
     assert set(table.lr_milestones) == {"150+175", "60+120+160"}  # the two setups
+    assert (table.steps == 300 // 50).all()  # one epoch on the 300 images not held out
     ood = pd.read_csv(sweep_dir / "results" / "ood.csv")
     assert {"tinyimagenet", "fashionmnist", "gaussian_noise"} <= set(ood.ood_set)
     assert "svhn" not in set(ood.ood_set)

@@ -14,6 +14,7 @@ from workloads.data.dataset import (
 )
 from workloads.data.datasets import (
     DIGITS_TRAIN_SIZE,
+    VAL_FRACTION,
     absent_ood_sets,
     dataset_files,
     ensure_dataset,
@@ -40,5 +41,5 @@ __all__ = [
     "check_idx_file", "dataset_files",
     "ensure_dataset", "iterate_minibatches", "load_celeba", "load_dataset", "load_digits",
     "load_image_dataset", "load_trial_data", "match_shape", "natural_image_patches",
-    "noise_ood_sets", "one_class_split", "training_set_size",
+    "noise_ood_sets", "one_class_split", "training_set_size", "VAL_FRACTION",
 ]

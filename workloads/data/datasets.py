@@ -39,6 +39,10 @@ from workloads.data.torchvision_sets import CIFAR_FILES, load_image_dataset, tor
 # scikit-learn and loading the set before Ray starts; a test holds it to the loaded split.
 DIGITS_TRAIN_SIZE = 1077
 
+# The share of an image dataset's training split held out for validation (stratified), unless
+# a trial's config sets `val_fraction`; digits' 60/20/20 split is fixed.
+VAL_FRACTION = 0.1
+
 
 def load_digits(seed: int = 0) -> Dataset:
     """scikit-learn's bundled 8x8 digits scaled to [0, 1]; stratified 60/20/20 split."""
@@ -54,13 +58,14 @@ def load_digits(seed: int = 0) -> Dataset:
 
 
 def training_set_size(name: str, data_dir: str | Path | None, seed: int = 0,
-                      normal_class: int = -1) -> int:
-    """How many training examples a trial of `name` (with `seed`, and `normal_class` for
-    class anomaly detection; -1: every class) trains on. Digits' full training split is
-    known without loading it; the others are loaded (their files may be any size)."""
+                      normal_class: int = -1, val_fraction: float = VAL_FRACTION) -> int:
+    """How many training examples a trial of `name` (with `seed`, `val_fraction`, and
+    `normal_class` for class anomaly detection; -1: every class) trains on. Digits' full
+    training split is known without loading it; the others are loaded (their files may be
+    any size)."""
     if name == DIGITS and normal_class < 0:
         return DIGITS_TRAIN_SIZE
-    data = load_dataset(name, data_dir, seed=seed, ood=False)
+    data = load_dataset(name, data_dir, seed=seed, ood=False, val_fraction=val_fraction)
     return len(one_class_split(data, normal_class).x_train if normal_class >= 0
                else data.x_train)
 
@@ -92,16 +97,19 @@ def ensure_dataset(name: str, data_dir: str | Path | None, download: bool = Fals
 
 def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = False,
                  seed: int = 0, ood: bool = True,
-                 ood_sets: tuple[str, ...] | None = None) -> Dataset:
+                 ood_sets: tuple[str, ...] | None = None,
+                 val_fraction: float = VAL_FRACTION) -> Dataset:
     """Load an in-distribution dataset by name, with its OOD sets sized like its test set:
     the noise sets, natural-image patches and its cross-dataset sets (`CROSS_DATASET_OOD`,
-    or the datasets named in `ood_sets`), each where its files are present."""
+    or the datasets named in `ood_sets`), each where its files are present. An image
+    dataset's validation set is a stratified `val_fraction` of its training split."""
     if name == DIGITS:
         data = load_digits(seed)
     elif name in IMAGE_DATASETS:
         if data_dir is None:
             raise DatasetMissingError(name, "<no --data-dir given>")
-        data = load_image_dataset(name, data_dir, download=download, seed=seed)
+        data = load_image_dataset(name, data_dir, download=download, seed=seed,
+                                  val_fraction=val_fraction)
     else:
         raise ValueError(f"unknown dataset '{name}'; known: {', '.join(DATASET_NAMES)}")
     if ood:
@@ -167,10 +175,11 @@ def absent_ood_sets(name: str, data_dir: str | Path | None) -> dict[str, str]:
 
 
 def load_trial_data(config: dict) -> Dataset:
-    """The dataset of a trial's config (`dataset`, `data_dir`, `data_seed`); with
-    `normal_class` >= 0, its one-class anomaly version."""
+    """The dataset of a trial's config (`dataset`, `data_dir`, `data_seed`, `val_fraction`);
+    with `normal_class` >= 0, its one-class anomaly version."""
     data = load_dataset(config["dataset"], config.get("data_dir"), download=False,
-                        seed=config["data_seed"])
+                        seed=config["data_seed"],
+                        val_fraction=config.get("val_fraction", VAL_FRACTION))
     if config.get("normal_class", -1) >= 0:
         data = one_class_split(data, config["normal_class"], seed=config["data_seed"])
     return data
