@@ -129,18 +129,6 @@ def test_ddp_path_with_two_workers_matches_in_process_path(tmp_path, sweep_env):
     assert [p.name[-2:] for p in local_checkpoints] == ["03", "04", "05"]  # the newest 3
 
 
-def test_diverged_trial_is_reported_and_the_sweep_goes_on(tmp_path, sweep_env):
-    proc, sweep_dir = run_sweep(tmp_path, sweep_env, "--set", "lr=1e12,1e-3",
-                                "--set", "batch_size=16", "--set", "model=gffn",
-                                "--wandb", "disabled")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    table = trials(sweep_dir).set_index("lr")
-    assert table.loc[1e12, "status"] == "diverged"
-    assert table.loc[1e12, "diverged_epoch"] == 1
-    assert table.loc[1e-3, "status"] == "completed"
-    assert "diverged" in (sweep_dir / "results" / "trials.md").read_text()
-
-
 def test_killed_trial_is_retried_from_its_checkpoint(tmp_path, sweep_env):
     """Kill a running trial's process: Tune retries it from its latest checkpoint."""
     import json
@@ -182,22 +170,31 @@ def test_killed_trial_is_retried_from_its_checkpoint(tmp_path, sweep_env):
     assert (result_file.parent / "error.txt").exists()  # Tune recorded the failure
 
 
-def test_resume_continues_the_latest_run_of_a_sweep(tmp_path, sweep_env):
+def test_a_diverged_trial_is_reported_the_sweep_goes_on_and_resume_continues_it(
+        tmp_path, sweep_env):
+    """A trial whose loss diverges ends as `diverged` beside a completed one; --resume
+    continues the latest run of the sweep in its own directory (none: exit 2)."""
     proc = command_in_process("sweep", "batch_size_gffn", "--profile", "smoke", "--storage",
                               tmp_path / "none" / "runs", "--resume", "--wandb", "disabled",
                               env=sweep_env)
     assert proc.returncode == 2 and "no earlier run" in proc.stderr
 
-    first, sweep_dir = run_sweep(tmp_path, sweep_env, "--set", "model=gffn",
-                                 "--wandb", "disabled")
+    grid = ["--set", "lr=1e12,1e-3", "--set", "batch_size=16", "--set", "model=gffn",
+            "--wandb", "disabled"]
+    first, sweep_dir = run_sweep(tmp_path, sweep_env, *grid)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    table = trials(sweep_dir).set_index("lr")
+    assert table.loc[1e12, "status"] == "diverged"
+    assert table.loc[1e12, "diverged_epoch"] == 1
+    assert table.loc[1e-3, "status"] == "completed"
+    assert "diverged" in (sweep_dir / "results" / "trials.md").read_text()
+
     (sweep_dir / "results" / "trials.csv").unlink()
-    resumed, resumed_dir = run_sweep(tmp_path, sweep_env, "--resume", "--set", "model=gffn",
-                                     "--wandb", "disabled")
+    resumed, resumed_dir = run_sweep(tmp_path, sweep_env, "--resume", *grid)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert resumed_dir == sweep_dir  # no new run directory
-    table = trials(sweep_dir)
-    assert len(table) == 2 and (table.status == "completed").all()
+    assert trials(sweep_dir).set_index("lr").status.to_dict() == {1e12: "diverged",
+                                                                   1e-3: "completed"}
 
 
 def test_lr_scaling_smoke_sweep_applies_the_rules(tmp_path, sweep_env):
