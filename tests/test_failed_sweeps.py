@@ -1,7 +1,8 @@
 """Sweeps in which no trial completes end cleanly, for real: every trial diverges (a huge
 learning rate), or every trial raises (energy fine-tuning with a batch larger than the
 data). The sweep writes its tables, says so in one line and exits 3 (EXIT_NO_RESULTS) with
-no traceback; the report and every job on such a sweep do the same."""
+no traceback; the report and every job on such a sweep do the same (the report as its own
+process, the jobs, which refuse before their work, in the test's process)."""
 
 import re
 import subprocess
@@ -9,6 +10,7 @@ import sys
 
 import pandas as pd
 import pytest
+from conftest import command_in_process
 
 from orchestrator.errors import EXIT_NO_RESULTS
 
@@ -49,8 +51,8 @@ def test_an_all_diverged_sweep_its_report_and_jobs_exit_3_in_one_line(tmp_path, 
             ("langevin", sweep_dir, "--trial", trial, "--from", "test", "--wandb", "disabled"),
             ("defend", sweep_dir, "--wandb", "disabled"),
             ("ensemble", sweep_dir)]
-    for module, *args in jobs:
-        assert_clean_end(command(module, *args, env=sweep_env, cwd=tmp_path),
+    for module, *args in jobs:  # refused before their work: run in this process
+        assert_clean_end(command_in_process(module, *args, env=sweep_env, cwd=tmp_path),
                          [str(sweep_dir), "no trial completed", "4 diverged"])
 
 
