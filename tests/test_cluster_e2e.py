@@ -1,8 +1,8 @@
 """The project as a Ray cluster application, proven on this machine: a real multi-node Ray
 cluster (`ray.cluster_utils.Cluster`: a head and worker nodes, each its own raylet), sweeps
 and attack pools submitted to it through RAY_ADDRESS, and failures caused for real: a Ray
-Train worker process killed, a worker node removed (the sweep driver killed and checkpoints
-corrupted: test_driver_failures). In every case the final table must list exactly the
+Train worker process killed, a worker node removed (the sweep driver killed: test_storage_s3;
+checkpoints corrupted: test_driver_failures). In every case the final table must list exactly the
 failure-free set of trials."""
 
 import json
@@ -16,8 +16,8 @@ from conftest import kill_when_running
 
 # Each cluster keeps its files in the test's private Ray temp dir and its shutdown ends its own
 # processes: these tests run beside others. The autoscaler's (`ray stop --force`) runs alone
-# (test_autoscaling_cluster); the failures of a local sweep's driver and checkpoints are in
-# test_driver_failures.
+# (test_autoscaling_cluster); a local sweep's driver killed is in test_storage_s3, its
+# checkpoints corrupted in test_driver_failures.
 pytestmark = pytest.mark.slow
 SMOKE_TRIALS = {(16, "ffn"), (16, "gffn"), (128, "ffn"), (128, "gffn")}  # the smoke grid
 

@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow.fs
 import pytest
 from conftest import free_port
+from test_cluster_e2e import resumed_from_checkpoint
 
 from orchestrator.tracking.offline import find_offline_runs
 
@@ -126,13 +127,20 @@ def test_smoke_sweep_on_s3_matches_local_storage(s3, tmp_path, request, name, ar
 
 
 def test_driver_killed_mid_sweep_resumes_from_s3(s3, tmp_path):
+    """The driver killed (with its local Ray) once one trial has finished and the other is
+    running: --resume restores the experiment from S3, the finished trial is not run again,
+    the interrupted one continues from its checkpoint, and each appears once.
+
+    The two trials run side by side, one of 10 epochs and one of 200 (~30 s here), so that
+    one has finished while the other is still running whatever the machine's speed."""
     uri, env, filesystem, bucket = s3
     cwd = tmp_path / "driver"
     cwd.mkdir()
+    grid = ["--set", "model=gffn", "--set", "batch_size=16", "--set", "epochs_b=10,200",
+            "--set", "checkpoint_every=1", "--set", "report_seconds=0"]
     driver = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.sweep", "batch_size_gffn", "--profile", "smoke",
-         "--storage", uri, "--wandb", "disabled", "--set", "model=gffn", "--set", "epochs_b=100",
-         "--set", "checkpoint_every=1", "--set", "report_seconds=0"],
+         "--storage", uri, "--wandb", "disabled", *grid],
         env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
 
@@ -141,11 +149,21 @@ def test_driver_killed_mid_sweep_resumes_from_s3(s3, tmp_path):
             f"{bucket}/runs", recursive=True, allow_not_found=True))
         return [i.path for i in listing if i.base_name.startswith(prefix)]
 
-    def snapshotted_a_running_trial():
-        """Tune's experiment snapshot in S3 (beside tuner.pkl) records a trial 3 s into its
-        run, so a resume has a checkpoint to start it from. (A trial's own result.json in S3
-        is not enough: the snapshot can predate it, and a trial it records without a
-        checkpoint restarts from epoch 1 on resume.)
+    def reports():
+        """Every trial's reports in S3 (Tune's result.json), by trial id."""
+        out = {}
+        for path in files("result.json"):
+            with filesystem.open_input_stream(path) as stream:
+                rows = [json.loads(x) for x in stream.read().decode().splitlines() if x]
+            if rows:
+                out[rows[0]["trial_id"]] = rows
+        return out
+
+    def snapshotted_one_done_one_running():
+        """Tune's experiment snapshot in S3 (beside tuner.pkl) records a finished trial and
+        one 3 s into its run, so a resume has a checkpoint to start it from. (A trial's own
+        result.json in S3 is not enough: the snapshot can predate it, and a trial it records
+        without a checkpoint restarts from epoch 1 on resume.)
         Tune rewrites the snapshot while we poll: pyarrow sizes the object, then reads it,
         so a read that straddles a rewrite is cut short (or the file is gone): not yet."""
         if not files("tuner.pkl"):
@@ -156,37 +174,40 @@ def test_driver_killed_mid_sweep_resumes_from_s3(s3, tmp_path):
                     snapshot = json.loads(stream.read().decode())
             except (json.JSONDecodeError, FileNotFoundError):
                 continue
+            last = []
             for _, runtime in snapshot["trial_data"]:
                 runtime = json.loads(runtime) if isinstance(runtime, str) else runtime
-                last = runtime.get("last_result") or {}
-                if last.get("status") == "running" and last.get("loop_seconds", 0) >= 3:
-                    return True
+                last.append(runtime.get("last_result") or {})
+            if any(r.get("status") == "completed" for r in last) and any(
+                    r.get("status") == "running" and r.get("loop_seconds", 0) >= 3
+                    for r in last):
+                return True
         return False
 
     deadline = time.time() + 240
     while time.time() < deadline and driver.poll() is None \
-            and not snapshotted_a_running_trial():
+            and not snapshotted_one_done_one_running():
         time.sleep(0.5)
     assert driver.poll() is None, "the sweep ended before the driver could be killed"
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and its local Ray
     driver.wait()
-    sweep("batch_size_gffn", uri, env, cwd, "--set", "model=gffn", "--set", "epochs_b=100",
-          "--set", "checkpoint_every=1", "--set", "report_seconds=0", "--resume")
+    before = reports()
+    finished = {t: rows for t, rows in before.items() if rows[-1]["status"] == "completed"}
+    assert len(finished) == 1, {t: rows[-1]["status"] for t, rows in before.items()}
+    sweep("batch_size_gffn", uri, env, cwd, *grid, "--resume")
     (run_dir,) = (cwd / "runs").glob("batch_size_gffn-smoke-*")
     table = pd.read_csv(run_dir / "results" / "trials.csv")
-    assert len(table) == 2 and table.trial_id.is_unique  # batch sizes 16 and 128
-    assert (table.status == "completed").all() and (table.epochs == 100).all()
+    assert len(table) == 2 and table.trial_id.is_unique  # every trial exactly once
+    assert (table.status == "completed").all()
+    assert sorted(zip(table.epochs_b, table.epochs)) == [(10, 10), (200, 200)]
     runs = filesystem.get_file_info(pyarrow.fs.FileSelector(f"{bucket}/runs"))
     assert [r.base_name for r in runs] == [run_dir.name]  # resumed, no second run
-    continued = []  # trials whose reports came from a second process, from a checkpoint
-    for info in filesystem.get_file_info(pyarrow.fs.FileSelector(
-            f"{bucket}/runs/{run_dir.name}", recursive=True)):
-        if info.base_name == "result.json":
-            with filesystem.open_input_stream(info.path) as stream:
-                rows = [json.loads(x) for x in stream.read().decode().splitlines() if x]
-            changes = [r for a, r in zip(rows, rows[1:]) if r["worker_pid"] != a["worker_pid"]]
-            continued += [r["epoch"] for r in changes[:1]]
-    assert continued and all(epoch > 1 for epoch in continued), continued
+    after = reports()
+    for trial_id, rows in finished.items():
+        assert after[trial_id] == rows  # a finished trial was not run again
+    (interrupted,) = set(before) - set(finished)
+    # from the checkpoint the last snapshot recorded, never from epoch 1
+    resumed_from_checkpoint(after[interrupted], before[interrupted][-1]["epoch"], redo=None)
 
 
 def test_a_bucket_that_does_not_exist_is_named_before_ray_starts(s3, tmp_path):
