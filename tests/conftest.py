@@ -76,6 +76,39 @@ def alpha_diglm_ddp_sweep(tmp_path_factory):
     return (directory / "stdout.txt").read_text(), sweep_dir
 
 
+WANDB_SECRET = "sentinel-wandb-key-0123456789abcdef"  # a W&B API key no file may hold
+
+
+@pytest.fixture(scope="session")
+def gffn_smoke_sweep(tmp_path_factory):
+    """(console output, sweep directory, the files that hold WANDB_SECRET) of the default
+    batch_size_gffn smoke sweep (in-process trials, W&B offline, WANDB_SECRET as the W&B API
+    key in its environment), made once: test_sweep_e2e checks its results, runs, console and
+    that no file of the sweep or of its Ray temp dir holds the key; test_storage_s3 compares
+    the same sweep run on S3 with it."""
+    import json
+
+    def make(directory: Path) -> None:
+        ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+        try:
+            env = {**subprocess_env(directory, ray_tmp), "WANDB_API_KEY": WANDB_SECRET}
+            proc = command("sweep", "batch_size_gffn", "--profile", "smoke", "--wandb",
+                           "offline", "--storage", directory / "runs", env=env, cwd=directory)
+            hits = [str(path) for path in [*(directory / "runs").rglob("*"),
+                                           *Path(ray_tmp).rglob("*")]
+                    if path.is_file() and path.stat().st_size < 50_000_000
+                    and WANDB_SECRET.encode() in path.read_bytes()]
+        finally:
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+        (directory / "stdout.txt").write_text(proc.stdout)
+        (directory / "key_found_in.json").write_text(json.dumps(hits))
+
+    directory = made_once("gffn_smoke", tmp_path_factory, make)
+    (sweep_dir,) = (directory / "runs").glob("batch_size_gffn-smoke-*")
+    return ((directory / "stdout.txt").read_text(), sweep_dir,
+            json.loads((directory / "key_found_in.json").read_text()))
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Environment for the command subprocesses of one test module: offline W&B, a private

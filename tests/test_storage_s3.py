@@ -100,13 +100,12 @@ def wandb_ood_tables(run_dir):
 def test_smoke_sweep_on_s3_matches_local_storage(s3, tmp_path, request, name, args):
     """The in-process path (batch_size_gffn) and the Ray Train path (alpha_diglm, 2 DDP
     workers: its final artifacts are found through a checkpoint path in S3). The local
-    alpha_diglm sweep is the one test_generative_e2e checks (conftest)."""
+    sweeps are the ones test_sweep_e2e and test_generative_e2e check (conftest)."""
     uri, env, filesystem, bucket = s3
     if name == "alpha_diglm":
         _, local_run = request.getfixturevalue("alpha_diglm_ddp_sweep")
     else:
-        sweep(name, tmp_path / "local" / "runs", env, tmp_path / "local", *args)
-        (local_run,) = (tmp_path / "local" / "runs").glob(f"{name}-smoke-*")
+        _, local_run, _ = request.getfixturevalue("gffn_smoke_sweep")
     sweep(name, uri, env, tmp_path / "s3", *args)
     (s3_run,) = (tmp_path / "s3" / "runs").glob(f"{name}-smoke-*")  # results, W&B runs
     local_trials, local_ood, local_reliability = results(local_run)
