@@ -4,6 +4,8 @@ package versions, the command line, the machine, and a hash of each dataset file
 import hashlib
 import json
 import subprocess
+import sys
+from pathlib import Path
 
 from orchestrator.reports.provenance import (
     git_state,
@@ -24,6 +26,18 @@ def test_record_and_footer(tmp_path):
     footer = provenance_markdown(record)
     for text in ("commit:", "torch ", "ray ", digest[:12], "cores"):
         assert text in footer, text
+
+
+def test_the_digits_file_is_the_one_scikit_learn_reads_found_without_importing_it():
+    code = ("import sys; from workloads.data import dataset_files; "
+            "print(dataset_files('digits')[0]); print('sklearn' in sys.modules)")
+    path, imported = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                    text=True, check=True).stdout.split()
+    assert imported == "False"
+    from importlib.resources import files
+
+    assert Path(path) == Path(str(files("sklearn.datasets") / "data" / "digits.csv.gz"))
+    assert Path(path).is_file()
 
 
 def test_a_resumed_run_keeps_the_first_record_and_adds_its_own(tmp_path):
