@@ -76,6 +76,28 @@ def alpha_diglm_ddp_sweep(tmp_path_factory):
     return (directory / "stdout.txt").read_text(), sweep_dir
 
 
+@pytest.fixture(scope="session")
+def vae_smoke_sweep(tmp_path_factory):
+    """(console output, sweep directory) of the vae_ood smoke sweep with 30 epochs, each
+    reported, status lines every 0.2 s and W&B offline, made once: test_console checks its
+    status lines, test_vae_ood its results, OOD stage and W&B runs."""
+    def make(directory: Path) -> None:
+        ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+        try:
+            proc = command("sweep", "vae_ood", "--profile", "smoke", "--set", "epochs=30",
+                           "--set", "patience=100", "--set", "report_seconds=0",
+                           "--status-interval", "0.2", "--wandb", "offline",
+                           "--storage", directory / "runs",
+                           env=subprocess_env(directory, ray_tmp), cwd=directory)
+        finally:
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+        (directory / "output.txt").write_text(proc.stdout + proc.stderr)
+
+    directory = made_once("vae_smoke", tmp_path_factory, make)
+    (sweep_dir,) = (directory / "runs").glob("vae_ood-smoke-*")
+    return (directory / "output.txt").read_text(), sweep_dir
+
+
 WANDB_SECRET = "sentinel-wandb-key-0123456789abcdef"  # a W&B API key no file may hold
 
 

@@ -4,8 +4,6 @@ epoch and final-stage step; Ray's own notices go to the log file the header name
 
 import inspect
 import re
-import subprocess
-import sys
 
 import pytest
 from ray.tune import Callback
@@ -37,19 +35,13 @@ def test_planned_epochs():
 
 
 @pytest.mark.slow
-def test_status_lines_show_each_running_trials_epoch_and_final_stage(tmp_path, sweep_env):
-    """vae_ood smoke with 30 epochs, each reported: each trial trains for many status
-    intervals and its final stage (IWAE passes over every OOD set, the SVMs) takes seconds,
-    so the status lines must catch both; the condition is the trials' length, not the
-    moment. (With the profile's report_seconds=1 a fast machine sent 8 epochs as one report.)"""
-    proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.sweep", "vae_ood", "--profile", "smoke",
-         "--set", "epochs=30", "--set", "patience=100", "--set", "report_seconds=0",
-         "--wandb", "disabled",
-         "--status-interval", "0.2", "--storage", str(tmp_path / "runs")],
-        capture_output=True, text=True, env=sweep_env, timeout=600, cwd=tmp_path)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-3000:]
+def test_status_lines_show_each_running_trials_epoch_and_final_stage(vae_smoke_sweep):
+    """vae_ood smoke with 30 epochs, each reported (conftest): each trial trains for many
+    status intervals and its final stage (IWAE passes over every OOD set, the SVMs) takes
+    seconds, so the status lines must catch both; the condition is the trials' length, not
+    the moment. (With the profile's report_seconds=1 a fast machine sent 8 epochs as one
+    report.)"""
+    out, _ = vae_smoke_sweep
     status = re.findall(r"^\[sweep\] (\d)/2 done, (\d) running, (\d) pending, \d+ s", out,
                         re.MULTILINE)
     assert len(status) >= 5 and {done for done, _, _ in status} >= {"0"}

@@ -231,10 +231,8 @@ def test_linear_separability_of_separable_and_identical_codes():
 
 
 @pytest.mark.slow
-def test_vae_ood_smoke_sweep(tmp_path, env):
-    command("sweep", "vae_ood", "--profile", "smoke", "--storage", tmp_path, "--wandb",
-            "offline", env=env)
-    (sweep_dir,) = tmp_path.glob("vae_ood-smoke-*")
+def test_vae_ood_smoke_sweep(vae_smoke_sweep, tmp_path, env):
+    _, sweep_dir = vae_smoke_sweep  # conftest: 30 epochs, W&B offline
     results = sweep_dir / "results"
     table = pd.read_csv(results / "trials.csv")
     assert len(table) == 2 and (table.status == "completed").all()
