@@ -196,7 +196,7 @@ def test_truncated_mnist_files_exit_2_naming_the_file(sweep_env, tmp_path):
     line = one_line_error(sweep("batch_size_gffn", "--profile", "smoke", "--set",
                                 "dataset=mnist", "--set", "arch=cnn", "--data-dir",
                                 str(tmp_path), env=sweep_env))
-    assert str(bad) in line and "truncated" in line
+    assert str(bad) in line and "truncated" in line and "val_fraction" not in line
 
 
 def test_a_validation_share_outside_0_1_or_smaller_than_the_classes_exits_2(sweep_env,
@@ -211,6 +211,17 @@ def test_a_validation_share_outside_0_1_or_smaller_than_the_classes_exits_2(swee
                                 "dataset=cifar100", "--set", "val_fraction=0.2", "--data-dir",
                                 str(tmp_path), env=sweep_env))  # 80 held out, 100 classes
     assert "val_fraction=0.2" in line and "cifar100" in line and "classes" in line
+
+
+def test_a_validation_share_on_digits_is_noted_once_its_split_is_fixed(capsys):
+    from orchestrator.tune.overrides import check_datasets
+
+    space = get_search_space("feature_gmm")
+    profile = apply_overrides(space, space.profile("smoke"), ["val_fraction=0.25"])
+    check_datasets(profile, None, download=False)
+    out = capsys.readouterr().out
+    assert out.count("val_fraction=0.25 applies to the image datasets; digits keeps its "
+                     "60/20/20 split") == 1
 
 
 def test_storage_that_is_a_file_or_cannot_be_written_exits_2(sweep_env, tmp_path):

@@ -221,7 +221,14 @@ def check_datasets(profile: Profile, data_dir: str, download: bool) -> None:
     """Fail before starting Ray when a dataset of the sweep is missing or unreadable (or
     download it), or when a trial's batch is larger than its training set (it would take
     no optimizer step)."""
-    from workloads.data import VAL_FRACTION, absent_ood_sets, ensure_dataset, training_set_size
+    from workloads.data import (
+        DIGITS,
+        VAL_FRACTION,
+        DatasetUnreadableError,
+        absent_ood_sets,
+        ensure_dataset,
+        training_set_size,
+    )
 
     for name in profile_values(profile, "dataset"):
         ensure_dataset(name, data_dir, download=download)
@@ -229,6 +236,7 @@ def check_datasets(profile: Profile, data_dir: str, download: bool) -> None:
             print(f"[sweep] note: OOD set {other} of {name} is skipped: {expected} is not "
                   f"under {data_dir}", flush=True)
     sizes: dict[tuple, int] = {}
+    noted_digits = False
     for config in profile.checked_configs():
         batch_size = config.get("batch_size")
         if batch_size is None or "dataset" not in config:
@@ -237,13 +245,19 @@ def check_datasets(profile: Profile, data_dir: str, download: bool) -> None:
         if not 0 < fraction < 1:
             raise UsageError(f"--set val_fraction={fraction}: must be in (0, 1) (the share "
                              f"of the training split held out for validation)")
+        if config["dataset"] == DIGITS and fraction != VAL_FRACTION and not noted_digits:
+            noted_digits = True
+            print(f"[sweep] note: val_fraction={fraction} applies to the image datasets; "
+                  f"digits keeps its 60/20/20 split", flush=True)
         key = (config["dataset"], config.get("data_seed", 0), config.get("normal_class", -1),
                fraction)
         if key not in sizes:
             try:
                 sizes[key] = training_set_size(key[0], data_dir, seed=key[1],
                                                normal_class=key[2], val_fraction=fraction)
-            except ValueError as error:  # a stratified split with fewer examples than classes
+            except DatasetUnreadableError:
+                raise
+            except ValueError as error:  # scikit-learn: fewer held out than classes
                 raise UsageError(f"--set val_fraction={fraction}: {key[0]}: {error}") from None
         if batch_size > sizes[key]:
             what = key[0] + (f" (normal_class {key[2]})" if key[2] >= 0 else "")
