@@ -56,24 +56,40 @@ def made_once(name: str, tmp_path_factory, make) -> Path:
     return directory
 
 
+def sweep_made_once(key: str, tmp_path_factory, name: str, *args, env: dict | None = None,
+                    inspect=None) -> tuple[str, str, Path]:
+    """(stdout, stderr, sweep directory) of `python -m orchestrator.sweep NAME ARGS` (storage
+    ./runs of a `made_once(key)` directory, which is also its HOME and W&B dir, with a private
+    Ray temp dir and `env` added to its environment), run once per test run.
+    `inspect(directory, ray_tmp)` runs after the sweep, before its Ray temp dir is removed."""
+    def make(directory: Path) -> None:
+        ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+        try:
+            proc = command("sweep", name, *args, "--storage", directory / "runs",
+                           env={**subprocess_env(directory, ray_tmp), **(env or {})},
+                           cwd=directory)
+            if inspect is not None:
+                inspect(directory, Path(ray_tmp))
+        finally:
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+        (directory / "stdout.txt").write_text(proc.stdout)
+        (directory / "stderr.txt").write_text(proc.stderr)
+
+    directory = made_once(key, tmp_path_factory, make)
+    (sweep_dir,) = (directory / "runs").glob(f"{name}-*")
+    return ((directory / "stdout.txt").read_text(), (directory / "stderr.txt").read_text(),
+            sweep_dir)
+
+
 @pytest.fixture(scope="session")
 def alpha_diglm_ddp_sweep(tmp_path_factory):
     """(console output, sweep directory) of the alpha_diglm smoke sweep on Ray Train's path
     (2 gloo DDP workers, W&B offline), made once: test_generative_e2e checks its models and
     OOD stage, test_storage_s3 compares the same sweep run on S3 with it."""
-    def make(directory: Path) -> None:
-        ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-        try:
-            proc = command("sweep", "alpha_diglm", "--profile", "smoke", "--num-workers", 2,
-                           "--wandb", "offline", "--storage", directory / "runs",
-                           env=subprocess_env(directory, ray_tmp), cwd=directory)
-        finally:
-            shutil.rmtree(ray_tmp, ignore_errors=True)
-        (directory / "stdout.txt").write_text(proc.stdout)
-
-    directory = made_once("alpha_diglm_ddp", tmp_path_factory, make)
-    (sweep_dir,) = (directory / "runs").glob("alpha_diglm-smoke-*")
-    return (directory / "stdout.txt").read_text(), sweep_dir
+    stdout, _, sweep_dir = sweep_made_once("alpha_diglm_ddp", tmp_path_factory, "alpha_diglm",
+                                           "--profile", "smoke", "--num-workers", 2,
+                                           "--wandb", "offline")
+    return stdout, sweep_dir
 
 
 @pytest.fixture(scope="session")
@@ -81,21 +97,11 @@ def vae_smoke_sweep(tmp_path_factory):
     """(console output, sweep directory) of the vae_ood smoke sweep with 30 epochs, each
     reported, status lines every 0.2 s and W&B offline, made once: test_console checks its
     status lines, test_vae_ood its results, OOD stage and W&B runs."""
-    def make(directory: Path) -> None:
-        ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-        try:
-            proc = command("sweep", "vae_ood", "--profile", "smoke", "--set", "epochs=30",
-                           "--set", "patience=100", "--set", "report_seconds=0",
-                           "--status-interval", "0.2", "--wandb", "offline",
-                           "--storage", directory / "runs",
-                           env=subprocess_env(directory, ray_tmp), cwd=directory)
-        finally:
-            shutil.rmtree(ray_tmp, ignore_errors=True)
-        (directory / "output.txt").write_text(proc.stdout + proc.stderr)
-
-    directory = made_once("vae_smoke", tmp_path_factory, make)
-    (sweep_dir,) = (directory / "runs").glob("vae_ood-smoke-*")
-    return (directory / "output.txt").read_text(), sweep_dir
+    stdout, stderr, sweep_dir = sweep_made_once(
+        "vae_smoke", tmp_path_factory, "vae_ood", "--profile", "smoke", "--set", "epochs=30",
+        "--set", "patience=100", "--set", "report_seconds=0", "--status-interval", "0.2",
+        "--wandb", "offline")
+    return stdout + stderr, sweep_dir
 
 
 WANDB_SECRET = "sentinel-wandb-key-0123456789abcdef"  # a W&B API key no file may hold
@@ -110,25 +116,16 @@ def gffn_smoke_sweep(tmp_path_factory):
     the same sweep run on S3 with it."""
     import json
 
-    def make(directory: Path) -> None:
-        ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-        try:
-            env = {**subprocess_env(directory, ray_tmp), "WANDB_API_KEY": WANDB_SECRET}
-            proc = command("sweep", "batch_size_gffn", "--profile", "smoke", "--wandb",
-                           "offline", "--storage", directory / "runs", env=env, cwd=directory)
-            hits = [str(path) for path in [*(directory / "runs").rglob("*"),
-                                           *Path(ray_tmp).rglob("*")]
-                    if path.is_file() and path.stat().st_size < 50_000_000
-                    and WANDB_SECRET.encode() in path.read_bytes()]
-        finally:
-            shutil.rmtree(ray_tmp, ignore_errors=True)
-        (directory / "stdout.txt").write_text(proc.stdout)
+    def find_key(directory: Path, ray_tmp: Path) -> None:
+        hits = [str(path) for path in [*(directory / "runs").rglob("*"), *ray_tmp.rglob("*")]
+                if path.is_file() and path.stat().st_size < 50_000_000
+                and WANDB_SECRET.encode() in path.read_bytes()]
         (directory / "key_found_in.json").write_text(json.dumps(hits))
 
-    directory = made_once("gffn_smoke", tmp_path_factory, make)
-    (sweep_dir,) = (directory / "runs").glob("batch_size_gffn-smoke-*")
-    return ((directory / "stdout.txt").read_text(), sweep_dir,
-            json.loads((directory / "key_found_in.json").read_text()))
+    stdout, _, sweep_dir = sweep_made_once(
+        "gffn_smoke", tmp_path_factory, "batch_size_gffn", "--profile", "smoke", "--wandb",
+        "offline", env={"WANDB_API_KEY": WANDB_SECRET}, inspect=find_key)
+    return stdout, sweep_dir, json.loads((sweep_dir.parents[1] / "key_found_in.json").read_text())
 
 
 @pytest.fixture(scope="module")

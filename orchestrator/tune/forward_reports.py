@@ -20,7 +20,13 @@ class ForwardReports(UserCallback):
         self.queue = queue
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
-        item = dict(metrics[0])
-        if checkpoint is not None:
-            item[CHECKPOINT_PATH_KEY] = checkpoint.path
-        self.queue.put(item)
+        self.queue.put(tune_row(metrics[0], checkpoint))
+
+
+def tune_row(metrics: dict[str, Any] | None, checkpoint) -> dict[str, Any]:
+    """What the Tune trial reports for a Train report (or the run's result): its metrics and
+    the path of its checkpoint, if any, as `checkpoint_path`."""
+    row = dict(metrics or {})
+    if checkpoint is not None:
+        row[CHECKPOINT_PATH_KEY] = checkpoint.path
+    return row

@@ -236,7 +236,6 @@ def check_datasets(profile: Profile, data_dir: str, download: bool) -> None:
             print(f"[sweep] note: OOD set {other} of {name} is skipped: {expected} is not "
                   f"under {data_dir}", flush=True)
     sizes: dict[tuple, int] = {}
-    noted_digits = False
     for config in profile.checked_configs():
         batch_size = config.get("batch_size")
         if batch_size is None or "dataset" not in config:
@@ -245,10 +244,6 @@ def check_datasets(profile: Profile, data_dir: str, download: bool) -> None:
         if not 0 < fraction < 1:
             raise UsageError(f"--set val_fraction={fraction}: must be in (0, 1) (the share "
                              f"of the training split held out for validation)")
-        if config["dataset"] == DIGITS and fraction != VAL_FRACTION and not noted_digits:
-            noted_digits = True
-            print(f"[sweep] note: val_fraction={fraction} applies to the image datasets; "
-                  f"digits keeps its 60/20/20 split", flush=True)
         key = (config["dataset"], config.get("data_seed", 0), config.get("normal_class", -1),
                fraction)
         if key not in sizes:
@@ -263,6 +258,11 @@ def check_datasets(profile: Profile, data_dir: str, download: bool) -> None:
             what = key[0] + (f" (normal_class {key[2]})" if key[2] >= 0 else "")
             raise UsageError(f"--set batch_size={batch_size}: larger than the {sizes[key]:,} "
                              f"training examples of {what}")
+    on_digits = {c.get("val_fraction", VAL_FRACTION) for c in profile.checked_configs()
+                 if c.get("dataset") == DIGITS} - {VAL_FRACTION}
+    if on_digits:
+        print(f"[sweep] note: val_fraction={'/'.join(map(str, sorted(on_digits)))} applies to "
+              f"the image datasets; digits keeps its 60/20/20 split", flush=True)
     check_outliers(profile, data_dir, download)
 
 

@@ -88,7 +88,7 @@ def make_trainable(loop_name: str, scaling: Scaling, train_storage: str | Path,
         from ray.train.torch import TorchTrainer
         from ray.util.queue import Queue
 
-        from orchestrator.tune.forward_reports import CHECKPOINT_PATH_KEY, ForwardReports
+        from orchestrator.tune.forward_reports import ForwardReports, tune_row
 
         trial_id = tune.get_context().get_trial_id()
         reports = Queue(1, actor_options={"num_cpus": 0})  # the run waits for Tune to take each
@@ -106,10 +106,8 @@ def make_trainable(loop_name: str, scaling: Scaling, train_storage: str | Path,
             ),
         )
         result = fit_reporting_to_tune(trainer.fit, reports)
-        final = dict(result.metrics or {})
-        if result.checkpoint is not None:
-            final[CHECKPOINT_PATH_KEY] = result.checkpoint.path
-        tune.report(final)  # the trial's last row is its final one (a duplicate at worst)
+        # the trial's last row is its final one (a duplicate at worst)
+        tune.report(tune_row(result.metrics, result.checkpoint))
 
     trainable.__name__ = f"{loop_name}_trainable"
     from ray import tune
