@@ -1,0 +1,75 @@
+"""Install into the running interpreter's environment with uv, under pip's own settings.
+
+`make setup` runs `python tools/install.py -e '.[dev]'` in `.venv`. uv installs from its
+cache by hard links (the CUDA build of torch and its libraries unpack to ~6.7 GB, which pip
+unzips again in every new environment) and compiles the bytecode on all cores. uv does not
+read pip's configuration, so this passes it on: the settings `pip config list` shows (its
+files and `PIP_*` variables; an `install` section over `global`, the environment over
+both) become uv's options, and pip's choice of the best version across all indexes is kept
+(`--index-strategy unsafe-best-match`; uv's default takes the first index that has the
+package).
+
+    python tools/install.py [what to install, as for `pip install`]
+"""
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+
+# pip's setting -> uv's option; a setting holding several whitespace-separated values
+# becomes one option per value
+OPTIONS = {"index-url": "--index-url", "extra-index-url": "--extra-index-url",
+           "find-links": "--find-links", "constraint": "--constraint",
+           "trusted-host": "--allow-insecure-host"}
+FLAGS = {"no-index": "--no-index"}
+ENVIRONMENT = {"cert": "SSL_CERT_FILE", "timeout": "UV_HTTP_TIMEOUT",
+               "default-timeout": "UV_HTTP_TIMEOUT"}
+SECTIONS = ("global", "install", ":env:")  # pip's override order: later wins
+
+
+def pip_settings(listing: str) -> dict[str, str]:
+    """The settings pip's `install` would use, from the output of `pip config list`
+    (`section.key='value'` lines)."""
+    by_section: dict[str, dict[str, str]] = {section: {} for section in SECTIONS}
+    for line in listing.splitlines():
+        name, _, value = line.partition("=")
+        section, _, key = name.rpartition(".")
+        value = ast.literal_eval(value) if value else ""
+        if section in by_section and value:  # pip ignores an empty value
+            by_section[section][key.replace("_", "-")] = value
+    settings: dict[str, str] = {}
+    for section in SECTIONS:
+        settings.update(by_section[section])
+    return settings
+
+
+def uv_arguments(settings: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """uv's options and environment variables for pip's `settings`."""
+    options = ["--index-strategy", "unsafe-best-match"]
+    for key, option in OPTIONS.items():
+        for value in settings.get(key, "").split():
+            options += [option, value]
+    for key, flag in FLAGS.items():
+        if settings.get(key, "").lower() in ("1", "true", "yes", "on"):
+            options.append(flag)
+    environment = {variable: settings[key] for key, variable in ENVIRONMENT.items()
+                   if settings.get(key)}
+    return options, environment
+
+
+def main(requirements: list[str]) -> int:
+    from uv import find_uv_bin
+
+    listing = subprocess.run([sys.executable, "-m", "pip", "config", "list"], check=True,
+                             capture_output=True, text=True).stdout
+    options, environment = uv_arguments(pip_settings(listing))
+    command = [find_uv_bin(), "pip", "install", "--python", sys.executable,
+               "--compile-bytecode", *options, *requirements]
+    print("[install]", " ".join(command), flush=True)
+    return subprocess.run(command, env={**os.environ, **environment}).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:] or ["-e", ".[dev]"]))
