@@ -159,11 +159,14 @@ def test_driver_killed_mid_sweep_resumes_from_s3(s3, tmp_path):
         return out
 
     def finished_in_snapshot():
-        """The trials Tune's experiment snapshot in S3 (beside tuner.pkl) records as finished,
-        once it also records one 3 s into its run, so a resume has a checkpoint to start it
-        from; else none. (A trial's own result.json in S3 is not enough: it is uploaded with
-        the snapshot, so it may lag the trial, and a trial the snapshot records without a
-        checkpoint restarts from epoch 1 on resume.)
+        """The trials Tune's experiment snapshot in S3 (beside tuner.pkl) records as
+        terminated, once it also records one running 3 s into its run, so a resume has a
+        checkpoint to start it from; else none. Tune's own status, not the trial's last
+        report: a trial's final report comes before Tune marks it terminated, and a trial
+        the snapshot records as running is run again from its last checkpoint on resume.
+        (A trial's own result.json in S3 is not enough: it is uploaded with the snapshot, so
+        it may lag the trial, and a trial the snapshot records without a checkpoint restarts
+        from epoch 1 on resume.)
         Tune rewrites the snapshot while we poll: pyarrow sizes the object, then reads it,
         so a read that straddles a rewrite is cut short (or the file is gone): not yet."""
         if not files("tuner.pkl"):
@@ -174,13 +177,15 @@ def test_driver_killed_mid_sweep_resumes_from_s3(s3, tmp_path):
                     snapshot = json.loads(stream.read().decode())
             except (json.JSONDecodeError, FileNotFoundError):
                 continue
-            last = []
-            for _, runtime in snapshot["trial_data"]:
+            trials = []  # (Tune's status, trial id, last report)
+            for state, runtime in snapshot["trial_data"]:
+                state = json.loads(state) if isinstance(state, str) else state
                 runtime = json.loads(runtime) if isinstance(runtime, str) else runtime
-                last.append(runtime.get("last_result") or {})
-            if any(r.get("status") == "running" and r.get("loop_seconds", 0) >= 3
-                   for r in last):
-                return {r["trial_id"] for r in last if r.get("status") == "completed"}
+                trials.append((state["status"], state["trial_id"],
+                               runtime.get("last_result") or {}))
+            if any(status == "RUNNING" and last.get("loop_seconds", 0) >= 3
+                   for status, _, last in trials):
+                return {trial_id for status, trial_id, _ in trials if status == "TERMINATED"}
         return set()
 
     deadline, finished = time.time() + 240, set()
