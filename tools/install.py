@@ -82,9 +82,10 @@ def main(requirements: list[str]) -> int:
                              capture_output=True, text=True).stdout
     settings = pip_settings(listing)
     options, environment = uv_arguments(settings)
-    if not_passed_on(settings):
+    ignored = not_passed_on(settings)
+    if ignored:
         print("[install] pip settings with no uv counterpart, not passed on:",
-              ", ".join(not_passed_on(settings)), flush=True)
+              ", ".join(ignored), flush=True)
     command = [find_uv_bin(), "pip", "install", "--python", sys.executable,
                "--compile-bytecode", *options, *requirements]
     print("[install]", " ".join(command), flush=True)

@@ -236,7 +236,8 @@ def check_datasets(profile: Profile, data_dir: str, download: bool) -> None:
             print(f"[sweep] note: OOD set {other} of {name} is skipped: {expected} is not "
                   f"under {data_dir}", flush=True)
     sizes: dict[tuple, int] = {}
-    for config in profile.checked_configs():
+    configs = profile.checked_configs()
+    for config in configs:
         batch_size = config.get("batch_size")
         if batch_size is None or "dataset" not in config:
             continue
@@ -258,7 +259,7 @@ def check_datasets(profile: Profile, data_dir: str, download: bool) -> None:
             what = key[0] + (f" (normal_class {key[2]})" if key[2] >= 0 else "")
             raise UsageError(f"--set batch_size={batch_size}: larger than the {sizes[key]:,} "
                              f"training examples of {what}")
-    on_digits = {c.get("val_fraction", VAL_FRACTION) for c in profile.checked_configs()
+    on_digits = {c.get("val_fraction", VAL_FRACTION) for c in configs
                  if c.get("dataset") == DIGITS} - {VAL_FRACTION}
     if on_digits:
         print(f"[sweep] note: val_fraction={'/'.join(map(str, sorted(on_digits)))} applies to "
