@@ -12,6 +12,7 @@ from pathlib import Path
 from orchestrator.cli import run_command
 from orchestrator.errors import NoResultsError, UsageError
 from orchestrator.reports.collect import (
+    EPOCHS_TABLE,
     RESULTS_DIR,
     SWEEP_FILE,
     load_results,
@@ -57,7 +58,8 @@ def main(args: argparse.Namespace) -> int:
     render_outputs(table, artifacts, space, out, settings)
     if settings.get("search"):
         write_search_report(table, settings["search"], out,
-                            grid=search_of(settings) is None)
+                            grid=search_of(settings) is None,
+                            epochs=artifacts.table(EPOCHS_TABLE))
     verdicts = write_reproduction(space, sweep_dir, table, artifacts.tables, settings)
     print(markdown_table(table, space))
     drawn = "trials.md, aggregated.md" + (", ood.md" if not artifacts.ood.empty else "")

@@ -71,17 +71,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="who draws them: random (Tune's own), optuna (TPE) or hyperopt; "
                              "optuna and hyperopt need every grid key fixed (default: random)")
     search.add_argument("--scheduler", default="fifo", choices=SCHEDULERS,
-                        help="who stops trials early, on the trials' epochs: asha, hyperband, "
-                             "or pbt (mutates the searched keys); fifo: none (default)")
+                        help="who stops or perturbs trials, on the trials' epochs: asha, "
+                             "median, hyperband stop trials early; pbt and pb2 clone the "
+                             "best running trials and perturb the searched keys (their "
+                             "result is a schedule); fifo: none (default)")
     search.add_argument("--metric", help="the validation metric they decide on (default: the "
                                          "sweep's own, see --list); reported every epoch")
     search.add_argument("--mode", choices=("max", "min"),
                         help="whether --metric is better high or low")
-    search.add_argument("--grace-period", type=int, default=1, metavar="EPOCHS",
-                        help="asha: epochs before a trial may be stopped (default: 1)")
+    search.add_argument("--grace-period", type=int, metavar="EPOCHS",
+                        help="asha / median: epochs before a trial may be stopped "
+                             "(default: 1)")
     search.add_argument("--reduction-factor", type=finite_float, metavar="F",
                         help="asha / hyperband: 1/F of the trials go on at each rung "
                              "(default: Ray's, 4 for asha, 3 for hyperband)")
+    search.add_argument("--across-grid", action="store_true",
+                        help="asha / median: compare every trial with every other (default: "
+                             "each within its grid cell, e.g. model=ffn against ffn only)")
+    search.add_argument("--search-seed", type=int, default=0, metavar="S",
+                        help="seed of the searcher and scheduler (default: 0; the same "
+                             "command draws the same values)")
     parser.add_argument("--seeds", type=int, metavar="K",
                         help="train every configuration with seeds 0..K-1 (model "
                              "initialisation and data order; the data split stays fixed); "
@@ -154,8 +163,11 @@ def main(args: argparse.Namespace) -> int:
     if args.set_from is not None:  # a key the user --set keeps the user's value
         profile = apply_best(space, profile, args.set_from,
                              keep=tuple(o.partition("=")[0].strip() for o in args.overrides))
-    search = resolve_search(space, profile, args.search, args.scheduler, args.metric,
-                            args.mode, args.grace_period, args.reduction_factor, args.resume)
+    search = resolve_search(space, profile, algorithm=args.search, scheduler=args.scheduler,
+                            metric=args.metric, mode=args.mode,
+                            grace_period=args.grace_period,
+                            reduction_factor=args.reduction_factor, resume=args.resume,
+                            across_grid=args.across_grid, seed=args.search_seed, base=base)
     scaling = Scaling(
         num_workers=profile.num_workers if args.num_workers is None else args.num_workers,
         gpus_per_worker=(profile.gpus_per_worker if args.gpus_per_worker is None

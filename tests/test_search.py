@@ -67,8 +67,9 @@ def test_a_bad_distribution_is_refused_naming_the_key(override, message):
 
 
 def test_the_checks_before_ray_starts_refuse_a_search_that_cannot_run():
-    def resolve(profile, algorithm="random", scheduler="fifo", metric=None, grace=1):
-        return resolve_search(SPACE, profile, algorithm, scheduler, metric, None, grace, None)
+    def resolve(profile, algorithm="random", scheduler="fifo", metric=None, grace=None):
+        return resolve_search(SPACE, profile, algorithm=algorithm, scheduler=scheduler,
+                              metric=metric, grace_period=grace)
 
     searched = overridden("lr=loguniform(1e-4,1e-2)")
     with pytest.raises(UsageError, match="optuna draws every value.*model \\(2 values\\)"):
@@ -82,7 +83,7 @@ def test_the_checks_before_ray_starts_refuse_a_search_that_cannot_run():
     with pytest.raises(UsageError, match="give --mode"):
         resolve(searched, metric="val_nll")
     with pytest.raises(UsageError, match="hyperband search cannot resume"):
-        resolve_search(SPACE, searched, "random", "hyperband", None, None, 1, None, True)
+        resolve_search(SPACE, searched, scheduler="hyperband", resume=True)
     with pytest.raises(UsageError, match="--grace-period 1: the trials run at most 1"):
         resolve(searched, scheduler="asha")  # the smoke profile's single epoch
     search = resolve(overridden("lr=loguniform(1e-4,1e-2)", "epochs_b=8", "model=gffn",
@@ -130,7 +131,7 @@ def test_hyperband_stops_paused_trials_when_the_last_one_ends_without_a_result(f
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import HyperBandScheduler, TrialScheduler
 
-    from orchestrator.tune.search import hyperband_scheduler
+    from orchestrator.tune.schedulers import hyperband_scheduler
 
     cls = hyperband_scheduler() if fixed else HyperBandScheduler
     scheduler = cls(time_attr="epoch", max_t=9, reduction_factor=3, metric="val_acc",
@@ -159,11 +160,11 @@ def test_pbt_explores_within_the_distributions_through_rays_own_explore_step():
 
     from ray.tune.schedulers.pbt import _explore
 
-    from orchestrator.tune.search import trial_scheduler
+    from orchestrator.tune.schedulers import trial_scheduler
 
     profile = overridden("lr=uniform(0.001,0.01)", "batch_size=randint(8,65)",
                          "lr_scaling=choice(none,sqrt)", "model=gffn", "epochs_b=8")
-    search = resolve_search(SPACE, profile, "random", "pbt", None, None, 1, None)
+    search = resolve_search(SPACE, profile, scheduler="pbt")
     pbt = trial_scheduler(search, profile)
     assert (pbt._time_attr, pbt._perturbation_interval) == ("epoch", 2)  # a quarter of 8
     random.seed(0)

@@ -48,7 +48,7 @@ from search_spaces import SearchSpace, expand_setup
 
 SWEEP_FILE = "sweep.json"  # what the sweep was asked (name, profile, overrides, storage)
 RESULTS_DIR = "results"
-HIDDEN_CONFIG = ("data_dir",)
+HIDDEN_CONFIG = ("data_dir", "schedule_keys")
 TUNE_BOOKKEEPING = ("config", "date", "hostname", "node_ip", "pid", "timestamp", "done",
                     "time_this_iter_s", "time_since_restore", "iterations_since_restore",
                     "checkpoint_dir_name", "should_checkpoint")
@@ -88,10 +88,42 @@ def _final_artifacts(result, filesystem) -> dict | None:
     return read_final_artifacts(filesystem or pyarrow.fs.LocalFileSystem(), path, FINAL_FILE)
 
 
-def collect_results(result_grid, filesystem=None,
-                    stopped_early: bool = False) -> tuple[pd.DataFrame, Artifacts]:
+EPOCHS_TABLE = "epochs"  # a search's long table: trial x epoch, its validation metrics
+
+
+def epoch_rows(result, trial_id: str) -> list[dict[str, Any]]:
+    """Every epoch a trial reported (Tune's record of its reports, read back from its
+    result.json): `epoch`, `train_loss` and the validation metrics; the epochs a report
+    carried in `earlier_epochs` included."""
+    frame = result.metrics_dataframe
+    if frame is None or "epoch" not in frame:
+        return []
+    wanted = [c for c in frame.columns if c in ("epoch", "train_loss") or c.startswith("val_")]
+    rows = []
+    for _, report in frame.iterrows():
+        earlier = report.get("earlier_epochs")
+        for metrics in [*(earlier if isinstance(earlier, list) else []), report]:
+            row = {k: metrics.get(k) for k in wanted}
+            if row.get("epoch") is not None and pd.notna(row["epoch"]):
+                rows.append({"trial_id": trial_id, **row, "epoch": int(row["epoch"])})
+    return rows
+
+
+def schedule_text(schedule: list[dict[str, Any]]) -> str:
+    """A trial's schedule (orchestrator.tune.epochs.record_schedule) in one cell:
+    "lr=0.0179 from epoch 1 (trial d0d77_00004); lr=0.0215 from epoch 13 (d0d77_00005)"."""
+    def values(segment):
+        return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in segment.items() if k not in ("from_epoch", "trial_id"))
+    return "; ".join(f"{values(s)} from epoch {s['from_epoch']} ({s['trial_id']})"
+                     for s in schedule)
+
+
+def collect_results(result_grid, filesystem=None, stopped_early: bool = False,
+                    epochs: bool = False) -> tuple[pd.DataFrame, Artifacts]:
     """One row per trial (its config, its last reported metrics and its status), and the
     trials' final artifacts, read from the storage `filesystem` (pyarrow; None: local).
+    With `epochs` (a search), the long table `epochs` of every trial's reported epochs.
 
     Status is the loop's own (`completed`, `diverged`), `error` when the trial raised
     (after its retries), and without a final report `stopped` when `stopped_early` (a
@@ -115,8 +147,12 @@ def collect_results(result_grid, filesystem=None,
         rows.append(row)
         final = _final_artifacts(result, filesystem)
         trial_id = row.get("trial_id")
+        if epochs and trial_id:
+            long_rows.setdefault(EPOCHS_TABLE, []).extend(epoch_rows(result, trial_id))
         if not final or not trial_id:
             continue
+        if final.get("schedule"):
+            row["schedule"] = schedule_text(final["schedule"])
         if final.get("reliability"):
             artifacts.reliability[trial_id] = final["reliability"]
         if final.get("samples"):

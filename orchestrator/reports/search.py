@@ -25,6 +25,7 @@ import pandas as pd
 
 from orchestrator.reports.aggregate import SEED
 from orchestrator.reports.plots import pyplot, save_figure
+from orchestrator.tune.schedulers import POPULATION
 from orchestrator.tune.search import Search, rung_milestones
 from search_spaces import SearchSpace
 
@@ -62,31 +63,69 @@ def search_text(record: dict[str, Any]) -> str:
     return f"{drawn}, scheduler {record['scheduler']}"
 
 
-def best_configurations(table: pd.DataFrame, record: dict[str, Any]) -> dict[str, Any] | None:
+def _value_at(epochs: pd.DataFrame, trial_ids: list[str], metric: str,
+              epoch: int) -> float | None:
+    """The mean of `metric` over the trials `trial_ids` at `epoch` (their reported epochs,
+    `epochs`); None when one of them has no value there."""
+    if epochs.empty or metric not in epochs:
+        return None
+    at = epochs[epochs["trial_id"].astype(str).isin(trial_ids) & (epochs["epoch"] == epoch)]
+    values = at.drop_duplicates("trial_id", keep="last")[metric]
+    return float(values.mean()) if len(values) == len(trial_ids) and values.notna().all() \
+        else None
+
+
+def _draws(done: pd.DataFrame, keys: list[str]):
+    groups = done.groupby(keys, dropna=False, sort=False) if keys else [((), done)]
+    for values, group in groups:
+        yield (values if isinstance(values, tuple) else (values,)), group
+
+
+def best_configurations(table: pd.DataFrame, record: dict[str, Any],
+                        epochs: pd.DataFrame | None = None) -> dict[str, Any] | None:
     """best.json's content for the trials `table` of a sweep whose search is `record`
-    (`search_record`); None when no completed or stopped trial reported the metric."""
+    (`Search.settings`), with the trials' reported epochs `epochs` (the long table
+    `epochs`); None when no completed or stopped trial reported the metric.
+
+    A draw (the values of the searched keys in one grid cell, over its seeds) is compared
+    at one budget: a draw whose trials all completed by its value at their ends (the mean
+    over seeds of each one's last report); any other by the mean over its seeds at the
+    furthest epoch every seed reached. Draws that completed rank first, then those that
+    went further, then by value: draws of a rank are compared at the same epoch, never a
+    mean across epochs. A population's search (pbt, pb2) has no draws: its result is each
+    trial's schedule (`population_result`)."""
     metric, mode = record["metric"], record["mode"]
     if metric not in table or "status" not in table:
         return None
     done = table[table["status"].isin(["completed", "stopped"]) & table[metric].notna()]
     if done.empty or "epoch" not in done:
         return None
+    epochs = pd.DataFrame() if epochs is None else epochs
+    summary = {"metric": metric, "mode": mode, "searched": list(record["searched"]),
+               "fixed": record.get("fixed", {}),
+               "search": {k: record[k] for k in ("algorithm", "scheduler", "num_samples")}}
+    sign = 1 if mode == "max" else -1
+    if record["scheduler"] in POPULATION:
+        return {**summary, **population_result(done, metric, sign)}
     searched = list(record["searched"])
     grid = [k for k in record["grid"] if k in done.columns and k not in searched]
     carried, by = (searched, grid) if searched else (grid, [])
     keys = [*by, *carried]
-    groups = done.groupby(keys, dropna=False, sort=False) if keys else [((), done)]
     rows = []
-    for values, group in groups:
-        values = values if isinstance(values, tuple) else (values,)
+    for values, group in _draws(done, keys):
         config = {k: _plain(v) for k, v in zip(keys, values)}
+        trial_ids = [str(t) for t in group.get("trial_id", [])]
+        completed = bool((group["status"] == "completed").all())
+        epoch = int(group["epoch"].min())
+        value = float(group[metric].mean()) if completed or group["epoch"].nunique() == 1 \
+            else _value_at(epochs, trial_ids, metric, epoch)
+        if value is None:  # no record of the epochs: the seeds that reached `epoch` only
+            value = float(group.loc[group["epoch"] == epoch, metric].mean())
         rows.append({"config": {k: config[k] for k in by},
                      "values": {k: config[k] for k in carried},
-                     "value": float(group[metric].mean()), "trials": len(group),
-                     "completed": bool((group["status"] == "completed").all()),
-                     "epochs": int(group["epoch"].min()),
-                     "trial_ids": [str(t) for t in group.get("trial_id", [])]})
-    sign = 1 if mode == "max" else -1
+                     "value": value, "trials": len(group), "completed": completed,
+                     "epochs": epoch, "compared_at": "end" if completed else f"epoch {epoch}",
+                     "trial_ids": trial_ids})
 
     def rank(row: dict[str, Any]) -> tuple:  # furthest first (as the scheduler judged)
         return (row["completed"], row["epochs"], sign * row["value"])
@@ -97,11 +136,28 @@ def best_configurations(table: pd.DataFrame, record: dict[str, Any]) -> dict[str
         if cell not in cells or rank(row) > rank(cells[cell]):
             cells[cell] = row
     best = max(cells.values(), key=rank)
-    return {"metric": metric, "mode": mode, "searched": searched, "by": by,
-            "search": {k: record[k] for k in ("algorithm", "scheduler", "num_samples")},
+    return {**summary, "by": by,
             "best": {"config": {**best["config"], **best["values"]}, "value": best["value"],
-                     "trial_ids": best["trial_ids"]},
+                     "compared_at": best["compared_at"], "trial_ids": best["trial_ids"]},
             "per_configuration": list(cells.values())}
+
+
+def population_result(done: pd.DataFrame, metric: str, sign: int) -> dict[str, Any]:
+    """A population's result (pbt, pb2): every trial with its schedule (`schedule`: the
+    values it trained with, from which epoch, cloned from which trial) and its last value;
+    the best trial's schedule as `best`. No draws, no `per_configuration`: the values a
+    trial ends with are not the ones that trained its weights, so `--set-from` refuses
+    such a file (orchestrator.tune.overrides.apply_best)."""
+    trials = []
+    for _, row in done.iterrows():
+        trials.append({"trial_id": str(row.get("trial_id", "")), "value": float(row[metric]),
+                       "epochs": int(row["epoch"]), "status": row["status"],
+                       "schedule": row.get("schedule") if isinstance(row.get("schedule"), str)
+                       else ""})
+    trials.sort(key=lambda t: (t["status"] == "completed", t["epochs"], sign * t["value"]),
+                reverse=True)
+    return {"by": [], "best": {"config": {}, **trials[0]}, "population": trials,
+            "per_configuration": []}
 
 
 def best_trials(table: pd.DataFrame, record: dict[str, Any]) -> pd.DataFrame:
@@ -122,7 +178,7 @@ def rungs(table: pd.DataFrame, record: dict[str, Any]) -> pd.DataFrame:
     many trials reached it and how many were stopped before the next."""
     if record["scheduler"] not in ("asha", "hyperband") or "epoch" not in table:
         return pd.DataFrame()
-    search = Search(**{k: record[k] for k in Search.__dataclass_fields__})
+    search = Search.of(record)
     milestones = rung_milestones(search)
     epochs = table["epoch"].fillna(0)
     stopped = table["status"] == "stopped"
@@ -160,17 +216,32 @@ def plot_searched(table: pd.DataFrame, record: dict[str, Any], out: Path) -> lis
     return paths
 
 
+def schedules(best: dict[str, Any] | None, metric: str) -> pd.DataFrame:
+    """A population's trials (best.json's `population`), best first: each one's last
+    value and its schedule (its lineage: the trials it was cloned from, from which epoch,
+    with which values)."""
+    if not best or "population" not in best:
+        return pd.DataFrame()
+    return pd.DataFrame([{"trial_id": t["trial_id"], "status": t["status"],
+                          "epochs": t["epochs"], metric: t["value"],
+                          "schedule": t["schedule"]} for t in best["population"]])
+
+
 def write_search_report(table: pd.DataFrame, record: dict[str, Any], out: Path,
-                        grid: bool) -> dict[str, pd.DataFrame]:
+                        grid: bool, epochs: pd.DataFrame | None = None,
+                        ) -> dict[str, pd.DataFrame]:
     """best.json in `out` (the results dir); for a search also search.md and its plots.
-    Returns the search's tables by name (for the W&B summary run)."""
-    best = best_configurations(table, record)
+    `epochs`: the trials' reported epochs (the long table `epochs`), where draws stopped at
+    different epochs are compared. Returns the search's tables by name (for the W&B summary
+    run)."""
+    best = best_configurations(table, record, epochs)
     (out / BEST_FILE).unlink(missing_ok=True)
     if best is not None:
         (out / BEST_FILE).write_text(json.dumps(best, indent=2))
     if grid:
         return {}
-    tables = {"best_trials": best_trials(table, record), "rungs": rungs(table, record)}
+    tables = {"best_trials": best_trials(table, record), "rungs": rungs(table, record),
+              "schedules": schedules(best, record["metric"])}
     searched = ", ".join(f"{k} ~ {v}" for k, v in record["searched"].items()) or "none"
     lines = [f"# Search: {record['algorithm']}, scheduler {record['scheduler']}",
              "", f"Searched: {searched}; {record['num_samples']} draws. Decided on "
@@ -182,13 +253,23 @@ def write_search_report(table: pd.DataFrame, record: dict[str, Any], out: Path,
         lines += ["", f"## Rungs of {record['scheduler']} (grace period "
                       f"{record['grace_period']}, max_t {record['max_t']})", "",
                   tables["rungs"].to_markdown(index=False)]
-    lines += ["", "## Best per configuration (best.json)", ""]
-    if best is None:
-        lines.append("No trial completed: no best configuration.")
+    if not tables["schedules"].empty:
+        lines += ["", f"## Schedules of the population ({record['scheduler']}; best.json)", "",
+                  "Each trial's values and from which epoch it trained with them; a segment "
+                  "of another trial is the lineage it was cloned from (its weights and "
+                  "optimizer state up to that epoch), as the trial's own checkpoints record "
+                  "it. The result of a population is the best trial's schedule, not one "
+                  "value per key.", "", tables["schedules"].to_markdown(index=False)]
+    elif best is None:
+        lines += ["", "## Best per configuration (best.json)", "",
+                  "No trial completed: no best configuration."]
     else:
-        lines.append(pd.DataFrame([{**r["config"], **r["values"], record["metric"]: r["value"],
-                                    "trials": r["trials"]}
-                                   for r in best["per_configuration"]]).to_markdown(index=False))
+        lines += ["", "## Best per configuration (best.json)", "",
+                  "A draw whose trials all completed is compared at their ends; one stopped "
+                  "early at the furthest epoch all its seeds reached (`compared at`).", "",
+                  pd.DataFrame([{**r["config"], **r["values"], record["metric"]: r["value"],
+                                 "compared at": r["compared_at"], "trials": r["trials"]}
+                                for r in best["per_configuration"]]).to_markdown(index=False)]
     (out / SEARCH_FILE).write_text("\n".join(lines) + "\n")
     plot_searched(table, record, out / "plots")
     return {name: frame for name, frame in tables.items() if not frame.empty}
@@ -201,6 +282,11 @@ def best_line(out: Path) -> str:
     if not path.exists():
         return "[sweep] no completed trial reported the metric: no best.json"
     best = json.loads(path.read_text())
+    if "population" in best:
+        top = best["best"]
+        return (f"[sweep] best on {best['metric']} ({best['mode']}): trial {top['trial_id']} "
+                f"-> {top['value']:.4g}, schedule {top['schedule']} ({path}; a schedule, "
+                f"not one value per key)")
     values = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                       for k, v in best["best"]["config"].items()) or "(one configuration)"
     cells = len(best["per_configuration"])

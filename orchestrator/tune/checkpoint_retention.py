@@ -14,6 +14,11 @@ be a few snapshots old). A finished trial is cut down to `keep` checkpoints once
 snapshots record it as finished, and every trial at the end of the experiment (after
 Tune's final, waited-for snapshot).
 
+A checkpoint that Tune holds as a trial's current one is never deleted: under Population
+Based Training a clone waiting to start holds its donor's checkpoint, which the donor's
+later checkpoints would otherwise push out (seen: "Could not recover from checkpoint as it
+does not exist on storage anymore" for a PB2 clone).
+
 Tune calls `get_state` on every callback whenever it saves the experiment's state (the
 public `Callback.get_state`, "called automatically by Tune to periodically checkpoint
 callback state"), which is how the callback knows a snapshot was taken. That it is called
@@ -57,6 +62,7 @@ class CheckpointRetention(Callback):
         self._finished: dict[str, int] = {}        # trial id -> snapshots seen when it ended
         self._filesystem = None
         self._first_checkpoint: float | None = None  # monotonic time
+        self._trials: list = []                    # Tune's trials (their current checkpoints)
 
     def __getstate__(self):  # Tune pickles callbacks with the experiment: keep the setting only
         return {"keep": self.keep}
@@ -86,6 +92,7 @@ class CheckpointRetention(Callback):
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any,
                       **info) -> None:
         self._filesystem = checkpoint.filesystem
+        self._trials = trials
         if self._first_checkpoint is None:
             self._first_checkpoint = time.monotonic()
         elif self._count == 0 and time.monotonic() - self._first_checkpoint > SNAPSHOT_TIMEOUT_S:
@@ -117,12 +124,22 @@ class CheckpointRetention(Callback):
                 cut = min(cut, paths.index(snapshot[trial_id]))
         self._delete(trial_id, cut)
 
+    def _held(self) -> set[str]:
+        """The checkpoints Tune holds as trials' current ones (a clone: its donor's)."""
+        return {t.checkpoint.path for t in self._trials if getattr(t, "checkpoint", None)}
+
     def _delete(self, trial_id: str, count: int) -> None:
-        """Delete the trial's `count` oldest checkpoints."""
+        """Delete the trial's `count` oldest checkpoints but those a trial holds."""
         paths = self._paths.get(trial_id, [])
-        for path in paths[:max(count, 0)]:
+        if count <= 0:
+            return
+        held, kept = self._held(), []
+        for path in paths[:count]:
+            if path in held:
+                kept.append(path)
+                continue
             try:
                 self._filesystem.delete_dir(path)
             except (FileNotFoundError, OSError):
                 pass  # already gone
-        del paths[:max(count, 0)]
+        paths[:count] = kept

@@ -4,8 +4,9 @@
 What every loop shares is here, once: restore from the latest checkpoint (a trial whose
 final checkpoint was written reports its result again), the epochs, divergence
 (`status="diverged"`), the best validation epoch and its weights, early stopping, the
-checkpoint clock, the reports (batched by the session), and the final stage on rank 0
-while the other ranks wait at the collective report.
+checkpoint clock, the reports (batched by the session), the schedule of a population's
+trial (`record_schedule`), and the final stage on rank 0 while the other ranks wait at the
+collective report.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import torch
 
+from orchestrator.tune.schedulers import SCHEDULE_KEYS
 from orchestrator.tune.session import Session
 from workloads.training.loop import EpochLoop, unwrap
 
@@ -64,6 +66,26 @@ def _improved(loop: EpochLoop, metrics: dict[str, Any], state: dict[str, Any]) -
     return value > best if mode == "max" else value < best
 
 
+SCHEDULE = "schedule"  # state and final artifacts: the segments that ran
+
+
+def record_schedule(config: dict[str, Any], state: dict[str, Any], trial_id: str) -> None:
+    """What a trial under Population Based Training actually ran, kept in its state (and
+    so in its checkpoints, which a clone inherits with the weights): a segment per run of
+    the loop whose trial or values of the `schedule_keys` differ from the last one's,
+    `{"from_epoch": first epoch it trains (1-based), "trial_id": who ran it, key: value}`.
+    The segments before a clone's exploit are its donor's lineage."""
+    keys = [k for k in str(config.get(SCHEDULE_KEYS) or "").split("+") if k]
+    if not keys:
+        return
+    segment = {"from_epoch": state["epoch"] + 2, "trial_id": trial_id,
+               **{k: config[k] for k in keys}}
+    schedule = state.setdefault(SCHEDULE, [])
+    same = ("trial_id", *keys)
+    if not schedule or any(schedule[-1].get(k) != segment[k] for k in same):
+        schedule.append(segment)
+
+
 def run_epochs(make_loop: LoopFactory, config: dict[str, Any], session: Session) -> None:
     """Train the loop `make_loop(config, session)` builds, reporting through `session`.
 
@@ -90,6 +112,7 @@ def run_epochs(make_loop: LoopFactory, config: dict[str, Any], session: Session)
     else:
         state = {**loop.initial_state(), **state}  # entries a later version added
         loop.load_state_dict(state)
+    record_schedule(config, state, session.trial_id)
 
     for epoch in range(state["epoch"] + 1, loop.epochs):
         started = time.perf_counter()
@@ -125,6 +148,8 @@ def run_epochs(make_loop: LoopFactory, config: dict[str, Any], session: Session)
             return
         session.progress("final stage")
         final, artifacts = loop.final_stage(loop.evaluated(state), state, session.progress)
+        if SCHEDULE in state:
+            artifacts = {**artifacts, SCHEDULE: state[SCHEDULE]}
         metrics.update(final, loop_seconds=time.perf_counter() - loop_started)
         state["final_metrics"] = metrics
         session.report(metrics, state=state, final=artifacts)

@@ -21,6 +21,7 @@ from typing import Any
 
 from orchestrator.errors import EXIT_NO_RESULTS, EXIT_UNFINISHED, UsageError
 from orchestrator.reports.collect import (
+    EPOCHS_TABLE,
     SWEEP_FILE,
     collect_results,
     status_counts,
@@ -43,14 +44,13 @@ from orchestrator.reports.search import (
 from orchestrator.reports.tables import markdown_table
 from orchestrator.tracking import runs as tracking
 from orchestrator.tune.scaling import Scaling
+from orchestrator.tune.schedulers import trial_scheduler
 from orchestrator.tune.search import (
     Search,
     is_grid,
     param_space,
     quiet_searcher,
     search_algorithm,
-    search_record,
-    trial_scheduler,
 )
 from orchestrator.tune.storage import Storage, open_storage
 from orchestrator.tune.trainable import KEEP_CHECKPOINTS, make_trainable
@@ -101,13 +101,13 @@ def sweep_settings(profile: Profile, scaling: Scaling,
                    search: Search | None = None) -> dict[str, Any]:
     """What decides a sweep's trials: every config value (a list where it is swept, the
     distribution's text where it is searched), the trial resources and the search
-    (`search_record`). Recorded in sweep.json; a resume must not change it."""
+    (`Search.settings`). Recorded in sweep.json; a resume must not change it."""
     values = {**profile.config, **profile.grid,
               **{k: str(d) for k, d in profile.search.items()},
               "num_workers": scaling.num_workers,
               "gpus_per_worker": scaling.gpus_per_worker,
               "cpus_per_worker": scaling.cpus_per_worker,
-              "search": search_record(profile, search or Search(metric="", mode="max"))}
+              "search": (search or Search(metric="", mode="max")).settings()}
     return json.loads(json.dumps(values))  # tuples as lists, as read back
 
 
@@ -118,6 +118,9 @@ def check_resumable(run: str, earlier: dict[str, Any], settings: dict[str, Any])
     old = earlier["settings"]
     if "search" not in old and search_of(settings) is None:
         old = {**old, "search": settings["search"]}  # a grid run from before searches
+    if isinstance(old.get("search"), dict):  # search settings added since are not compared
+        settings = {**settings, "search": {k: v for k, v in settings["search"].items()
+                                           if k in old["search"]}}
     changed = [f"{k} ({json.dumps(old.get(k))} -> {json.dumps(settings.get(k))})"
                for k in sorted({*old, *settings}) if old.get(k) != settings.get(k)]
     if changed:
@@ -256,9 +259,11 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
                "the autoscaler for room)")
     print(f"[sweep] trial path: {path}; {at_once}; W&B {mode}; storage {sweep_dir}",
           flush=True)
-    if search.scheduler == "pbt" and concurrent and concurrent < profile.num_trials():
-        print(f"[sweep] note: PBT's population of {profile.num_trials()} runs {concurrent} at "
-              f"a time; the later trials clone the earlier, finished ones", flush=True)
+    if search.perturbs and concurrent and concurrent < profile.num_trials():
+        print(f"[sweep] note: {search.scheduler.upper()}'s population of "
+              f"{profile.num_trials()} runs {concurrent} at a time: at each perturbation a "
+              f"trial is paused so that a waiting one runs, and only running trials are "
+              f"compared and cloned", flush=True)
 
     from orchestrator.tune.progress_board import board_name, start_board
 
@@ -289,7 +294,7 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
             param_space=space_of_trials,
             tune_config=tune.TuneConfig(metric=search.metric, mode=search.mode,
                                         num_samples=profile.num_samples,
-                                        search_alg=search_algorithm(search),
+                                        search_alg=search_algorithm(search, concurrent),
                                         scheduler=trial_scheduler(search, profile),
                                         max_concurrent_trials=concurrent,
                                         # Locally a finished trial's process serves the
@@ -334,10 +339,12 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
 
     # After a finished fit, a trial a scheduler ended before its last epoch is "stopped".
     table, artifacts = collect_results(result_grid, storage.filesystem,
-                                       stopped_early=search.stops_trials and fitted)
+                                       stopped_early=search.stops_trials and fitted,
+                                       epochs=search.is_search)
     out = write_results(table, artifacts, space, local_dir, settings)
     search_tables = write_search_report(table, settings["search"], out,
-                                        grid=is_grid(profile, search))
+                                        grid=is_grid(profile, search),
+                                        epochs=artifacts.table(EPOCHS_TABLE))
     verdicts = write_reproduction(space, local_dir, table, artifacts.tables, settings)
     print(f"\n[sweep] {space.name} / {profile_name}: {len(table)} trials in {wall:.1f} s\n")
     print(markdown_table(table, space))

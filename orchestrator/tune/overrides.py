@@ -125,11 +125,21 @@ def apply_best(space: SearchSpace, profile: Profile, path: Path,
     sweep's results/best.json (orchestrator.reports.search), but those in `keep` (keys the
     user --set). Found per configuration of a grid (`by`), they become linked `setup`s:
     each combination of `by` in this profile's trials with its own values; a combination
-    the file has no values for is a UsageError."""
+    the file has no values for is a UsageError, and so is a trial whose value of a key the
+    search held fixed (`fixed`: model=gffn) differs. A population's best.json (pbt, pb2)
+    holds schedules, not values: refused."""
     try:
         best = json.loads(Path(path).read_text())
+        if "population" in best:
+            top = best["best"]
+            raise UsageError(
+                f"--set-from {path}: a {best['search']['scheduler']} search's result is a "
+                f"schedule trained from cloned weights (best: trial {top['trial_id']}, "
+                f"{top['schedule']}), not one value per key to start a grid from; set the "
+                f"values with --set, or search them with --scheduler asha")
         by, entries = list(best["by"]), list(best["per_configuration"])
         carried = [k for k in entries[0]["values"] if k not in keep]
+        fixed = {k: v for k, v in dict(best.get("fixed", {})).items() if k not in keep}
     except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
         raise UsageError(f"--set-from {path}: not a sweep's best.json "
                          f"({error.__class__.__name__}: {error})") from None
@@ -139,6 +149,13 @@ def apply_best(space: SearchSpace, profile: Profile, path: Path,
     if unknown:
         raise UsageError(f"--set-from {path}: {', '.join(unknown)}: not a key of sweep "
                          f"'{space.name}'")
+    for config in profile.trial_configs():
+        other = {k: config.get(k) for k, v in fixed.items() if config.get(k, v) != v}
+        if other:
+            key, value = next(iter(other.items()))
+            raise UsageError(f"--set-from {path}: found with {key}={fixed[key]} held fixed; "
+                             f"this sweep also runs {key}={value}: add --set {key}="
+                             f"{fixed[key]}, or search {key}={value} too")
     found = {json.dumps([e["config"][k] for k in by]): e["values"] for e in entries}
     cells = list({json.dumps([c.get(k) for k in by]): {k: c.get(k) for k in by}
                   for c in profile.trial_configs()}.values())

@@ -1,42 +1,60 @@
 """Searching what the documents leave unstated (a base learning rate, a flow's size): Ray
-Tune's own search algorithms and trial schedulers, by name.
+Tune's own search algorithms and trial schedulers, by name, resolved once into a `Search`
+that the experiment, the console, the reports and best.json all read.
 
 `--set lr=loguniform(1e-4,1e-2)` makes a key searched (`Profile.search`), `--num-samples N`
-draws N values; `--search` picks who draws them and `--scheduler` who stops trials early:
+draws N values; `--search` picks who draws them and `--scheduler` who stops or perturbs
+trials (orchestrator.tune.schedulers):
 
 - random: Tune's `BasicVariantGenerator`, each draw run on every grid combination and seed
-  (`constant_grid_search`: the seeds of a draw share its values);
+  (`constant_grid_search`: the seeds of a draw share its values), at most
+  `--max-concurrent-trials` at once (it is the generator's own limit: Tune applies its
+  `max_concurrent_trials` to other searchers only);
 - optuna / hyperopt: `OptunaSearch` (TPE) / `HyperOptSearch`, which draw every value of a
   trial themselves: no grid key may have more than one value;
-- asha / hyperband: `ASHAScheduler` / `HyperBandScheduler` on the trials' reported `epoch`
-  (`time_attr="epoch"`), `grace_period` and `reduction_factor` as Ray defines them, `max_t`
-  the trials' own epoch count; trials they end are `stopped`. Ray Tune keeps no
-  scheduler state across a `--resume` (it rebuilds the scheduler as it started): ASHA
-  judges the resumed trials against empty rungs, and HyperBand cannot resume at all;
-- pbt: `PopulationBasedTraining`, which every quarter of the trials' epochs
-  (`perturbation_interval`) has a trial of the bottom quarter clone one of the top's latest
-  checkpoint and config, its searched values resampled or scaled by 0.8 / 1.2 (kept within
-  their distribution); the population is `--num-samples` (best all running at once), and
-  no grid key may have more than one value (a clone would take it too).
+- asha / median / hyperband: `ASHAScheduler` / `MedianStoppingRule` / `HyperBandScheduler`
+  on the trials' reported `epoch` (`time_attr="epoch"`), `grace_period` and
+  `reduction_factor` as Ray defines them, `max_t` the trials' own epoch count; asha and
+  median compare a trial within its grid cell (`cells`; `--across-grid`: every trial);
+  trials they end are `stopped`. Ray Tune keeps no scheduler state across a `--resume` (it
+  rebuilds the scheduler as it started): ASHA judges the resumed trials against empty
+  rungs, and HyperBand cannot resume at all;
+- pbt / pb2: asynchronous Population Based Training, which every quarter of the trials'
+  epochs (`perturbation_interval`) has a running trial of the bottom quarter clone a
+  running one of the top: its latest checkpoint and config, the searched values then
+  resampled or scaled by 0.8 / 1.2 (pbt) or chosen by PB2's GP bandit within their ranges
+  (pb2), kept within their distributions; the population is `--num-samples`, and no grid
+  key may have more than one value (a clone would take it too). Its result is a schedule
+  per trial (reports/search.py: the lineage).
 
 A scheduler decides on every epoch's report (`report_seconds` 0) and, where it pauses or
-clones trials (hyperband, pbt), from a checkpoint of every epoch (`checkpoint_every` 1).
-The search and scheduler are seeded (0): the same command draws the same values.
+clones trials (hyperband, pbt, pb2), from a checkpoint of every epoch (`checkpoint_every`
+1). The search and scheduler are seeded (`--search-seed`, default 0): the same command
+draws the same values.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from orchestrator.errors import UsageError
-from search_spaces import Distribution, Profile, SearchSpace
+from orchestrator.tune.schedulers import (
+    POPULATION,
+    SCHEDULE_KEYS,
+    SCHEDULERS,
+    STOPPING,
+    sampler,
+)
+from search_spaces import Profile, SearchSpace
+
+__all__ = ["SCHEDULERS", "SEARCHERS", "Search", "resolve_search"]
 
 SEARCHERS = ("random", "optuna", "hyperopt")
-SCHEDULERS = ("fifo", "asha", "hyperband", "pbt")
-STOPPING = ("asha", "hyperband")  # the schedulers that end trials before their last epoch
-SEED = 0
+EXTRA = "pip install 'robustness-lab[search]'"  # the optional searchers' packages
 
 
 def max_epochs(config: dict[str, Any]) -> int | None:
@@ -51,87 +69,140 @@ def max_epochs(config: dict[str, Any]) -> int | None:
 
 @dataclass(frozen=True)
 class Search:
-    """How a sweep's trials are drawn and stopped, and on which validation metric."""
+    """How a sweep's trials are drawn, stopped or perturbed, and on which validation
+    metric: every search setting, resolved once (`resolve_search`) and recorded in
+    sweep.json (`settings`, which a resume must not change); the experiment, the console,
+    the reports and best.json read it."""
     algorithm: str = "random"
     scheduler: str = "fifo"
     metric: str = ""
     mode: str = "max"
     grace_period: int = 1
     reduction_factor: float | None = None  # None: Ray's default (ASHA 4, HyperBand 3)
-    max_t: int = 0                         # the trials' most epochs (asha, hyperband, pbt)
+    max_t: int = 0                         # the trials' most epochs (any scheduler)
+    num_samples: int = 1
+    searched: dict[str, str] = field(default_factory=dict)  # key -> its distribution
+    grid: tuple[str, ...] = ()             # keys whose values differ between trials
+    fixed: dict[str, Any] = field(default_factory=dict)  # grid keys of the profile held
+    cells: tuple[str, ...] = ()            # asha / median: compared within these keys' cell
+    perturbation_interval: int = 0         # pbt / pb2: epochs between perturbations
+    seed: int = 0                          # the searcher's and scheduler's
 
     @property
     def stops_trials(self) -> bool:
         return self.scheduler in STOPPING
 
+    @property
+    def perturbs(self) -> bool:
+        return self.scheduler in POPULATION
+
+    @property
+    def is_search(self) -> bool:
+        """Searched keys or a scheduler: not a grid, whose every trial is a fixed
+        configuration run to its end (what the documents' claims compare)."""
+        return bool(self.searched) or self.scheduler != "fifo"
+
     def settings(self) -> dict[str, Any]:
-        """What sweep.json records (a resume must not change it)."""
-        return asdict(self)
+        """What sweep.json records (a resume must not change it; the reports read it)."""
+        return json.loads(json.dumps(asdict(self)))
 
-
-def search_record(profile: Profile, search: Search) -> dict[str, Any]:
-    """A sweep's search as sweep.json records it (in its settings: a resume must not change
-    it) and its reports read it: the `Search`, the draws, each searched key's
-    distribution, and the grid keys whose values differ between trials (the seed aside)."""
-    configs = profile.trial_configs()
-    grid = [k for k in dict.fromkeys(k for c in configs for k in c)
-            if k != "seed" and len({repr(c.get(k)) for c in configs}) > 1]
-    return {**search.settings(), "num_samples": profile.num_samples,
-            "searched": {k: str(d) for k, d in profile.search.items()}, "grid": grid}
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> Search:
+        """The `Search` of a sweep.json record (one written before a field existed gets
+        that field's default)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: tuple(v) if isinstance(v, list) else v
+                  for k, v in record.items() if k in fields}
+        return cls(**values)
 
 
 def is_grid(profile: Profile, search: Search) -> bool:
     """Every trial of a grid is a fixed configuration run to its end: what the documents'
-    claims compare. Searched keys or a scheduler that stops trials make a search."""
-    return not profile.search and search.scheduler == "fifo"
-
-
-def sampler(distribution: Distribution):
-    """Ray Tune's sampler of a `Distribution`."""
-    from ray import tune
-
-    if distribution.kind == "choice":
-        return tune.choice(list(distribution.args))
-    return getattr(tune, distribution.kind)(*distribution.args)
+    claims compare. Searched keys or a scheduler make a search."""
+    return not search.is_search
 
 
 def scheduler_settings(search: Search) -> dict[str, Any]:
     """Config values a scheduler needs of every trial: a report per epoch; a checkpoint per
-    epoch where trials are paused or cloned."""
+    epoch where trials are paused (hyperband); where they are cloned and perturbed (pbt,
+    pb2), a checkpoint at each perturbation (every `perturbation_interval` epochs: where a
+    trial is paused or cloned; a checkpoint a donor hands on is then at most a few
+    intervals old, not a few epochs) and the keys whose values the trial's schedule records
+    (orchestrator.tune.epochs.record_schedule)."""
     if search.scheduler == "fifo":
         return {}
-    every_epoch = {"checkpoint_every": 1} if search.scheduler in ("hyperband", "pbt") else {}
+    if search.perturbs:
+        return {"report_seconds": 0.0, "checkpoint_every": search.perturbation_interval,
+                SCHEDULE_KEYS: "+".join(search.searched)}
+    every_epoch = {"checkpoint_every": 1} if search.scheduler == "hyperband" else {}
     return {"report_seconds": 0.0, **every_epoch}
 
 
-def resolve_search(space: SearchSpace, profile: Profile, algorithm: str, scheduler: str,
-                   metric: str | None, mode: str | None, grace_period: int,
-                   reduction_factor: float | None, resume: bool = False) -> Search:
+def _check_installed(algorithm: str) -> None:
+    """A searcher whose package is absent: one line naming the extra to install."""
+    import importlib.util
+
+    package = {"optuna": "optuna", "hyperopt": "hyperopt"}.get(algorithm)
+    if package and importlib.util.find_spec(package) is None:
+        raise UsageError(f"--search {algorithm} needs the package {package}, which is not "
+                         f"installed: {EXTRA}")
+
+
+def _check_metric(space: SearchSpace, profile: Profile, metric: str) -> None:
+    """`metric` must be reported every epoch by every trial (a validation metric, or
+    `train_loss`): checked before Ray starts."""
+    from workloads.studies import loop_class
+
+    reported = None
+    for config in profile.checked_configs():
+        offered = loop_class(space.loop, config).epoch_metrics(config)
+        reported = [m for m in (reported or offered) if m in offered]
+    if reported is not None and metric not in reported:
+        raise UsageError(f"--metric {metric}: not reported every epoch by the trials of "
+                         f"'{space.name}'; use one of {', '.join(reported)}")
+
+
+def resolve_search(space: SearchSpace, profile: Profile, *, algorithm: str = "random",
+                   scheduler: str = "fifo", metric: str | None = None,
+                   mode: str | None = None, grace_period: int | None = None,
+                   reduction_factor: float | None = None, resume: bool = False,
+                   across_grid: bool = False, seed: int = 0,
+                   base: Profile | None = None) -> Search:
     """The `Search` of the sweep's flags, checked before Ray starts (bad input: UsageError
-    naming the flag)."""
+    naming the flag). `base` is the profile before the user's overrides: its grid keys that
+    the search holds at one value are recorded (`fixed`), so that `--set-from` applies the
+    values found only where they were found."""
     metric = metric or space.metric
     if metric.startswith("test_"):
         raise UsageError(f"--metric {metric}: a test-set metric; a search picks on "
                          f"validation metrics (the space's own: {space.metric})")
+    _check_metric(space, profile, metric)
     mode = mode or (space.mode if metric == space.metric else None)
     if mode is None:
         raise UsageError(f"--metric {metric}: give --mode max or --mode min")
     if profile.num_samples < 1:
         raise UsageError("--num-samples must be >= 1")
     if not profile.search and (profile.num_samples > 1 or algorithm != "random"
-                               or scheduler == "pbt"):
+                               or scheduler in POPULATION):
         what = ("--num-samples" if profile.num_samples > 1 else
-                f"--search {algorithm}" if algorithm != "random" else "--scheduler pbt")
+                f"--search {algorithm}" if algorithm != "random" else f"--scheduler {scheduler}")
         raise UsageError(f"{what}: no key is searched; give one a distribution, e.g. "
                          f"--set 'lr=loguniform(1e-4,1e-2)' (for repeats use --seeds)")
-    if algorithm != "random" and scheduler == "pbt":
-        raise UsageError(f"--search {algorithm} with --scheduler pbt: Ray Tune's PBT draws "
-                         f"its own values (its population is --num-samples random draws); "
-                         f"use --search random")
+    _check_installed(algorithm)
+    if algorithm != "random" and scheduler in POPULATION:
+        raise UsageError(f"--search {algorithm} with --scheduler {scheduler}: Ray Tune's "
+                         f"{scheduler.upper()} draws its own values (its population is "
+                         f"--num-samples random draws); use --search random")
+    if scheduler == "pb2":
+        categorical = [k for k, d in profile.search.items() if d.kind == "choice"]
+        if categorical:
+            raise UsageError(f"--scheduler pb2: {', '.join(categorical)} searched with "
+                             f"choice(...); PB2 explores numeric ranges only (uniform, "
+                             f"loguniform, randint): use --scheduler pbt")
     grid = {k: len(v) for k, v in profile.grid.items() if len(v) > 1}
-    if (algorithm != "random" or scheduler == "pbt") and grid:
+    if (algorithm != "random" or scheduler in POPULATION) and grid:
         what = (f"--search {algorithm} draws" if algorithm != "random" else
-                "--scheduler pbt copies, in each trial it clones,")
+                f"--scheduler {scheduler} copies, in each trial it clones,")
         keys = ", ".join(f"{k} ({n} values)" for k, n in grid.items())
         them = "it" if len(grid) == 1 else "them"
         raise UsageError(f"{what} every value of a trial, but {keys} "
@@ -142,6 +213,16 @@ def resolve_search(space: SearchSpace, profile: Profile, algorithm: str, schedul
         raise UsageError("--resume: a hyperband search cannot resume (Ray Tune rebuilds a "
                          "scheduler as it was at the start, and HyperBand's lost brackets "
                          "then wait forever); start it again, or search with asha")
+    if grace_period is not None and scheduler not in ("asha", "median"):
+        raise UsageError(f"--grace-period: only asha and median use it, not --scheduler "
+                         f"{scheduler}")
+    if reduction_factor is not None and scheduler not in ("asha", "hyperband"):
+        raise UsageError(f"--reduction-factor: only asha and hyperband use it, not "
+                         f"--scheduler {scheduler}")
+    if across_grid and scheduler not in ("asha", "median"):
+        raise UsageError(f"--across-grid: only asha and median compare trials within a grid "
+                         f"cell, not --scheduler {scheduler}")
+    grace_period = 1 if grace_period is None else grace_period
     if grace_period < 1:
         raise UsageError("--grace-period must be >= 1 epoch")
     if reduction_factor is not None and not reduction_factor > 1:
@@ -153,10 +234,24 @@ def resolve_search(space: SearchSpace, profile: Profile, algorithm: str, schedul
             raise UsageError(f"--scheduler {scheduler}: the trials of '{space.name}' do not "
                              f"say their epochs")
         epochs = max(counts)
-        if scheduler in STOPPING and grace_period >= epochs:
+        if scheduler in ("asha", "median") and grace_period >= epochs:
             raise UsageError(f"--grace-period {grace_period}: the trials run at most "
                              f"{epochs} epochs; {scheduler} would stop none")
-    return Search(algorithm, scheduler, metric, mode, grace_period, reduction_factor, epochs)
+        if scheduler in POPULATION and epochs < 2:
+            raise UsageError(f"--scheduler {scheduler}: the trials run {epochs} epoch; a "
+                             f"population needs at least 2 to perturb between")
+    configs = profile.trial_configs()
+    varying = tuple(k for k in dict.fromkeys(k for c in configs for k in c)
+                    if k != "seed" and len({repr(c.get(k)) for c in configs}) > 1)
+    held = {k: profile.config[k] for k in (base.grid if base else {})
+            if k != "seed" and k in profile.config and k not in profile.search}
+    cells = varying if scheduler in ("asha", "median") and not across_grid else ()
+    return Search(algorithm, scheduler, metric, mode, grace_period, reduction_factor, epochs,
+                  num_samples=profile.num_samples,
+                  searched={k: str(d) for k, d in profile.search.items()}, grid=varying,
+                  fixed=held, cells=cells,
+                  perturbation_interval=max(1, epochs // 4) if scheduler in POPULATION else 0,
+                  seed=seed)
 
 
 def param_space(profile: Profile, search: Search, data_dir: str) -> dict[str, Any]:
@@ -182,86 +277,23 @@ def quiet_searcher(search: Search) -> None:
         warnings.filterwarnings("ignore", message="The reported value is ignored")
 
 
-def search_algorithm(search: Search):
-    """The Tune searcher of `search.algorithm` (seeded)."""
+def search_algorithm(search: Search, max_concurrent: int | None = None):
+    """The Tune searcher of `search.algorithm` (seeded). `max_concurrent` caps the trials
+    running at once: Tune applies its own `max_concurrent_trials` to a `Searcher` (a
+    `ConcurrencyLimiter`), but our random search is Tune's `BasicVariantGenerator`, which
+    Tune leaves alone, so the generator gets the cap itself."""
     if search.algorithm == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(seed=SEED)
+        return OptunaSearch(seed=search.seed)
     if search.algorithm == "hyperopt":
         from ray.tune.search.hyperopt import HyperOptSearch
 
-        return HyperOptSearch(random_state_seed=SEED)
+        return HyperOptSearch(random_state_seed=search.seed)
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(constant_grid_search=True, random_state=SEED)
-
-
-def trial_scheduler(search: Search, profile: Profile):
-    """The Tune scheduler of `search.scheduler` on the reported `epoch`; None: FIFO."""
-    from ray.tune import schedulers
-
-    if search.scheduler == "asha":
-        return schedulers.ASHAScheduler(
-            time_attr="epoch", max_t=search.max_t, grace_period=search.grace_period,
-            reduction_factor=search.reduction_factor or 4)
-    if search.scheduler == "hyperband":
-        return hyperband_scheduler()(time_attr="epoch", max_t=search.max_t,
-                                     reduction_factor=search.reduction_factor or 3)
-    if search.scheduler == "pbt":
-        mutations = {k: list(d.args) if d.kind == "choice" else sampler(d)
-                     for k, d in profile.search.items()}  # a list: PBT shifts along it
-        return schedulers.PopulationBasedTraining(
-            time_attr="epoch", perturbation_interval=max(1, search.max_t // 4),
-            hyperparam_mutations=mutations, synch=False,
-            custom_explore_fn=WithinDistributions(profile.search))
-    return None
-
-
-def hyperband_scheduler():
-    """Ray's `HyperBandScheduler`, with one fix. A trial paused at its bracket's milestone
-    waits for the bracket's other trials; when the last of them ends without its final
-    result reaching `on_trial_result` (its function returned as it reported, so Tune stops
-    it and calls `on_trial_remove`), Ray does not process the bracket (it is finished, or
-    was halved once before: `is_being_processed` is never reset), so the paused trials are
-    never stopped nor resumed and the sweep waits forever (Ray 2.60; seen in CI with
-    hyperopt under hyperband). Here a removed trial always gets its bracket processed,
-    outside the processing it may itself be part of."""
-    from ray.tune.schedulers import HyperBandScheduler
-
-    class HyperBand(HyperBandScheduler):
-        _processing = False
-
-        def _process_bracket(self, tune_controller, bracket) -> str:
-            self._processing = True
-            try:
-                return super()._process_bracket(tune_controller, bracket)
-            finally:
-                self._processing = False
-
-        def on_trial_remove(self, tune_controller, trial) -> None:
-            bracket, _ = self._trial_info[trial]
-            bracket.cleanup_trial(trial)
-            if not self._processing:
-                self._process_bracket(tune_controller, bracket)
-
-    return HyperBand
-
-
-class WithinDistributions:
-    """PBT's explore step multiplies a value by 0.8 or 1.2 (Ray's `perturbation_factors`),
-    which can leave its distribution: this puts a searched range's value back within its
-    bounds (low..high; randint: low..high-1)."""
-
-    def __init__(self, distributions: dict[str, Distribution]):
-        self.distributions = dict(distributions)
-
-    def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
-        for key, distribution in self.distributions.items():
-            if distribution.kind != "choice" and key in config:
-                low, high = distribution.corners()
-                config[key] = min(max(config[key], low), high)
-        return config
+    return BasicVariantGenerator(constant_grid_search=True, random_state=search.seed,
+                                 max_concurrent=max_concurrent or 0)
 
 
 def rung_milestones(search: Search) -> list[int]:

@@ -30,6 +30,7 @@ class Session:
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    trial_id: str = ""  # the Tune trial this runs (where the driver records a schedule)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model.to(self.device)
@@ -144,7 +145,8 @@ class TuneSession(Session):
         _quiet_ray_train_logs()
         torch.set_num_threads(max(1, num_threads))
         self.device = select_device(use_gpu=False)
-        self._say = trial_progress(board, tune.get_context().get_trial_id())
+        self.trial_id = tune.get_context().get_trial_id() or ""
+        self._say = trial_progress(board, self.trial_id)
         self.report_seconds = report_seconds
         self._held: list[dict[str, Any]] = []
         self._last_sent = time.monotonic()
@@ -184,9 +186,10 @@ class TrainSession(Session):
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
         self.device = ray.train.torch.get_device()
-        if self.rank == 0:  # the Train run is named train-<trial id> (trainable.py)
-            trial_id = context.get_experiment_name().removeprefix(TRAIN_RUN_PREFIX)
-            self._say = trial_progress(board, trial_id)
+        # the Train run is named train-<trial id> (trainable.py)
+        self.trial_id = context.get_experiment_name().removeprefix(TRAIN_RUN_PREFIX)
+        if self.rank == 0:
+            self._say = trial_progress(board, self.trial_id)
 
     def prepare_model(self, model):
         import ray.train.torch

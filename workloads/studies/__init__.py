@@ -36,6 +36,14 @@ SCORE_FITTERS: dict[str, Callable[..., dict[str, OODScore]]] = {
     if hasattr(module, "fit_scores")}
 
 
+def loop_class(loop: str, config: dict[str, Any]) -> type[EpochLoop]:
+    """The `EpochLoop` class a trial of `loop` with `config` runs (a `LOOP` is a class, a
+    partial of one, or a factory that names its class as `loop_class(config)`)."""
+    factory = LOOPS[loop]
+    factory = getattr(factory, "func", factory)
+    return factory if isinstance(factory, type) else factory.loop_class(config)
+
+
 def fitted_scores(loop: str, model, data, config: dict[str, Any],
                   requested: str) -> dict[str, OODScore]:
     """The scores of `requested` (names joined by "+", or "all") for a trained model of

@@ -22,6 +22,7 @@ from workloads.training.class_anomaly import (
     reconstruction_mse,
     train_anomaly_epoch,
 )
+from workloads.training.epochs import load_optimizer_state
 from workloads.training.loop import EpochLoop, Worker
 
 # The OOD score of each baseline's model, with its parameters from the config.
@@ -44,6 +45,7 @@ class AnomalyLoop(EpochLoop):
 
     diverges_on = ("train_loss", "val_recon_mse")
     nan_when_diverged = ("val_recon_mse",)
+    validation_metrics = ("val_recon_mse",)
 
     def __init__(self, config: dict[str, Any], worker: Worker):
         if config.get("normal_class", -1) < 0:
@@ -72,7 +74,7 @@ class AnomalyLoop(EpochLoop):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         for name, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][name])
+            load_optimizer_state(optimizer, state["optimizers"][name])  # the config's lr
 
     def final_stage(self, model, state, progress):
         return anomaly_final_stage(model, self.data, self.config, progress=progress)
@@ -83,6 +85,10 @@ def class_anomaly_loop(config: dict[str, Any], worker: Worker) -> EpochLoop:
     if config["method"] == "flow":
         return GenerativeLoop(config, worker)
     return AnomalyLoop(config, worker)
+
+
+class_anomaly_loop.loop_class = (  # which loop a config gets (workloads.studies.loop_class)
+    lambda config: GenerativeLoop if config["method"] == "flow" else AnomalyLoop)
 
 
 

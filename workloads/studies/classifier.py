@@ -19,6 +19,7 @@ from workloads.training.epochs import (
     classifier_optimizer,
     evaluate_split,
     final_evaluation,
+    load_optimizer_state,
     train_one_epoch,
 )
 from workloads.training.loop import EpochLoop, Worker, unwrap
@@ -56,6 +57,7 @@ class ClassifierLoop(EpochLoop):
 
     best = ("val_acc", "max")
     nan_when_diverged = ("val_acc", "val_nll")
+    validation_metrics = ("val_acc", "val_nll")
 
     def __init__(self, config: dict[str, Any], worker: Worker,
                  final_stage: FinalStage = classifier_final_stage):
@@ -104,9 +106,8 @@ class ClassifierLoop(EpochLoop):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         unwrap(self.model).load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
+        load_optimizer_state(self.optimizer, state["optimizer"], self.scheduler,
+                             state.get("scheduler"))
 
     def final_stage(self, model, state, progress):
         # the stage's scores and the training accuracy share one forward pass per input chunk

@@ -28,6 +28,7 @@ from workloads.training.background import train_background
 from workloads.training.epochs import (
     classifier_test_metrics,
     evaluate_split,
+    load_optimizer_state,
     seeded_generator,
     train_epoch,
 )
@@ -115,6 +116,12 @@ class GenerativeLoop(EpochLoop):
 
     diverges_on = ("train_loss", "val_bpd")
     nan_when_diverged = ("val_bpd",)
+    validation_metrics = ("val_bpd", "val_log_px", "val_am")
+
+    @classmethod
+    def epoch_metrics(cls, config: dict[str, Any]) -> tuple[str, ...]:
+        diglm = ("val_acc",) if config.get("model") == "diglm" else ()
+        return (*super().epoch_metrics(config), *diglm)
 
     def __init__(self, config: dict[str, Any], worker: Worker):
         self.config, self.worker = config, worker
@@ -164,7 +171,7 @@ class GenerativeLoop(EpochLoop):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         unwrap(self.model).load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])  # the config's lr (PBT)
 
     def final_stage(self, model, state, progress):
         metrics, artifacts = generative_final_stage(model, self.data, self.config,

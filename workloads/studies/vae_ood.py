@@ -19,7 +19,7 @@ from workloads.models.modes import evaluating
 from workloads.models.vae import beta_vae_loss, latent_means
 from workloads.scores import build_score
 from workloads.studies.config_lists import plus_list
-from workloads.training.epochs import seeded_generator, train_epoch
+from workloads.training.epochs import load_optimizer_state, seeded_generator, train_epoch
 from workloads.training.loop import EpochLoop, Worker, unwrap
 
 
@@ -38,6 +38,7 @@ class VAELoop(EpochLoop):
     best = ("val_loss", "min")
     keep_best_weights = True
     nan_when_diverged = ("val_loss",)
+    validation_metrics = ("val_loss",)
     epochs_metric = "epochs_run"
 
     def __init__(self, config: dict[str, Any], worker: Worker):
@@ -69,7 +70,7 @@ class VAELoop(EpochLoop):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.vae.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])  # the config's lr (PBT)
 
     def final_stage(self, model, state, progress):
         return vae_final_stage(model, self.data, self.config, progress=progress)

@@ -155,6 +155,40 @@ def classifier_optimizer(model: nn.Module, config: dict,
     return optimizer, scheduler
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict,
+                         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                         saved_scheduler: dict | None = None) -> None:
+    """Load a checkpoint's optimizer (and schedule) state into an optimizer built from the
+    trial's *current* config, keeping the config's hyperparameters.
+
+    `Optimizer.load_state_dict` restores the saved learning rate, weight decay, momentum...
+    along with the moments. After a Population Based Training exploit (Jaderberg et al.
+    2017; NOTES.md on the search) the checkpoint is another trial's and the config a
+    perturbed one: loading it plainly would run the donor's learning rate under the new
+    config's name (Ray's PBT examples reset `param_group["lr"]` after loading for this
+    reason). Here every setting of each parameter group is the freshly built optimizer's,
+    but the learning rate keeps the checkpoint's progress along its schedule: the new base
+    rate times the saved rate / the saved base rate (`initial_lr`, which a schedule sets;
+    1 without one). A resume of the same config is unchanged by this."""
+    fresh = [{k: v for k, v in group.items() if k != "params"}
+             for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    if scheduler is not None and saved_scheduler is not None:
+        scheduler.load_state_dict(saved_scheduler)
+    for group, settings in zip(optimizer.param_groups, fresh):
+        base = settings.get("initial_lr", settings["lr"])
+        saved_base = group.get("initial_lr", group["lr"])
+        progress = group["lr"] / saved_base if saved_base else 1.0
+        group.update({k: v for k, v in settings.items() if k not in ("lr", "initial_lr")})
+        group["lr"] = base * progress
+        if "initial_lr" in settings:
+            group["initial_lr"] = base
+    if scheduler is not None:
+        scheduler.base_lrs = [group.get("initial_lr", group["lr"])
+                              for group in optimizer.param_groups]
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
 def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int,
                    batch_size: int = 32, lr: float = 1e-3) -> nn.Module:
     """Train a classifier with Adam and the standard (FFN) loss for `epochs` epochs and

@@ -47,7 +47,9 @@ class EpochLoop:
     - `keep_best_weights`: the final stage evaluates the best epoch's weights (a copy kept
       in the state), not the last ones;
     - `patience`: stop after this many epochs without a better `best` (None: never);
-    - `epochs_metric`: the name of the final report's epoch count.
+    - `epochs_metric`: the name of the final report's epoch count;
+    - `validation_metrics`: what `validate` reports every epoch (a search decides on one of
+      these or on `train_loss`: `epoch_metrics`).
     """
 
     diverges_on: tuple[str, ...] = ("train_loss",)
@@ -56,9 +58,16 @@ class EpochLoop:
     keep_best_weights: bool = False
     patience: int | None = None
     epochs_metric: str = "epochs"
+    validation_metrics: tuple[str, ...] = ()
 
     model: nn.Module
     epochs: int
+
+    @classmethod
+    def epoch_metrics(cls, config: dict[str, Any]) -> tuple[str, ...]:
+        """The metrics every epoch of a trial of `config` reports that a search can decide
+        on: `train_loss` and the validation metrics."""
+        return ("train_loss", *cls.validation_metrics)
 
     def initial_state(self) -> dict[str, Any]:
         """Extra entries of a fresh trial's state (the driver adds epoch, steps, seconds and
