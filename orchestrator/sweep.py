@@ -68,13 +68,27 @@ def build_parser() -> argparse.ArgumentParser:
                         help="draw N values of the searched keys, each run on every grid "
                              "combination and seed (default: 1)")
     search.add_argument("--search", default="random", choices=SEARCHERS,
-                        help="who draws them: random (Tune's own), optuna (TPE) or hyperopt; "
-                             "optuna and hyperopt need every grid key fixed (default: random)")
-    search.add_argument("--scheduler", default="fifo", choices=SCHEDULERS,
+                        help="who draws them: random (Tune's own), optuna (TPE), hyperopt or "
+                             "bohb (under its own hyperband); optuna, hyperopt and bohb need "
+                             "every grid key fixed but the seed: each draw runs once per "
+                             "--seeds seed, its value the mean over them (default: random)")
+    search.add_argument("--scheduler", choices=SCHEDULERS,
                         help="who stops or perturbs trials, on the trials' epochs: asha, "
                              "median, hyperband stop trials early; pbt and pb2 clone the "
                              "best running trials and perturb the searched keys (their "
-                             "result is a schedule); fifo: none (default)")
+                             "result is a schedule); fifo: none (default; hyperband for "
+                             "--search bohb)")
+    search.add_argument("--startup-draws", type=int, metavar="N",
+                        help="optuna / hyperopt / bohb: draw the first N values at random, "
+                             "then from the results (default: Ray's, optuna 10, hyperopt "
+                             "20, bohb the searched keys + 1)")
+    search.add_argument("--start-at", action="append", default=[],
+                        metavar="KEY=VALUE[,KEY=VALUE...]",
+                        help="optuna / hyperopt / bohb: a first draw, every searched key "
+                             "given (repeatable: one draw each)")
+    search.add_argument("--time-budget-s", type=finite_float, metavar="S",
+                        help="end the sweep after S seconds (Tune's time_budget_s): trials "
+                             "still running then are left incomplete (default: none)")
     search.add_argument("--metric", help="the validation metric they decide on (default: the "
                                          "sweep's own, see --list); reported every epoch")
     search.add_argument("--mode", choices=("max", "min"),
@@ -102,7 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cpus-per-worker", type=int, help="CPUs per worker")
     parser.add_argument("--max-concurrent-trials", type=int, metavar="N",
                         help="run at most N trials at once (default: as many as fit on a "
-                             "local Ray; on a cluster, as many as it grows to)")
+                             "local Ray; on a cluster, as many as it grows to; optuna / "
+                             "hyperopt / bohb at most max(1, num-samples // 4) draws at "
+                             "once, each with its seeds, locally and on a cluster, so that "
+                             "later draws follow earlier results)")
     parser.add_argument("--verbose", action="store_true",
                         help="print Ray Tune's own progress tables (default: a line per "
                              "finished trial and a status line every --status-interval s)")
@@ -167,7 +184,9 @@ def main(args: argparse.Namespace) -> int:
                             metric=args.metric, mode=args.mode,
                             grace_period=args.grace_period,
                             reduction_factor=args.reduction_factor, resume=args.resume,
-                            across_grid=args.across_grid, seed=args.search_seed, base=base)
+                            across_grid=args.across_grid, seed=args.search_seed, base=base,
+                            startup_draws=args.startup_draws, start_at=args.start_at,
+                            time_budget_s=args.time_budget_s)
     scaling = Scaling(
         num_workers=profile.num_workers if args.num_workers is None else args.num_workers,
         gpus_per_worker=(profile.gpus_per_worker if args.gpus_per_worker is None

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 VOLATILE = ("trial_id", "trial_dir", "node_id", "worker_pid", "date", "timestamp", "pid",
             "hostname", "node_ip", "time_total_s", "loop_seconds", "train_seconds",
             "time_this_iter_s", "time_since_restore", "checkpoint_dir_name",
-            "checkpoint_path", "experiment_tag", "data_dir")
+            "checkpoint_path", "experiment_tag", "data_dir", "reported_at")
 
 
 @pytest.fixture

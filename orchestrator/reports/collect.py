@@ -51,7 +51,7 @@ RESULTS_DIR = "results"
 HIDDEN_CONFIG = ("data_dir", "schedule_keys")
 TUNE_BOOKKEEPING = ("config", "date", "hostname", "node_ip", "pid", "timestamp", "done",
                     "time_this_iter_s", "time_since_restore", "iterations_since_restore",
-                    "checkpoint_dir_name", "should_checkpoint")
+                    "checkpoint_dir_name", "should_checkpoint", "reported_at")
 
 NOT_LONG_TABLES = ("trials", "aggregated")  # the results/*.csv that are not long tables
 

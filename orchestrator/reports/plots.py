@@ -45,11 +45,24 @@ def _label(pairs) -> str:
     return ", ".join(f"{k}={v}" for k, v in pairs) or "all trials"
 
 
-def _over_seeds(line: pd.DataFrame, x: str, metric: str) -> pd.DataFrame:
-    """x, mean, lo, hi of `metric` at each x of one plotted line (its trials: one per seed)."""
-    rows = [{"x": value, **t_interval(group[metric].to_numpy())}
-            for value, group in line.groupby(x, sort=True)]
-    return pd.DataFrame(rows, columns=["x", "mean", "std", "lo", "hi", "n"])
+def points_over_seeds(line: pd.DataFrame, x: str, metric: str,
+                      apart: tuple[str, ...] = ()) -> pd.DataFrame:
+    """x, the `apart` keys, mean, std, lo, hi, n of `metric` over the trials of one plotted
+    line (seeds): a point per x and per value of the `apart` keys (a searched lr: each
+    draw is its own point, never averaged with another draw)."""
+    keys = [x, *apart]
+    rows = [{**dict(zip(["x", *apart], values if isinstance(values, tuple) else (values,))),
+             **t_interval(group[metric].to_numpy())}
+            for values, group in line.groupby(keys, sort=True, dropna=False)]
+    return pd.DataFrame(rows, columns=["x", *apart, "mean", "std", "lo", "hi", "n"])
+
+
+def unplotted_keys(table: pd.DataFrame, space: SearchSpace) -> tuple[str, ...]:
+    """The keys that name a trial (`table_keys`, with a search's searched keys) but are
+    neither x, a line nor a panel of the plots, and differ between the trials of `table`."""
+    placed = (space.plot_x, *space.plot_lines, *space.plot_panels)
+    return tuple(k for k in space.table_keys if k not in placed and k in table.columns
+                 and table[k].nunique(dropna=False) > 1)
 
 
 def _finish_panels(fig, axes, used: int, title: str, path: Path, ncol: int) -> Path:
@@ -69,7 +82,10 @@ def _finish_panels(fig, axes, used: int, title: str, path: Path, ncol: int) -> P
 def plot_metrics(table: pd.DataFrame, space: SearchSpace, out: Path) -> list[Path]:
     """One PNG per plot metric: metric against `plot_x`, a panel per `plot_panels` value,
     a line per `plot_lines` value (colour by the first key, line style by the rest); with
-    several seeds, the line is their mean and a band their 95% t-interval."""
+    several seeds, the line is their mean and a band their 95% t-interval. Trials that
+    differ in another key that names them (`unplotted_keys`: a search's draws of lr) are
+    never averaged: each is its own unconnected marker (the mean over its seeds; marker
+    shape, not line style, by the other line keys), and the title says so."""
     plt = pyplot()
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -81,6 +97,8 @@ def plot_metrics(table: pd.DataFrame, space: SearchSpace, out: Path) -> list[Pat
     style_values = (sorted({tuple(r) for r in table[line_keys[1:]].itertuples(index=False)})
                     if len(line_keys) > 1 else [()])
     styles = ["-", "--", ":", "-."]
+    apart = unplotted_keys(table, space)
+    note = f" (a point per {', '.join(apart)}, not averaged)" if apart else ""
     for metric in space.plot_metrics:
         if metric not in table.columns:
             continue
@@ -90,13 +108,14 @@ def plot_metrics(table: pd.DataFrame, space: SearchSpace, out: Path) -> list[Pat
         for ax, (panel, group) in zip(axes.flat, panels):
             for pairs, line in _groups(group, tuple(line_keys)):
                 values = dict(pairs)
-                points = _over_seeds(line, space.plot_x, metric)
+                points = points_over_seeds(line, space.plot_x, metric, apart)
                 colour = (f"C{colour_values.index(values[line_keys[0]])}" if line_keys else "C0")
-                style_key = tuple(values[k] for k in line_keys[1:])
-                style = styles[style_values.index(style_key) % len(styles)]
-                ax.plot(points.x, points["mean"], style, color=colour, marker="o",
+                kind = style_values.index(tuple(values[k] for k in line_keys[1:]))
+                style, marker = (("none", "os^D"[kind % 4]) if apart else
+                                 (styles[kind % len(styles)], "o"))
+                ax.plot(points.x, points["mean"], linestyle=style, color=colour, marker=marker,
                         markersize=3, label=_label(pairs))
-                if points["lo"].notna().any():  # several seeds: their 95% t-interval
+                if points["lo"].notna().any() and not apart:  # seeds: their 95% t-interval
                     ax.fill_between(points.x, points["lo"], points["hi"], color=colour,
                                     alpha=0.15, linewidth=0)
             if space.plot_log_x:
@@ -105,7 +124,7 @@ def plot_metrics(table: pd.DataFrame, space: SearchSpace, out: Path) -> list[Pat
             ax.set_xlabel(space.plot_x)
             ax.set_ylabel(metric)
             ax.grid(alpha=0.3)
-        written.append(_finish_panels(fig, axes, len(panels), f"{space.name}: {metric}",
+        written.append(_finish_panels(fig, axes, len(panels), f"{space.name}: {metric}{note}",
                                       out / f"{metric}_vs_{space.plot_x}.png", ncol=4))
     return written
 
@@ -242,7 +261,7 @@ def plot_diagnostic(diagnostic: pd.DataFrame, table: pd.DataFrame, settings: dic
         for ax, ood_set in zip(axes.flat, sets):
             for i, (pairs, line) in enumerate(_groups(rows[rows.ood_set == ood_set],
                                                       tuple(lines))):
-                points = _over_seeds(line, "epoch", "auroc")
+                points = points_over_seeds(line, "epoch", "auroc")
                 ax.plot(points.x, points["mean"], color=f"C{i % 10}", marker="o",
                         markersize=2, label=_label(pairs))
                 if points["lo"].notna().any():

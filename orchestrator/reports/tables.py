@@ -35,11 +35,14 @@ def sort_table(table: pd.DataFrame, space: SearchSpace) -> pd.DataFrame:
 
 
 def markdown_table(table: pd.DataFrame, space: SearchSpace) -> str:
-    """The key columns of every trial as a markdown table (floats to 4 digits)."""
-    columns = trial_keys(table, space)
-    columns += [m for m in space.table_metrics if m in table.columns]
+    """The key columns of every trial as a markdown table: config values (a searched lr)
+    to 4 significant digits, so that draws 1.1e-4 and 1.3e-4 differ; metrics to 4
+    decimals."""
+    keys = trial_keys(table, space)
+    columns = keys + [m for m in space.table_metrics if m in table.columns]
     columns += [c for c in ("status", "diverged_epoch", "error") if c in table.columns]
-    return sort_table(table, space)[columns].to_markdown(index=False, floatfmt=".4f")
+    formats = [".4g"] * len(keys) + [".4f"] * (len(columns) - len(keys))
+    return sort_table(table, space)[columns].to_markdown(index=False, floatfmt=formats)
 
 
 def trial_label(trial: pd.Series, space: SearchSpace) -> str:

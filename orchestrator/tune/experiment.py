@@ -51,6 +51,8 @@ from orchestrator.tune.search import (
     param_space,
     quiet_searcher,
     search_algorithm,
+    startup_note,
+    trials_at_once,
 )
 from orchestrator.tune.storage import Storage, open_storage
 from orchestrator.tune.trainable import KEEP_CHECKPOINTS, make_trainable
@@ -251,6 +253,7 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
     concurrent = concurrent_trials(ray.cluster_resources(), scaling.total_resources(),
                                    on_cluster=bool(address), requested=max_concurrent_trials,
                                    shutdown=ray.shutdown)
+    concurrent = trials_at_once(search, concurrent, max_concurrent_trials)
     path = "in-process (Tune trial)" if scaling.in_process else (
         f"TorchTrainer, {scaling.num_workers} workers x "
         f"{scaling.cpus_per_worker} CPU + {scaling.gpus_per_worker} GPU")
@@ -264,6 +267,8 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
               f"{profile.num_trials()} runs {concurrent} at a time: at each perturbation a "
               f"trial is paused so that a waiting one runs, and only running trials are "
               f"compared and cloned", flush=True)
+    if startup_note(search):
+        print(startup_note(search), flush=True)
 
     from orchestrator.tune.progress_board import board_name, start_board
 
@@ -286,14 +291,18 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
             callbacks.append(ConsoleReporter(console_keys(space.table_keys, settings),
                                              space.table_metrics, profile.num_trials(),
                                              interval=status_interval,
-                                             board=board_name(run_name)))
+                                             board=board_name(run_name),
+                                             metric=search.metric))
         callbacks += [cb for cb in [tracking.wandb_callback(
             mode, group=run_name, local_dir=str(local_dir))] if cb]
         tuner = tune.Tuner(
             trainable,
             param_space=space_of_trials,
             tune_config=tune.TuneConfig(metric=search.metric, mode=search.mode,
-                                        num_samples=profile.num_samples,
+                                        # each draw once per seed (SeedRepeater)
+                                        num_samples=profile.num_samples
+                                        * max(1, len(search.seeds)),
+                                        time_budget_s=search.time_budget_s,
                                         search_alg=search_algorithm(search, concurrent),
                                         scheduler=trial_scheduler(search, profile),
                                         max_concurrent_trials=concurrent,

@@ -3,6 +3,7 @@ will need, made before Ray starts (bad input exits 2 naming the key)."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -37,17 +38,32 @@ def _parse_scalar(key: str, text: str, example: Any) -> Any:
     return value
 
 
-DISTRIBUTION = re.compile(r"^(loguniform|uniform|randint|choice)\((.*)\)$")
+# The forms of a searched value, as `--set` takes them.
+DISTRIBUTION_FORMS = {"loguniform": "loguniform(low,high)", "uniform": "uniform(low,high)",
+                      "randint": "randint(low,high)", "choice": "choice(a,b,...)"}
+CALL = re.compile(r"^([A-Za-z_]\w*)\((.*)\)$")  # word(...): a distribution, or a typo of one
+
+
+def _unknown_distribution(key: str, text: str, word: str) -> UsageError:
+    """The error of `--set key=word(...)` whose word is no distribution: the known forms,
+    and the nearest name when one is close (`logunifrom` -> loguniform)."""
+    near = difflib.get_close_matches(word.lower(), DISTRIBUTION_FORMS, n=1, cutoff=0.75)
+    hint = f" (did you mean {near[0]}?)" if near else ""
+    return UsageError(f"--set {key}={text}: unknown distribution '{word}'{hint}; known "
+                      f"forms: {', '.join(DISTRIBUTION_FORMS.values())}")
 
 
 def _parse_distribution(key: str, text: str, example: Any) -> Distribution | None:
     """`loguniform(1e-4,1e-2)` and its kin as a `Distribution` (None: not one), its bounds
     checked: finite numbers, low < high, low > 0 for loguniform, integers for randint and
-    numeric keys for the ranges."""
-    match = DISTRIBUTION.match(text.replace(" ", ""))
+    numeric keys for the ranges. Any other `word(...)` is a UsageError listing the forms
+    (no value of a sweep's config looks like one)."""
+    match = CALL.match(text.replace(" ", ""))
     if match is None:
         return None
     kind, inner = match.groups()
+    if kind not in DISTRIBUTION_FORMS:
+        raise _unknown_distribution(key, text, kind)
     parts = [part for part in inner.split(",") if part]
     if kind == "choice":
         if not parts:

@@ -5,7 +5,8 @@ trials (`--scheduler`; the flags are resolved once into `orchestrator.tune.searc
   one per grid cell (`PerCell`: trials of model=ffn are not stopped by model=gffn's rungs
   or median; the seeds and draws of one cell are compared); the trials they end are
   `stopped`.
-- hyperband: `HyperBandScheduler` with one fix (`hyperband_scheduler`), across the grid.
+- hyperband: `HyperBandScheduler` with one fix (`hyperband_scheduler`), across the grid;
+  with `--search bohb`, BOHB's own `HyperBandForBOHB`, with the same fix.
 - pbt / pb2: `PopulationBasedTraining` / `PB2` (Parker-Holder et al. 2020: the explore step
   a GP-bandit over the searched ranges, for small populations), asynchronous, on the
   trials' running epochs only (`population_based`), the searched values kept within their
@@ -45,9 +46,9 @@ def trial_scheduler(search, profile: Profile):
             return schedulers.MedianStoppingRule(
                 time_attr="epoch", grace_period=search.grace_period,
                 min_samples_required=3)
-    elif name == "hyperband":
-        return hyperband_scheduler()(time_attr="epoch", max_t=search.max_t,
-                                     reduction_factor=search.reduction_factor or 3)
+    elif name == "hyperband":  # --search bohb: BOHB's own (Tune's HyperBandForBOHB)
+        return hyperband_scheduler(bohb=search.algorithm == "bohb")(
+            time_attr="epoch", max_t=search.max_t, reduction_factor=search.reduction_factor or 3)
     elif name in POPULATION:
         return population_based(name, profile.search, search.perturbation_interval)
     else:
@@ -127,10 +128,9 @@ def per_cell():
             super().__init__()
             self.make, self.keys = make, tuple(keys)
             self.cells: dict[str, TrialScheduler] = {}
-            self.metric = self.mode = None
 
         def set_search_properties(self, metric, mode, **spec) -> bool:
-            self.metric, self.mode = metric, mode
+            self._metric, self._mode = metric or self._metric, mode or self._mode
             return all(s.set_search_properties(metric, mode, **spec)
                        for s in self.cells.values())
 
@@ -141,7 +141,7 @@ def per_cell():
             cell = json.dumps([config.get(k) for k in self.keys], default=str)
             if cell not in self.cells:
                 self.cells[cell] = scheduler = self.make()
-                scheduler.set_search_properties(self.metric, self.mode)
+                scheduler.set_search_properties(self._metric, self._mode)
             return self.cells[cell]
 
         def on_trial_add(self, tune_controller, trial):
@@ -166,18 +166,19 @@ def per_cell():
     return PerCell
 
 
-def hyperband_scheduler():
-    """Ray's `HyperBandScheduler`, with one fix. A trial paused at its bracket's milestone
-    waits for the bracket's other trials; when the last of them ends without its final
-    result reaching `on_trial_result` (its function returned as it reported, so Tune stops
-    it and calls `on_trial_remove`), Ray does not process the bracket (it is finished, or
-    was halved once before: `is_being_processed` is never reset), so the paused trials are
-    never stopped nor resumed and the sweep waits forever (Ray 2.60; seen in CI with
-    hyperopt under hyperband). Here a removed trial always gets its bracket processed,
-    outside the processing it may itself be part of."""
-    from ray.tune.schedulers import HyperBandScheduler
+def hyperband_scheduler(bohb: bool = False):
+    """Ray's `HyperBandScheduler` (`bohb`: its `HyperBandForBOHB`, which pauses a trial at a
+    milestone without waiting for its bracket to fill, and tells BOHB), with one fix. A
+    trial paused at its bracket's milestone waits for the bracket's other trials; when the
+    last of them ends without its final result reaching `on_trial_result` (its function
+    returned as it reported, so Tune stops it and calls `on_trial_remove`), Ray does not
+    process the bracket (it is finished, or was halved once before: `is_being_processed` is
+    never reset), so the paused trials are never stopped nor resumed and the sweep waits
+    forever (Ray 2.60; seen in CI with hyperopt under hyperband). Here a removed trial
+    always gets its bracket processed, outside the processing it may itself be part of."""
+    from ray.tune.schedulers import HyperBandForBOHB, HyperBandScheduler
 
-    class HyperBand(HyperBandScheduler):
+    class HyperBand(HyperBandForBOHB if bohb else HyperBandScheduler):
         _processing = False
 
         def _process_bracket(self, tune_controller, bracket) -> str:

@@ -10,8 +10,15 @@ trials (orchestrator.tune.schedulers):
   (`constant_grid_search`: the seeds of a draw share its values), at most
   `--max-concurrent-trials` at once (it is the generator's own limit: Tune applies its
   `max_concurrent_trials` to other searchers only);
-- optuna / hyperopt: `OptunaSearch` (TPE) / `HyperOptSearch`, which draw every value of a
-  trial themselves: no grid key may have more than one value;
+- optuna / hyperopt / bohb: `OptunaSearch` (TPE) / `HyperOptSearch` / `TuneBOHB` (under
+  its own scheduler, `HyperBandForBOHB`: `--scheduler` hyperband or left out), which draw
+  every value of a trial themselves: no grid key may have more than one value but the seed,
+  whose seeds run each draw (Tune's `Repeater`: orchestrator.tune.repeater; the draw's
+  value the mean over them). They draw their first `--startup-draws` values at random
+  (Ray's defaults: optuna 10, hyperopt 20, bohb the searched keys + 1), start at the
+  `--start-at` points, and run at most max(1, num_samples // 4) draws at once (each with
+  its seeds) unless `--max-concurrent-trials` says: a `ConcurrencyLimiter`, so that later
+  draws follow earlier results, on a cluster too;
 - asha / median / hyperband: `ASHAScheduler` / `MedianStoppingRule` / `HyperBandScheduler`
   on the trials' reported `epoch` (`time_attr="epoch"`), `grace_period` and
   `reduction_factor` as Ray defines them, `max_t` the trials' own epoch count; asha and
@@ -30,7 +37,8 @@ trials (orchestrator.tune.schedulers):
 A scheduler decides on every epoch's report (`report_seconds` 0) and, where it pauses or
 clones trials (hyperband, pbt, pb2), from a checkpoint of every epoch (`checkpoint_every`
 1). The search and scheduler are seeded (`--search-seed`, default 0): the same command
-draws the same values.
+draws the same values. `--time-budget-s` ends the sweep after so many seconds (Tune's
+`time_budget_s`).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -49,12 +58,15 @@ from orchestrator.tune.schedulers import (
     STOPPING,
     sampler,
 )
+from orchestrator.tune.searchers import MODEL_BASED, STARTUP_DRAWS, searcher_settings
 from search_spaces import Profile, SearchSpace
 
 __all__ = ["SCHEDULERS", "SEARCHERS", "Search", "resolve_search"]
 
-SEARCHERS = ("random", "optuna", "hyperopt")
+SEARCHERS = ("random", *MODEL_BASED)
 EXTRA = "pip install 'robustness-lab[search]'"  # the optional searchers' packages
+PACKAGES = {"optuna": ("optuna",), "hyperopt": ("hyperopt",),
+            "bohb": ("hpbandster", "ConfigSpace")}
 
 
 def max_epochs(config: dict[str, Any]) -> int | None:
@@ -87,6 +99,10 @@ class Search:
     cells: tuple[str, ...] = ()            # asha / median: compared within these keys' cell
     perturbation_interval: int = 0         # pbt / pb2: epochs between perturbations
     seed: int = 0                          # the searcher's and scheduler's
+    seeds: tuple[int, ...] = ()            # a model-based searcher's: each draw's trials
+    startup_draws: int = 0                 # a model-based searcher's random first draws
+    start_at: tuple[dict[str, Any], ...] = ()  # the first draws (--start-at)
+    time_budget_s: float | None = None     # the sweep ends after so many seconds
 
     @property
     def stops_trials(self) -> bool:
@@ -142,10 +158,11 @@ def _check_installed(algorithm: str) -> None:
     """A searcher whose package is absent: one line naming the extra to install."""
     import importlib.util
 
-    package = {"optuna": "optuna", "hyperopt": "hyperopt"}.get(algorithm)
-    if package and importlib.util.find_spec(package) is None:
-        raise UsageError(f"--search {algorithm} needs the package {package}, which is not "
-                         f"installed: {EXTRA}")
+    missing = [p for p in PACKAGES.get(algorithm, ()) if importlib.util.find_spec(p) is None]
+    if missing:
+        them = ("the package " + missing[0] + ", which is" if len(missing) == 1 else
+                "the packages " + " and ".join(missing) + ", which are")
+        raise UsageError(f"--search {algorithm} needs {them} not installed: {EXTRA}")
 
 
 def _check_metric(space: SearchSpace, profile: Profile, metric: str) -> None:
@@ -163,15 +180,22 @@ def _check_metric(space: SearchSpace, profile: Profile, metric: str) -> None:
 
 
 def resolve_search(space: SearchSpace, profile: Profile, *, algorithm: str = "random",
-                   scheduler: str = "fifo", metric: str | None = None,
+                   scheduler: str | None = None, metric: str | None = None,
                    mode: str | None = None, grace_period: int | None = None,
                    reduction_factor: float | None = None, resume: bool = False,
                    across_grid: bool = False, seed: int = 0,
-                   base: Profile | None = None) -> Search:
+                   base: Profile | None = None, startup_draws: int | None = None,
+                   start_at: Sequence[str] = (),
+                   time_budget_s: float | None = None) -> Search:
     """The `Search` of the sweep's flags, checked before Ray starts (bad input: UsageError
     naming the flag). `base` is the profile before the user's overrides: its grid keys that
     the search holds at one value are recorded (`fixed`), so that `--set-from` applies the
-    values found only where they were found."""
+    values found only where they were found. `scheduler` None: fifo (bohb: hyperband)."""
+    if algorithm == "bohb" and scheduler not in (None, "hyperband"):
+        raise UsageError(f"--search bohb with --scheduler {scheduler}: BOHB decides with its "
+                         f"own HyperBand (Tune's HyperBandForBOHB); leave --scheduler out "
+                         f"or give --scheduler hyperband")
+    scheduler = scheduler or ("hyperband" if algorithm == "bohb" else "fifo")
     metric = metric or space.metric
     if metric.startswith("test_"):
         raise UsageError(f"--metric {metric}: a test-set metric; a search picks on "
@@ -199,7 +223,9 @@ def resolve_search(space: SearchSpace, profile: Profile, *, algorithm: str = "ra
             raise UsageError(f"--scheduler pb2: {', '.join(categorical)} searched with "
                              f"choice(...); PB2 explores numeric ranges only (uniform, "
                              f"loguniform, randint): use --scheduler pbt")
-    grid = {k: len(v) for k, v in profile.grid.items() if len(v) > 1}
+    searcher = searcher_settings(profile, algorithm, startup_draws, start_at)
+    grid = {k: len(v) for k, v in profile.grid.items()
+            if len(v) > 1 and not (k == "seed" and searcher.get("seeds"))}
     if (algorithm != "random" or scheduler in POPULATION) and grid:
         what = (f"--search {algorithm} draws" if algorithm != "random" else
                 f"--scheduler {scheduler} copies, in each trial it clones,")
@@ -227,6 +253,8 @@ def resolve_search(space: SearchSpace, profile: Profile, *, algorithm: str = "ra
         raise UsageError("--grace-period must be >= 1 epoch")
     if reduction_factor is not None and not reduction_factor > 1:
         raise UsageError("--reduction-factor must be > 1")
+    if time_budget_s is not None and not 0 < time_budget_s < math.inf:
+        raise UsageError("--time-budget-s must be a positive number of seconds")
     epochs = 0
     if scheduler != "fifo":
         counts = [max_epochs(config) for config in profile.checked_configs()]
@@ -251,23 +279,30 @@ def resolve_search(space: SearchSpace, profile: Profile, *, algorithm: str = "ra
                   searched={k: str(d) for k, d in profile.search.items()}, grid=varying,
                   fixed=held, cells=cells,
                   perturbation_interval=max(1, epochs // 4) if scheduler in POPULATION else 0,
-                  seed=seed)
+                  seed=seed, time_budget_s=time_budget_s, **searcher)
 
 
 def param_space(profile: Profile, search: Search, data_dir: str) -> dict[str, Any]:
     """Tune's param_space: the fixed values, the grid (`grid_search`; a one-value grid key
-    as a fixed value, which optuna and hyperopt accept) and the searched keys' samplers."""
+    as a fixed value, which optuna and hyperopt accept; the seed of a searcher's repeats
+    is its `SeedRepeater`'s) and the searched keys' samplers."""
     from ray import tune
 
     grid = {k: v[0] if len(v) == 1 and search.algorithm != "random" else tune.grid_search(v)
-            for k, v in profile.grid.items()}
+            for k, v in profile.grid.items() if not (k == "seed" and search.seeds)}
     return {**profile.config, **scheduler_settings(search), "data_dir": data_dir, **grid,
             **{k: sampler(d) for k, d in profile.search.items()}}
 
 
 def quiet_searcher(search: Search) -> None:
-    """Optuna logs a line per study and warns when a resumed trial reports an epoch again:
-    neither is for the console."""
+    """Optuna logs a line per study and warns when a resumed trial reports an epoch again,
+    BOHB's kernel densities (statsmodels) warn of a future default on every fit: none of
+    it is for the console."""
+    if search.algorithm == "bohb":
+        import warnings
+
+        warnings.filterwarnings("ignore", message="After 0.17 or January 2028",
+                                category=FutureWarning)
     if search.algorithm == "optuna":
         import warnings
 
@@ -278,22 +313,63 @@ def quiet_searcher(search: Search) -> None:
 
 
 def search_algorithm(search: Search, max_concurrent: int | None = None):
-    """The Tune searcher of `search.algorithm` (seeded). `max_concurrent` caps the trials
-    running at once: Tune applies its own `max_concurrent_trials` to a `Searcher` (a
+    """The Tune searcher of `search.algorithm` (seeded), from its first points
+    (`start_at`) and with its random first draws (`startup_draws`; 0: Ray's default), each
+    draw run once per seed of `search.seeds` (`SeedRepeater`). `max_concurrent` caps the
+    trials running at once: Tune applies its own `max_concurrent_trials` to a `Searcher` (a
     `ConcurrencyLimiter`), but our random search is Tune's `BasicVariantGenerator`, which
     Tune leaves alone, so the generator gets the cap itself."""
+    points = [dict(point) for point in search.start_at] or None
+    startup = search.startup_draws or STARTUP_DRAWS.get(search.algorithm)
     if search.algorithm == "optuna":
+        import optuna
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(seed=search.seed)
-    if search.algorithm == "hyperopt":
+        sampler_ = optuna.samplers.TPESampler(n_startup_trials=startup, seed=search.seed)
+        searcher = OptunaSearch(sampler=sampler_, points_to_evaluate=points)
+    elif search.algorithm == "hyperopt":
         from ray.tune.search.hyperopt import HyperOptSearch
 
-        return HyperOptSearch(random_state_seed=search.seed)
-    from ray.tune.search import BasicVariantGenerator
+        searcher = HyperOptSearch(points_to_evaluate=points, n_initial_points=startup,
+                                  random_state_seed=search.seed)
+    elif search.algorithm == "bohb":
+        import numpy as np
+        from ray.tune.search.bohb import TuneBOHB
 
-    return BasicVariantGenerator(constant_grid_search=True, random_state=search.seed,
-                                 max_concurrent=max_concurrent or 0)
+        np.random.seed(search.seed)  # hpbandster draws from numpy's global generator
+        searcher = TuneBOHB(bohb_config={"min_points_in_model": startup},
+                            points_to_evaluate=points, seed=search.seed)
+    else:
+        from ray.tune.search import BasicVariantGenerator
+
+        return BasicVariantGenerator(constant_grid_search=True, random_state=search.seed,
+                                     max_concurrent=max_concurrent or 0)
+    if search.seeds:
+        from orchestrator.tune.repeater import SeedRepeater
+
+        searcher = SeedRepeater(searcher, search.seeds)
+    return searcher
+
+
+def trials_at_once(search: Search, fit: int | None, requested: int | None) -> int | None:
+    """Tune's max_concurrent_trials: `requested` (--max-concurrent-trials) if given, else
+    `fit` (as many as fit on a local Ray; None on a cluster: no cap), but for a model-based
+    searcher at most max(1, num_samples // 4) draws, each with its seeds, so that later
+    draws follow the results of earlier ones (on a cluster too, where Tune would otherwise
+    start every draw at once: a `ConcurrencyLimiter`)."""
+    if requested is not None or search.algorithm not in MODEL_BASED:
+        return requested if requested is not None else fit
+    limit = max(1, search.num_samples // 4) * max(1, len(search.seeds))
+    return min(fit or limit, limit)
+
+
+def startup_note(search: Search) -> str | None:
+    """The console's note when a model-based search draws every value at random."""
+    if search.startup_draws and search.num_samples <= search.startup_draws:
+        return (f"[sweep] note: {search.algorithm} draws its first {search.startup_draws} "
+                f"values at random; with --num-samples {search.num_samples} this is a "
+                f"random search (--startup-draws N)")
+    return None
 
 
 def rung_milestones(search: Search) -> list[int]:

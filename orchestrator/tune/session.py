@@ -113,11 +113,13 @@ def _quiet_ray_train_worker_logs() -> None:
 
 
 def _where() -> dict[str, Any]:
-    """Which node and process ran a report: shows where trials ran on a cluster, and when
-    a worker was replaced."""
+    """Which node and process ran a report, and when (`reported_at`, Unix seconds): shows
+    where trials ran on a cluster, when a worker was replaced, and which trials ran at the
+    same time."""
     import ray
 
-    return {"node_id": ray.get_runtime_context().get_node_id(), "worker_pid": os.getpid()}
+    return {"node_id": ray.get_runtime_context().get_node_id(), "worker_pid": os.getpid(),
+            "reported_at": time.time()}
 
 
 def select_device(use_gpu: bool) -> torch.device:
