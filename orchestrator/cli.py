@@ -45,8 +45,10 @@ def finite_float(text: str) -> float:
 
 def run_command(parser: argparse.ArgumentParser, main, argv: list[str] | None = None) -> int:
     """Parse, run `main(args)`, and turn bad input into one line and exit code 2. A pool
-    whose actors kept dying ends with exit code 1 and a hint: its finished work is kept."""
+    whose actors kept dying ends with exit code 1 and a hint: its finished work is kept.
+    `args.argv` holds the arguments as given (a command's resume advice repeats them)."""
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return main(args)
     except NoResultsError as error:

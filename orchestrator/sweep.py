@@ -25,6 +25,7 @@ from orchestrator.tune.overrides import (
     profile_values,
 )
 from orchestrator.tune.scaling import Scaling
+from orchestrator.tune.schedulers import PAUSING
 from orchestrator.tune.search import SCHEDULERS, SEARCHERS, resolve_search
 from search_spaces import PROFILES, get_search_space, sweep_names
 
@@ -197,6 +198,11 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError("--status-interval must be a positive number of seconds")
     if args.max_concurrent_trials is not None and args.max_concurrent_trials < 1:
         raise UsageError("--max-concurrent-trials must be >= 1")
+    if (args.max_concurrent_trials and os.environ.get("RAY_ADDRESS")
+            and search.scheduler in PAUSING):
+        raise UsageError(f"--max-concurrent-trials with --scheduler {search.scheduler} on a "
+                         f"cluster: its paused trials must all exist to take turns, so only "
+                         f"the cluster's size limits how many run; leave the flag out")
     if scaling.num_workers < 1 or scaling.gpus_per_worker < 0 or scaling.cpus_per_worker < 1:
         raise UsageError("--num-workers and --cpus-per-worker must be >= 1, "
                          "--gpus-per-worker >= 0")
@@ -210,6 +216,7 @@ def main(args: argparse.Namespace) -> int:
     check_datasets(profile, data_dir, args.download)
     from orchestrator.tracking import runs as tracking  # torch, Ray, W&B: after the checks
     from orchestrator.tune.experiment import run_sweep
+    from orchestrator.tune.plan import SweepPlan
 
     try:
         mode = tracking.resolve_mode(args.wandb)
@@ -218,9 +225,11 @@ def main(args: argparse.Namespace) -> int:
     tracking.prepare_environment(mode)
 
     overrides = ([f"--set-from {args.set_from}"] if args.set_from else []) + args.overrides
-    return run_sweep(space, args.profile, profile, scaling, overrides, args.storage,
-                     args.resume, mode, data_dir, args.max_concurrent_trials, args.verbose,
-                     args.status_interval, search)
+    return run_sweep(SweepPlan(
+        space, args.profile, profile, scaling, search, storage=args.storage,
+        data_dir=data_dir, wandb=mode, overrides=tuple(overrides), resume=args.resume,
+        max_concurrent_trials=args.max_concurrent_trials, verbose=args.verbose,
+        status_interval=args.status_interval, command=tuple(getattr(args, "argv", ()))))
 
 
 if __name__ == "__main__":

@@ -249,7 +249,7 @@ def test_resume_refuses_a_changed_sweep_naming_each_key(sweep_env, tmp_path):
     sweeps in one table: refused before Ray starts, naming what changed."""
     import json
 
-    from orchestrator.tune.experiment import sweep_settings
+    from orchestrator.tune.plan import sweep_settings
     from orchestrator.tune.scaling import Scaling
 
     profile = get_search_space("batch_size_gffn").profile("smoke")

@@ -345,7 +345,8 @@ def test_asha_with_seeds_one_at_a_time_best_json_at_one_budget_and_set_from_repr
                and "test_acc" not in line for line in stopped_lines), stopped_lines
     trials_md = (sweep_dir / "results" / "trials.md").read_text()
     for lr in table.lr.unique():
-        assert f" {lr:.4g} |" in proc.stdout and f" {lr:.4g} |" in trials_md, lr
+        cell = re.compile(rf"\| +{re.escape(f'{lr:.4g}')} +\|")
+        assert cell.search(proc.stdout) and cell.search(trials_md), lr
     # each draw runs on both models and both seeds (constant_grid_search)
     assert (table.groupby("lr").model.nunique() == 2).all()
     assert (table.groupby(["lr", "model"]).seed.nunique() == 2).all()

@@ -1,5 +1,7 @@
-"""A sweep on Ray Tune: the experiment's Tuner (new or restored), its storage, and its
-results. `python -m orchestrator.sweep` resolves the arguments and calls `run_sweep`.
+"""A sweep on Ray Tune: the experiment's Tuner (new or restored) and its storage.
+`python -m orchestrator.sweep` resolves and checks the arguments into a `SweepPlan`
+(orchestrator.tune.plan) and calls `run_sweep`; its ending (results, reports, exit code)
+is orchestrator.tune.outcome's.
 
 Every trial trains under Ray (in the trial's process, or a TorchTrainer for several workers
 or GPUs), each trial is one W&B run, and the sweep ends with a results table and plots in
@@ -9,7 +11,6 @@ cluster; otherwise it starts Ray locally.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -19,35 +20,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import EXIT_NO_RESULTS, EXIT_UNFINISHED, UsageError
-from orchestrator.reports.collect import (
-    EPOCHS_TABLE,
-    SWEEP_FILE,
-    collect_results,
-    status_counts,
-    write_results,
-)
+from orchestrator.errors import UsageError
+from orchestrator.reports.collect import SWEEP_FILE
 from orchestrator.reports.provenance import datasets_read, write_provenance
-from orchestrator.reports.reproduction import FILE as REPRODUCTION_FILE
-from orchestrator.reports.reproduction import (
-    verdict_frame,
-    verdict_lines,
-    write_reproduction,
-)
-from orchestrator.reports.search import (
-    best_line,
-    search_of,
-    search_text,
-    with_searched_keys,
-    write_search_report,
-)
-from orchestrator.reports.tables import markdown_table
+from orchestrator.reports.search import search_of, search_text, with_searched_keys
 from orchestrator.tracking import runs as tracking
-from orchestrator.tune.scaling import Scaling
+from orchestrator.tune.endings import unfinished
+from orchestrator.tune.outcome import RAY_LOG, finish_sweep
+from orchestrator.tune.plan import SweepPlan
 from orchestrator.tune.schedulers import trial_scheduler
 from orchestrator.tune.search import (
-    Search,
-    is_grid,
+    local_resources,
     param_space,
     quiet_searcher,
     search_algorithm,
@@ -56,15 +39,11 @@ from orchestrator.tune.search import (
 )
 from orchestrator.tune.storage import Storage, open_storage
 from orchestrator.tune.trainable import KEEP_CHECKPOINTS, make_trainable
-from search_spaces import Profile, SearchSpace
 
 # Environment of every Ray worker of a sweep (a value already in the environment wins).
 # Ray Train V2 hands a report to its controller only when the controller polls (every 2 s
 # by default), which made every epoch of a small DDP trial last 2 s; poll every 0.1 s.
 RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
-
-
-RAY_LOG = "ray.log"
 
 
 def send_ray_logs_to(path: Path) -> None:
@@ -97,20 +76,6 @@ def latest_run(storage: Storage, prefix: str) -> str | None:
     runs = [name for name in storage.subdirectories() if name.startswith(f"{prefix}-")
             and storage.is_file(storage.path(name, "tuner.pkl"))]
     return runs[-1] if runs else None
-
-
-def sweep_settings(profile: Profile, scaling: Scaling,
-                   search: Search | None = None) -> dict[str, Any]:
-    """What decides a sweep's trials: every config value (a list where it is swept, the
-    distribution's text where it is searched), the trial resources and the search
-    (`Search.settings`). Recorded in sweep.json; a resume must not change it."""
-    values = {**profile.config, **profile.grid,
-              **{k: str(d) for k, d in profile.search.items()},
-              "num_workers": scaling.num_workers,
-              "gpus_per_worker": scaling.gpus_per_worker,
-              "cpus_per_worker": scaling.cpus_per_worker,
-              "search": (search or Search(metric="", mode="max")).settings()}
-    return json.loads(json.dumps(values))  # tuples as lists, as read back
 
 
 def check_resumable(run: str, earlier: dict[str, Any], settings: dict[str, Any]) -> None:
@@ -156,65 +121,37 @@ def concurrent_trials(capacity: dict[str, float], need: dict[str, float], on_clu
     return max(1, int(min(fits))) if fits else None
 
 
-def summary_run(mode: str, run_name: str, record: dict[str, Any], table, artifacts,
-                results: Path, verdicts: list | None = None,
-                search_tables: dict | None = None) -> None:
-    """The sweep's results in W&B, where it is monitored: one run in the sweep's group
-    (job_type "summary") with the trials table, the table over seeds (`aggregated`), the
-    long tables (ood, diagnostic and the study's own), the claims' verdicts (table
-    `claims`, summary `claims/<id>`) and every plot. A resumed sweep updates the
-    same run."""
-    run_id = "summary-" + hashlib.sha1(run_name.encode()).hexdigest()[:12]
-    run = tracking.JobRun(mode, "summary", f"{run_name}-summary", run_name, record,
-                          results.parent / "summary", run_id=run_id)
-    run.table("trials", table)
-    if (results / "aggregated.csv").exists():
-        import pandas as pd
-
-        run.table("aggregated", pd.read_csv(results / "aggregated.csv"))
-    for name, frame in {**artifacts.tables, **(search_tables or {})}.items():
-        run.table(name, frame)  # ood, diagnostic, the study's own; a search's best trials
-    for plot in sorted((results / "plots").glob("*.png")):
-        run.image(f"plots/{plot.stem}", plot)
-    if verdicts:
-        run.table("claims", verdict_frame(verdicts))
-    statuses = table["status"].value_counts().to_dict() if "status" in table else {}
-    run.finish({"trials": len(table), **{f"status/{k}": v for k, v in statuses.items()},
-                **{f"claims/{v.claim.id}": v.verdict for v in verdicts or []}})
+def open_run(plan: SweepPlan, storage: Storage, settings: dict[str, Any]) -> str:
+    """The run this sweep writes: a new `<prefix>-<time>`, or with `plan.resume` the latest
+    one it can restore, its recorded settings checked against these (UsageError)."""
+    if not plan.resume:
+        return f"{plan.prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        run_name = latest_run(storage, plan.prefix)
+    except OSError as error:
+        raise UsageError(f"--resume: cannot list {storage.display()}: {error}") from None
+    if run_name is None:
+        raise UsageError(f"--resume: no earlier run '{plan.prefix}-*' in {storage.display()}")
+    record = storage.path(run_name, SWEEP_FILE)
+    if storage.is_file(record):
+        check_resumable(run_name, storage.read_json(record), settings)
+    return run_name
 
 
-def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: Scaling,
-              overrides: list[str], storage: str, resume: bool, mode: str,
-              data_dir: str, max_concurrent_trials: int | None = None,
-              verbose: bool = False, status_interval: float = 10.0,
-              search: Search | None = None) -> int:
-    """Run (or with `resume`, continue) the sweep of `profile` with the trial resources of
-    `scaling`, its W&B runs in `mode`, checkpoints under `storage` (a directory or a URI);
-    write the results and return the process exit code: 0, every trial completed or
-    diverged; 1 (EXIT_UNFINISHED), some errored or did not finish; 3 (EXIT_NO_RESULTS), no
-    trial completed. `max_concurrent_trials` caps the
-    trials that run at once (default: `concurrent_trials`); `verbose` prints Tune's own
-    progress tables instead of a line per finished trial and a status line every
-    `status_interval` seconds. `search` draws and stops the trials (default: the grid,
-    every trial to its end, on the space's metric)."""
-    search = search or Search(metric=space.metric, mode=space.mode)
-    storage = open_storage(storage)
-    prefix = f"{space.name}-{profile_name}"
-    settings = sweep_settings(profile, scaling, search)
-    space = with_searched_keys(space, settings)  # reports name trials by searched keys too
+def run_sweep(plan: SweepPlan) -> int:
+    """Run (or with `plan.resume`, continue) the sweep of `plan`: its trials on Ray Tune
+    (in-process or Ray Train, by `plan.scaling`), drawn, stopped or perturbed by
+    `plan.search`, at most `plan.max_concurrent_trials` at once (default:
+    `concurrent_trials`), checkpoints under `plan.storage` (a directory or a URI), W&B runs
+    in `plan.wandb` mode, a line per finished trial and a status line every
+    `plan.status_interval` seconds (`plan.verbose`: Tune's own progress tables instead).
+    Writes the results and returns the process exit code (`outcome.finish_sweep`)."""
+    search, profile, scaling, verbose = plan.search, plan.profile, plan.scaling, plan.verbose
+    storage = open_storage(plan.storage)
+    settings = plan.settings()
+    space = with_searched_keys(plan.space, settings)  # reports name trials by searched keys
     quiet_searcher(search)
-    if resume:
-        try:
-            run_name = latest_run(storage, prefix)
-        except OSError as error:
-            raise UsageError(f"--resume: cannot list {storage.display()}: {error}") from None
-        if run_name is None:
-            raise UsageError(f"--resume: no earlier run '{prefix}-*' in {storage.display()}")
-        record = storage.path(run_name, SWEEP_FILE)
-        if storage.is_file(record):
-            check_resumable(run_name, storage.read_json(record), settings)
-    else:
-        run_name = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_name = open_run(plan, storage, settings)
     sweep_dir = storage.display(run_name)
     local_dir = Path("runs", run_name).resolve() if storage.is_uri else \
         Path(storage.path(run_name))
@@ -224,13 +161,12 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
 
     address = os.environ.get("RAY_ADDRESS")
     send_ray_logs_to(local_dir / RAY_LOG)
-    print(f"[sweep] {space.name} / {profile_name}: {profile.num_trials()} trials; "
+    print(f"[sweep] {space.name} / {plan.profile_name}: {profile.num_trials()} trials; "
           f"{'connecting to ' + address if address else 'starting Ray locally'}; "
           f"Ray's log: {local_dir / RAY_LOG}", flush=True)
-    searching = search_of(settings)
-    if searching:
-        print(f"[sweep] {search_text(searching)}, on {search.metric} ({search.mode})",
-              flush=True)
+    if search.is_search:
+        print(f"[sweep] {search_text(settings['search'])}, on {search.metric} "
+              f"({search.mode})", flush=True)
     if not verbose:  # Tune's own console output off (its start-up box too); ours instead
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -248,19 +184,20 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
     # at shutdown may print) stays in Ray's worker logs unless --verbose: each trial's error
     # is in its error file, ray.log and our console line.
     ray.init(address=address or "local", logging_level="WARNING", log_to_driver=verbose,
-             **({} if address else {"include_dashboard": False}),
+             **({} if address else {"include_dashboard": False, **local_resources(
+                 search, scaling.total_resources(), plan.max_concurrent_trials)}),
              runtime_env={"env_vars": {k: os.environ.get(k, v) for k, v in RAY_ENV.items()}})
     concurrent = concurrent_trials(ray.cluster_resources(), scaling.total_resources(),
-                                   on_cluster=bool(address), requested=max_concurrent_trials,
+                                   on_cluster=bool(address), requested=plan.max_concurrent_trials,
                                    shutdown=ray.shutdown)
-    concurrent = trials_at_once(search, concurrent, max_concurrent_trials)
+    concurrent = trials_at_once(search, concurrent, plan.max_concurrent_trials)
     path = "in-process (Tune trial)" if scaling.in_process else (
         f"TorchTrainer, {scaling.num_workers} workers x "
         f"{scaling.cpus_per_worker} CPU + {scaling.gpus_per_worker} GPU")
     at_once = (f"up to {concurrent} trials at once" if concurrent else
                "as many trials at once as the cluster grows to (every pending trial asks "
                "the autoscaler for room)")
-    print(f"[sweep] trial path: {path}; {at_once}; W&B {mode}; storage {sweep_dir}",
+    print(f"[sweep] trial path: {path}; {at_once}; W&B {plan.wandb}; storage {sweep_dir}",
           flush=True)
     if search.perturbs and concurrent and concurrent < profile.num_trials():
         print(f"[sweep] note: {search.scheduler.upper()}'s population of "
@@ -275,8 +212,8 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
     board = None if verbose else start_board(run_name)  # kept alive while the sweep runs
     trainable = make_trainable(space.loop, scaling, storage.path(run_name, "train"),
                                storage.filesystem, board_name(run_name) if board else None)
-    space_of_trials = param_space(profile, search, data_dir)
-    if resume:
+    space_of_trials = param_space(profile, search, plan.data_dir)
+    if plan.resume:
         tuner = tune.Tuner.restore(storage.path(run_name), trainable, resume_errored=True,
                                    param_space=space_of_trials,
                                    storage_filesystem=storage.filesystem)
@@ -285,16 +222,18 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
 
         from orchestrator.tune.checkpoint_retention import CheckpointRetention
         from orchestrator.tune.console import ConsoleReporter, console_keys
+        from orchestrator.tune.endings import TrialEndings
 
-        callbacks = [JsonLoggerCallback(), CheckpointRetention(keep=KEEP_CHECKPOINTS)]
+        callbacks = [JsonLoggerCallback(), CheckpointRetention(keep=KEEP_CHECKPOINTS),
+                     TrialEndings(run_name)]
         if not verbose:
             callbacks.append(ConsoleReporter(console_keys(space.table_keys, settings),
                                              space.table_metrics, profile.num_trials(),
-                                             interval=status_interval,
+                                             interval=plan.status_interval,
                                              board=board_name(run_name),
                                              metric=search.metric))
         callbacks += [cb for cb in [tracking.wandb_callback(
-            mode, group=run_name, local_dir=str(local_dir))] if cb]
+            plan.wandb, group=run_name, local_dir=str(local_dir))] if cb]
         tuner = tune.Tuner(
             trainable,
             param_space=space_of_trials,
@@ -321,16 +260,12 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                 verbose=1 if verbose else 0),
         )
-    record = {"name": space.name, "profile": profile_name, "overrides": overrides,
-              "num_workers": scaling.num_workers, "gpus_per_worker": scaling.gpus_per_worker,
-              "cpus_per_worker": scaling.cpus_per_worker, "wandb": mode,
-              "storage": sweep_dir, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              "settings": settings}
+    record = plan.record(sweep_dir, started=time.strftime("%Y-%m-%dT%H:%M:%S"))
     storage.write_json(storage.path(run_name, SWEEP_FILE), record)  # what --resume reads
     if storage.is_uri:  # the results directory of a sweep on a URI is ./runs/<run>
         local_dir.mkdir(parents=True, exist_ok=True)
         (local_dir / SWEEP_FILE).write_text(json.dumps(record, indent=2))
-    write_provenance(local_dir, datasets_read(settings.get("dataset", [])), data_dir)
+    write_provenance(local_dir, datasets_read(settings.get("dataset", [])), plan.data_dir)
     started = time.perf_counter()
     fitted = True
     try:
@@ -345,44 +280,8 @@ def run_sweep(space: SearchSpace, profile_name: str, profile: Profile, scaling: 
     # memory, the artifacts read through pyarrow): Ray shuts down meanwhile.
     stopping = threading.Thread(target=ray.shutdown, name="ray-shutdown")
     stopping.start()
-
-    # After a finished fit, a trial a scheduler ended before its last epoch is "stopped".
-    table, artifacts = collect_results(result_grid, storage.filesystem,
-                                       stopped_early=search.stops_trials and fitted,
-                                       epochs=search.is_search)
-    out = write_results(table, artifacts, space, local_dir, settings)
-    search_tables = write_search_report(table, settings["search"], out,
-                                        grid=is_grid(profile, search),
-                                        epochs=artifacts.table(EPOCHS_TABLE))
-    verdicts = write_reproduction(space, local_dir, table, artifacts.tables, settings)
-    print(f"\n[sweep] {space.name} / {profile_name}: {len(table)} trials in {wall:.1f} s\n")
-    print(markdown_table(table, space))
-    written = ", ".join(["trials.csv, trials.md, aggregated.csv, aggregated.md",
-                         *(f"{name}.csv" for name in artifacts.tables),
-                         *(p.name for p in sorted(out.glob("*.md"))
-                           if p.stem in artifacts.tables)])
-    print(f"\n[sweep] results: {out}/{{{written}}}, plots/")
-    print(best_line(out))
-    if verdicts:
-        print(f"[sweep] the documents' claims ({local_dir / REPRODUCTION_FILE}):")
-        for line in verdict_lines(verdicts):
-            print(f"  {line}")
-    elif searching and space.claims:
-        print(f"[sweep] the documents' claims need a grid sweep, every trial run to its "
-              f"end: skipped; run the grid with --set-from {out / 'best.json'}")
-    summary_run(mode, run_name, record, table, artifacts, out, verdicts, search_tables)
-    note = tracking.sync_instructions(local_dir)
-    if note:
-        print(note)
-    statuses = table["status"].value_counts().to_dict() if "status" in table else {}
-    print(f"[sweep] status: {statuses}", flush=True)
-    stopping.join()
-    if not statuses.get("completed"):
-        print(f"[sweep] no trial completed ({status_counts(table)}); the tables hold what "
-              f"they reported, see {local_dir / RAY_LOG} for errors", file=sys.stderr)
-        return EXIT_NO_RESULTS
-    if statuses.get("error") or statuses.get("incomplete"):
-        print(f"[sweep] some trials did not finish; rerun with --resume to continue "
-              f"{run_name}", file=sys.stderr)
-        return EXIT_UNFINISHED
-    return 0
+    try:
+        return finish_sweep(plan, space, run_name, local_dir, record, result_grid,
+                            storage.filesystem, fitted, unfinished(run_name), wall)
+    finally:
+        stopping.join()

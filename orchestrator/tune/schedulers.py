@@ -24,6 +24,7 @@ from search_spaces import Distribution, Profile
 
 STOPPING = ("asha", "hyperband", "median")  # the schedulers that end trials early
 POPULATION = ("pbt", "pb2")                 # the schedulers that clone and perturb trials
+PAUSING = ("hyperband", *POPULATION)        # the schedulers that pause trials to run others
 SCHEDULERS = ("fifo", *STOPPING, *POPULATION)
 # A config key: the keys whose values a population's trial records as its schedule, "+"
 # joined (orchestrator.tune.epochs.record_schedule)

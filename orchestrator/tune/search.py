@@ -52,6 +52,7 @@ from typing import Any
 
 from orchestrator.errors import UsageError
 from orchestrator.tune.schedulers import (
+    PAUSING,
     POPULATION,
     SCHEDULE_KEYS,
     SCHEDULERS,
@@ -312,13 +313,28 @@ def quiet_searcher(search: Search) -> None:
         warnings.filterwarnings("ignore", message="The reported value is ignored")
 
 
+def local_resources(search: Search, need: dict[str, float],
+                    max_concurrent: int | None) -> dict[str, float]:
+    """`ray.init`'s resources for a local Ray that runs at most `max_concurrent` trials of
+    `need` at once under a scheduler that pauses trials (its paused trials must exist: see
+    `search_algorithm`); {} otherwise (Ray's own count of the machine)."""
+    if not max_concurrent or search.scheduler not in PAUSING:
+        return {}
+    resources = {"num_cpus": max_concurrent * need.get("CPU", 0)}
+    if need.get("GPU"):
+        resources["num_gpus"] = max_concurrent * need["GPU"]
+    return resources
+
+
 def search_algorithm(search: Search, max_concurrent: int | None = None):
     """The Tune searcher of `search.algorithm` (seeded), from its first points
     (`start_at`) and with its random first draws (`startup_draws`; 0: Ray's default), each
     draw run once per seed of `search.seeds` (`SeedRepeater`). `max_concurrent` caps the
     trials running at once: Tune applies its own `max_concurrent_trials` to a `Searcher` (a
     `ConcurrencyLimiter`), but our random search is Tune's `BasicVariantGenerator`, which
-    Tune leaves alone, so the generator gets the cap itself."""
+    Tune leaves alone, so the generator gets the cap itself -- but under a scheduler that
+    pauses trials (hyperband, pbt, pb2), whose paused trials the generator counts as
+    running: a population must exist whole to take turns (`local_resources` caps those)."""
     points = [dict(point) for point in search.start_at] or None
     startup = search.startup_draws or STARTUP_DRAWS.get(search.algorithm)
     if search.algorithm == "optuna":
@@ -342,8 +358,9 @@ def search_algorithm(search: Search, max_concurrent: int | None = None):
     else:
         from ray.tune.search import BasicVariantGenerator
 
+        cap = 0 if search.scheduler in PAUSING else max_concurrent or 0
         return BasicVariantGenerator(constant_grid_search=True, random_state=search.seed,
-                                     max_concurrent=max_concurrent or 0)
+                                     max_concurrent=cap)
     if search.seeds:
         from orchestrator.tune.repeater import SeedRepeater
 
