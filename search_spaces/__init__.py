@@ -218,6 +218,9 @@ class SearchSpace:
     histogram_labels: dict[str, str] = field(default_factory=lambda: {
         "log_px": "log p(x) [nats]", "am": "log10 AM(x)"})
     beside: tuple[Beside, ...] = ()      # the documents' tables beside ours
+    # keys a searched value found at one of their values holds for at all (`--set-from`
+    # applies it there; any other key the search held fixed must match)
+    carried_across: tuple[str, ...] = ()
 
     def profile(self, name: str) -> Profile:
         if name not in self.profiles:

@@ -50,6 +50,9 @@ CLAIMS = (
 )
 
 SPACE = SearchSpace(
+    # the searched lr is the base rate at the reference batch size: lr_scaling carries it
+    # to every batch size, and both budgets train at it (NOTES.md A)
+    carried_across=("batch_size", "lr_scaling", "budget"),
     name="batch_size_gffn",
     description="GFFN vs FFN: accuracy, ECE and OOD AUROC across batch sizes (NOTES.md A)",
     loop="classifier",

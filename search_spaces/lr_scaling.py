@@ -12,6 +12,7 @@ from search_spaces.batch_size_gffn import SPACE as GFFN_SPACE
 CONFIG = {**BASE, "model": "ffn", "budget": "B", "epochs_b": 30}
 
 SPACE = SearchSpace(
+    carried_across=GFFN_SPACE.carried_across,  # the base rate, scaled by the rule
     name="lr_scaling",
     description="lr scaling rules none/sqrt/linear across batch sizes, per classifier",
     loop="classifier",

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -212,6 +213,42 @@ def test_asha_compares_a_trial_within_its_grid_cell_unless_asked_across(across_g
     assert decision == (TrialScheduler.STOP if across_grid else TrialScheduler.CONTINUE)
 
 
+@pytest.mark.parametrize("across_grid", [True, False])
+def test_the_median_rule_compares_a_trial_within_its_grid_cell_unless_asked_across(
+        across_grid):
+    """Ray's MedianStoppingRule (grace 1, 3 trials before it judges): three gffn trials at
+    0.9 at epoch 1, then an ffn trial at 0.5. Across the grid it is below the median and
+    stopped; within its cell it has no others to be judged by."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    from orchestrator.tune.schedulers import trial_scheduler
+
+    profile = overridden("lr=loguniform(1e-4,1e-2)", "epochs_b=4", "batch_size=64")
+    search = resolve_search(SPACE, profile, scheduler="median", across_grid=across_grid)
+    scheduler = trial_scheduler(search, profile)
+    assert scheduler.set_search_properties("val_acc", "max")
+
+    class Controller:  # what the median rule asks of Tune's controller
+        def get_trials(self):
+            return trials
+
+        def get_live_trials(self):
+            return trials
+
+    trials = [Trial("__fake", stub=True, trial_id=f"t{i}",
+                    config={"model": "gffn" if i < 3 else "ffn"}) for i in range(4)]
+    for trial in trials:
+        scheduler.on_trial_add(Controller(), trial)
+        trial.set_status(Trial.RUNNING)
+    for trial in trials[:3]:
+        result = {"epoch": 1, "val_acc": 0.9}
+        scheduler.on_trial_result(Controller(), trial, result)
+        trial.update_last_result(result)
+    decision = scheduler.on_trial_result(Controller(), trials[3], {"epoch": 1, "val_acc": 0.5})
+    assert decision == (TrialScheduler.STOP if across_grid else TrialScheduler.CONTINUE)
+
+
 def test_pbt_explores_within_the_distributions_through_rays_own_explore_step():
     import random
 
@@ -290,6 +327,24 @@ def test_set_from_links_each_configurations_values_and_names_a_missing_one(tmp_p
     path.write_text("{}")
     with pytest.raises(UsageError, match="not a sweep's best.json"):
         apply_best(SPACE, SMOKE, path)
+
+
+def test_set_from_applies_values_only_where_a_key_the_search_held_fixed_matches(tmp_path):
+    """A search with model=gffn fixed found lr for GFFN only: a sweep that also runs FFN
+    is refused, naming the key; batch_size, which this space carries values across (a
+    base rate at the reference batch size), may differ."""
+    best = {"by": [], "searched": ["lr"], "fixed": {"model": "gffn", "batch_size": 64},
+            "per_configuration": [{"config": {}, "values": {"lr": 0.002}}]}
+    path = tmp_path / "best.json"
+    path.write_text(json.dumps(best))
+    with pytest.raises(UsageError, match="found with model=gffn held fixed; this sweep also "
+                                         "runs model=ffn: add --set model=gffn"):
+        apply_best(SPACE, SMOKE, path)
+    profile = apply_best(SPACE, overridden("model=gffn"), path)  # batch sizes 16 and 128
+    assert {(c["batch_size"], c["lr"]) for c in profile.trial_configs()} == \
+        {(16, 0.002), (128, 0.002)}
+    assert "batch_size" in SPACE.carried_across
+    assert apply_best(SPACE, SMOKE, path, keep=("model",))  # the user's --set model wins
 
 
 # --- real searches through the CLI -------------------------------------------------------------
@@ -404,10 +459,9 @@ def test_asha_with_seeds_one_at_a_time_best_json_at_one_budget_and_set_from_repr
     assert "Rungs of asha" in (sweep_dir / "results" / "search.md").read_text()
     assert (sweep_dir / "results" / "plots" / "search_lr.png").exists()
     assert "[report] best on val_acc" in report.stdout
-    # a best.json found with batch_size=64 held fixed is not applied to another batch size
-    with pytest.raises(UsageError, match="found with batch_size=64 held fixed"):
-        apply_best(SPACE, overridden("epochs_b=8", "batch_size=32,64"),
-                   sweep_dir / "results" / "best.json")
+    # found at batch size 64, a base rate this space carries across batch sizes
+    assert apply_best(SPACE, overridden("epochs_b=8", "batch_size=32,64"),
+                      sweep_dir / "results" / "best.json").grid["batch_size"] == [32, 64]
 
     # the grid at the values found: each model at its own tuned rate
     proc = sweep(tmp_path, sweep_env, *tuned, "--set-from",
@@ -477,6 +531,45 @@ def test_a_killed_optuna_search_resumes_its_searcher_and_draws_no_more(tmp_path,
 
 
 @pytest.mark.slow
+def test_an_interrupted_search_writes_no_search_result_and_says_how_to_resume(
+        tmp_path, sweep_env):
+    """Ctrl-C (SIGINT to the terminal's process group) while an ASHA search runs: Tune
+    ends the fit and returns normally; the running trials are not "stopped" as if ASHA had
+    ended them, no best.json or search.md is written from part of a search, and the last
+    line is the command that resumes it."""
+    args = ["batch_size_gffn", "--profile", "smoke", "--storage", str(tmp_path / "runs"),
+            "--wandb", "disabled", "--set", "model=gffn", "--set", "batch_size=64",
+            "--set", "epochs_b=400", "--set", "lr=loguniform(1e-4,1e-1)",
+            "--num-samples", "3", "--scheduler", "asha"]
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.sweep", *args],
+                              env=sweep_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, cwd=tmp_path, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and driver.poll() is None:  # a trial past epoch 20
+        if any(json.loads(line).get("epoch", 0) > 20 for path in
+               (tmp_path / "runs").glob("*/*/result.json") for line in path.open()
+               if line.strip()):
+            break
+        time.sleep(0.2)
+    assert driver.poll() is None, driver.communicate()
+    os.killpg(driver.pid, signal.SIGINT)
+    out, err = driver.communicate(timeout=300)
+    assert driver.returncode == 1, out[-3000:] + err[-3000:]
+    sweep_dir = newest(tmp_path)
+    table = results(sweep_dir)
+    # the trials ASHA ended are stopped, the one still running interrupted
+    assert "interrupted" in set(table.status) and set(table.status) <= {"stopped",
+                                                                        "interrupted"}
+    assert (table[table.status == "interrupted"].epoch > 20).all()
+    assert not (sweep_dir / "results" / "best.json").exists()
+    assert not (sweep_dir / "results" / "search.md").exists()
+    assert "interrupted: " in out and "no best.json or search.md from a partial run" in out
+    assert err.strip().splitlines()[-1].endswith(
+        "resume with: python -m orchestrator.sweep " + shlex.join(args) + " --resume")
+
+
+@pytest.mark.slow
 def test_hyperopt_under_hyperband_and_a_pbt_population(tmp_path, sweep_env):
     fixed = ["--set", "model=gffn", "--set", "batch_size=64"]
     proc = sweep(tmp_path / "hyperband", sweep_env, *fixed, "--set", "epochs_b=9",
@@ -503,8 +596,8 @@ def test_hyperopt_under_hyperband_and_a_pbt_population(tmp_path, sweep_env):
         best = json.loads((sweep_dir / "results" / "best.json").read_text())
         assert best["search"] == {"algorithm": "random", "scheduler": scheduler,
                                   "num_samples": 6}
-        top = table.val_acc.idxmax()
-        assert best["best"]["value"] == table.val_acc[top]
+        top = best["best"]["trial_id"]  # a best trial (clones may tie)
+        assert best["best"]["value"] == table.val_acc[top] == table.val_acc.max()
         assert best["best"]["schedule"] == table.schedule[top]
         assert f"Schedules of the population ({scheduler}" in \
             (sweep_dir / "results" / "search.md").read_text()

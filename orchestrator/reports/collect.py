@@ -15,6 +15,8 @@ tables and plots from these files alone.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from numbers import Number
 from pathlib import Path
@@ -109,6 +111,15 @@ def epoch_rows(result, trial_id: str) -> list[dict[str, Any]]:
     return rows
 
 
+TRIAL_DIR_ID = re.compile(r"_([0-9a-f]{5}_\d{5})_")  # Tune's <trainable>_<id>_<n>_<tag>
+
+
+def _trial_id(result) -> str:
+    """The trial id in a result's directory name (a trial that reported nothing)."""
+    match = TRIAL_DIR_ID.search(str(result.path).rstrip("/").rsplit("/", 1)[-1])
+    return match.group(1) if match else ""
+
+
 def schedule_text(schedule: list[dict[str, Any]]) -> str:
     """A trial's schedule (orchestrator.tune.epochs.record_schedule) in one cell:
     "lr=0.0179 from epoch 1 (trial d0d77_00004); lr=0.0215 from epoch 13 (d0d77_00005)"."""
@@ -120,14 +131,16 @@ def schedule_text(schedule: list[dict[str, Any]]) -> str:
 
 
 def collect_results(result_grid, filesystem=None, stopped_early: bool = False,
-                    epochs: bool = False) -> tuple[pd.DataFrame, Artifacts]:
+                    epochs: bool = False, interrupted: Collection[str] = (),
+                    ) -> tuple[pd.DataFrame, Artifacts]:
     """One row per trial (its config, its last reported metrics and its status), and the
     trials' final artifacts, read from the storage `filesystem` (pyarrow; None: local).
     With `epochs` (a search), the long table `epochs` of every trial's reported epochs.
 
     Status is the loop's own (`completed`, `diverged`), `error` when the trial raised
-    (after its retries), and without a final report `stopped` when `stopped_early` (a
-    scheduler ends trials, and the sweep finished), else `incomplete`.
+    (after its retries), and without a final report `interrupted` for the trials of
+    `interrupted` (Tune had not ended them when the fit was interrupted), `stopped` when
+    `stopped_early` (a scheduler ends trials), else `incomplete`.
     """
     rows, artifacts = [], Artifacts()
     long_rows: dict[str, list[dict]] = {}
@@ -141,8 +154,10 @@ def collect_results(result_grid, filesystem=None, stopped_early: bool = False,
             row["status"] = "error"
             row["error"] = str(result.error).strip().splitlines()[-1][:300]
         elif metrics.get("status") in (None, "running"):
-            row["status"] = ("stopped" if stopped_early and metrics.get("status") == "running"
-                             else "incomplete")
+            row["status"] = (
+                "interrupted" if (metrics.get("trial_id") or _trial_id(result)) in interrupted
+                else "stopped" if stopped_early and metrics.get("status") == "running"
+                else "incomplete")
         row["trial_dir"] = str(result.path)
         rows.append(row)
         final = _final_artifacts(result, filesystem)

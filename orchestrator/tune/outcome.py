@@ -76,10 +76,11 @@ def finish_sweep(plan: SweepPlan, space: SearchSpace, run_name: str, local_dir: 
     (EXIT_NO_RESULTS), no trial completed."""
     search, settings = plan.search, record["settings"]
     interrupted = bool(unfinished)
-    # After a whole fit, a trial a scheduler ended before its last epoch is "stopped".
+    # A trial Tune ended before its last epoch (a fit that returned) a scheduler "stopped";
+    # one it had not ended when the fit was interrupted is "interrupted".
     table, artifacts = collect_results(
-        result_grid, filesystem, stopped_early=search.stops_trials and fitted and not
-        interrupted, epochs=search.is_search)
+        result_grid, filesystem, stopped_early=search.stops_trials and fitted,
+        epochs=search.is_search, interrupted=unfinished or ())
     out = write_results(table, artifacts, space, local_dir, settings)
     if interrupted:  # no search result from part of a search
         for name in (BEST_FILE, SEARCH_FILE):
@@ -107,7 +108,7 @@ def finish_sweep(plan: SweepPlan, space: SearchSpace, run_name: str, local_dir: 
         print(f"[sweep] the documents' claims ({local_dir / REPRODUCTION_FILE}):")
         for line in verdict_lines(verdicts):
             print(f"  {line}")
-    elif search.is_search and space.claims:
+    elif search.is_search and space.claims and not interrupted:
         then = ("set the values found with --set" if search.perturbs else
                 f"run the grid with --set-from {out / BEST_FILE}")
         print(f"[sweep] the documents' claims need a grid sweep, every trial run to its "
@@ -119,13 +120,15 @@ def finish_sweep(plan: SweepPlan, space: SearchSpace, run_name: str, local_dir: 
         print(note)
     statuses = table["status"].value_counts().to_dict() if "status" in table else {}
     print(f"[sweep] status: {statuses}", flush=True)
+    if interrupted:
+        print(f"[sweep] interrupted ({status_counts(table)}); resume with: "
+              f"{plan.resume_command()}", file=sys.stderr)
+        return EXIT_UNFINISHED
     if not statuses.get("completed"):
         print(f"[sweep] no trial completed ({status_counts(table)}); the tables hold what "
               f"they reported, see {local_dir / RAY_LOG} for errors", file=sys.stderr)
-        if interrupted:
-            print(f"[sweep] resume with: {plan.resume_command()}", file=sys.stderr)
         return EXIT_NO_RESULTS
-    if interrupted or statuses.get("error") or statuses.get("incomplete"):
+    if statuses.get("error") or statuses.get("incomplete"):
         print(f"[sweep] some trials did not finish; resume with: {plan.resume_command()}",
               file=sys.stderr)
         return EXIT_UNFINISHED

@@ -142,8 +142,10 @@ def apply_best(space: SearchSpace, profile: Profile, path: Path,
     user --set). Found per configuration of a grid (`by`), they become linked `setup`s:
     each combination of `by` in this profile's trials with its own values; a combination
     the file has no values for is a UsageError, and so is a trial whose value of a key the
-    search held fixed (`fixed`: model=gffn) differs. A population's best.json (pbt, pb2)
-    holds schedules, not values: refused."""
+    search held fixed (`fixed`: model=gffn) differs, unless the space carries values
+    across that key (`carried_across`: batch_size_gffn's base lr, found at batch size 64,
+    is scaled to every batch size). A population's best.json (pbt, pb2) holds schedules,
+    not values: refused."""
     try:
         best = json.loads(Path(path).read_text())
         if "population" in best:
@@ -166,7 +168,8 @@ def apply_best(space: SearchSpace, profile: Profile, path: Path,
         raise UsageError(f"--set-from {path}: {', '.join(unknown)}: not a key of sweep "
                          f"'{space.name}'")
     for config in profile.trial_configs():
-        other = {k: config.get(k) for k, v in fixed.items() if config.get(k, v) != v}
+        other = {k: config.get(k) for k, v in fixed.items()
+                 if config.get(k, v) != v and k not in space.carried_across}
         if other:
             key, value = next(iter(other.items()))
             raise UsageError(f"--set-from {path}: found with {key}={fixed[key]} held fixed; "
