@@ -297,8 +297,13 @@ def param_space(profile: Profile, search: Search, data_dir: str) -> dict[str, An
 
 def quiet_searcher(search: Search) -> None:
     """Optuna logs a line per study and warns when a resumed trial reports an epoch again,
-    BOHB's kernel densities (statsmodels) warn of a future default on every fit: none of
-    it is for the console."""
+    BOHB's kernel densities (statsmodels) warn of a future default on every fit, and PB2's
+    Gaussian process (scikit-learn) that a kernel parameter sits at its bound on most
+    fits: none of it is for the console."""
+    if search.scheduler == "pb2":
+        import warnings
+
+        warnings.filterwarnings("ignore", module="sklearn.gaussian_process")
     if search.algorithm == "bohb":
         import warnings
 
