@@ -198,6 +198,13 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError("--status-interval must be a positive number of seconds")
     if args.max_concurrent_trials is not None and args.max_concurrent_trials < 1:
         raise UsageError("--max-concurrent-trials must be >= 1")
+    if search.perturbs and not scaling.in_process:
+        raise UsageError(f"--scheduler {search.scheduler} with --num-workers "
+                         f"{scaling.num_workers} / --gpus-per-worker "
+                         f"{scaling.gpus_per_worker:g}: a population's trials clone each "
+                         f"other's checkpoints, which the Ray Train path keeps in each "
+                         f"trial's own Train run, not in Tune; run it in-process (1 worker, "
+                         f"no GPU), or search with --scheduler asha")
     if (args.max_concurrent_trials and os.environ.get("RAY_ADDRESS")
             and search.scheduler in PAUSING):
         raise UsageError(f"--max-concurrent-trials with --scheduler {search.scheduler} on a "

@@ -288,6 +288,9 @@ def test_the_batch_check_on_digits_loads_nothing_before_ray_starts(sweep_env):
     (["batch_size_gffn", "--profile", "smoke", "--set", "lr=loguniform(1e-4,1e-2)",
       "--num-samples", "2", "--metric", "val_acc_typo", "--mode", "max"],
      {"ray", "pandas", "wandb"}),
+    (["batch_size_gffn", "--profile", "smoke", "--set", "model=gffn", "--set", "batch_size=64",
+      "--set", "epochs_b=8", "--set", "lr=loguniform(1e-4,1e-2)", "--num-samples", "2",
+      "--scheduler", "pbt", "--num-workers", "2"], {"ray", "pandas", "wandb"}),
 ])
 def test_bad_input_is_refused_before_ray_and_pandas_are_imported(sweep_env, args, not_imported):
     """A typo costs a fraction of a second, not the ~4 s of importing Ray, Tune and pandas

@@ -35,10 +35,10 @@ trials (orchestrator.tune.schedulers):
   per trial (reports/search.py: the lineage).
 
 A scheduler decides on every epoch's report (`report_seconds` 0) and, where it pauses or
-clones trials (hyperband, pbt, pb2), from a checkpoint of every epoch (`checkpoint_every`
-1). The search and scheduler are seeded (`--search-seed`, default 0): the same command
-draws the same values. `--time-budget-s` ends the sweep after so many seconds (Tune's
-`time_budget_s`).
+clones trials, from their checkpoints: hyperband's trials checkpoint every epoch, pbt's and
+pb2's at each perturbation (`scheduler_settings`). The search and scheduler are seeded
+(`--search-seed`, default 0): the same command draws the same values. `--time-budget-s`
+ends the sweep after so many seconds (Tune's `time_budget_s`).
 """
 
 from __future__ import annotations
