@@ -46,6 +46,7 @@ bench: setup
 	$(PY) benchmarks/bench_final_stages.py --profile local
 	$(PY) benchmarks/bench_wandb.py
 	$(PY) benchmarks/bench_scale.py
+	$(PY) benchmarks/bench_mc_dropout.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -9,6 +9,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_eval_chunk  # noqa: E402
 import bench_final_stages  # noqa: E402
+import bench_mc_dropout  # noqa: E402
 import bench_scale  # noqa: E402
 
 
@@ -52,3 +53,8 @@ def test_the_chunk_benchmark_times_both_chunk_sizes_on_the_same_features():
     row = bench_eval_chunk.measure("cnn", inputs=70)
     assert row["chunk_1024_s"] > 0 and row["chunk_32_s"] > 0
     assert row["max_abs_difference"] < 1e-4
+
+
+def test_the_mc_dropout_benchmark_times_both_ways_on_the_same_values():
+    row = bench_mc_dropout.measure(inputs=16, passes=3)
+    assert row["before_s"] >= 0 and row["after_s"] >= 0 and row["equal"] is True

@@ -1,12 +1,19 @@
 """Evaluation leaves the model as it found it, over the whole registry: every registered score
 (ours and pytorch-ood's through the adapter) and every final stage, on models with batch norm
-AND dropout (the paper profiles' shapes: DenseNet, WRN, LeNet, G-ODIN, the VAE encoder),
-plain and through `FeatureCache`:
+AND dropout (the paper profiles' shapes: DenseNet, WRN, LeNet, G-ODIN, the VAE encoder; a
+flow with a batch-norm layer and dropout for the density scores), plain and through
+`FeatureCache`:
 
 - every module's training flag, every parameter and every buffer unchanged afterwards (batch
   norm left in train mode overwrites its running statistics at the next forward pass;
   dropout left on makes every later score random);
 - a second call returns the same values (and the cached model the plain model's values);
+- a model (and a likelihood ratio's background) left in train mode is scored, and fitted, in
+  eval mode: the eval-mode values, every module's flag still `True` afterwards. Scoring
+  models already in eval mode cannot tell a score that forgets `evaluating(model)` from one
+  that does not: `typicality` and `input_complexity` ran the flow as found (and
+  `likelihood_ratio` its background) and passed, the test flows having neither batch norm
+  nor dropout, and being in eval mode anyway;
 - `__call__` equals `forward` batch by batch for every score with a differentiable form.
 
 A new score or final stage is covered by registering it: the parametrisations read the
@@ -30,6 +37,7 @@ from search_spaces import get_search_space
 from workloads.data import load_dataset
 from workloads.evaluation.ood_evaluation import resolve_scores
 from workloads.models import DIGLM, FeatureCache, build_flow
+from workloads.models.flows import Flow, VectorRealNVP
 from workloads.models.godin import GODIN
 from workloads.models.gradcon import GradConAE
 from workloads.models.modes import evaluating
@@ -83,6 +91,36 @@ class BatchNormDropoutGODIN(GODIN):
         super().__init__(BatchNormDropoutCNN())
 
 
+class BatchNormDropoutFlow(Flow):
+    """A vector RealNVP ending in a batch-norm layer (RealNVP's own, Dinh et al. 2017,
+    section 3.7: an elementwise affine map with its log-determinant, by the running
+    statistics in eval mode and the batch's in train mode) and dropout on z (the identity in
+    eval mode), for the density scores of NOTES.md E (log p(x), typicality, input
+    complexity, the likelihood ratio)."""
+
+    def __init__(self, input_shape: tuple[int, ...], levels: int):
+        dim = math.prod(input_shape)
+        super().__init__(VectorRealNVP(dim, num_couplings=2, hidden=16), input_shape, levels)
+        self.norm, self.dropout = nn.BatchNorm1d(dim), nn.Dropout(0.3)
+
+    def transform(self, x):
+        z, logabsdet = super().transform(x)
+        variance = z.var(0, unbiased=False) if self.norm.training else self.norm.running_var
+        scale = self.norm.weight / (variance + self.norm.eps).sqrt()
+        return self.dropout(self.norm(z)), logabsdet + scale.abs().log().sum()
+
+
+def _batch_normed_flow(input_shape, levels, x_train):
+    """A `BatchNormDropoutFlow` whose running statistics are those of `x_train`'s z (far
+    from their initial values), in eval mode."""
+    flow = BatchNormDropoutFlow(input_shape, levels)
+    with torch.no_grad():
+        flow.norm.momentum = None  # the cumulative average over the pass
+        flow.train()
+        flow.log_prob(x_train)
+    return flow.eval()
+
+
 @pytest.fixture(scope="module")
 def data():
     """Digits, cut small: 400 training, 100 validation, 120 test inputs, 120 per OOD set."""
@@ -101,8 +139,8 @@ def models(data):
     classifier = fit_classifier(BatchNormDropoutCNN(), data.x_train, data.y_train, epochs=3)
     godin = fit_classifier(BatchNormDropoutGODIN(), data.x_train, data.y_train, epochs=2)
     flow = build_flow("vector", data.input_shape, data.levels, num_couplings=2, hidden=16)
-    background = build_flow("vector", data.input_shape, data.levels, num_couplings=2,
-                            hidden=8)
+    background = _batch_normed_flow(data.input_shape, data.levels, data.x_train)
+    density = _batch_normed_flow(data.input_shape, data.levels, data.x_train)
     vae = ConvVAE(data.input_shape, data.levels, latent_dim=4, hidden=8)
     with torch.no_grad():  # a training pass sets the encoder's running statistics
         vae.train()
@@ -110,7 +148,7 @@ def models(data):
     diglm = DIGLM(build_flow("vector", data.input_shape, data.levels, num_couplings=2,
                              hidden=16), data.num_classes)
     return {"classifier": classifier, "godin": godin, "flow": flow.eval(), "diglm": diglm,
-            "background": background.eval(), "vae": vae.eval(),
+            "density": density, "background": background, "vae": vae.eval(),
             "gradcon": GradConAE(data.input_shape, "small").eval(),
             "ocgan": OCGAN(data.input_shape, "small", latent_dim=4).eval()}
 
@@ -124,7 +162,7 @@ CHEAP = {"gmm": {"components": 3}, "mc_dropout": {"passes": 3}, "confidnet": {"e
 def model_for(name, models):
     """The model that serves score `name`, by what the score requires."""
     requires = set(OOD_SCORES[name].requires)
-    for kind in ("classifier", "godin", "flow", "vae", "gradcon", "ocgan"):
+    for kind in ("classifier", "godin", "density", "vae", "gradcon", "ocgan"):
         if requires <= capabilities(models[kind]):
             return kind, models[kind]
     raise AssertionError(f"no test model serves score '{name}' (requires {requires})")
@@ -159,7 +197,7 @@ def _model_kinds():
     """Untrained models of each kind, to check the coverage without training."""
     shape = (1, 8, 8)
     return {"classifier": BatchNormDropoutCNN(), "godin": BatchNormDropoutGODIN(),
-            "flow": build_flow("vector", shape, 17, num_couplings=1, hidden=4),
+            "density": BatchNormDropoutFlow(shape, 17),
             "vae": ConvVAE(shape, 17, latent_dim=2, hidden=4),
             "gradcon": GradConAE(shape, "small"), "ocgan": OCGAN(shape, "small")}
 
@@ -185,6 +223,27 @@ def test_a_score_leaves_the_model_as_found_and_repeats_itself(name, models, data
             chunks = [score.forward(model, x[i:i + 32]).float() for i in range(0, len(x), 32)]
         assert torch.allclose(torch.cat(chunks), first, rtol=1e-5, atol=1e-5), name
         assert_model_unchanged(model, before)
+    in_train_mode = fitted_and_scored_in_train_mode(name, model, models, data, x)
+    assert torch.allclose(in_train_mode, first, rtol=1e-5, atol=1e-6), \
+        f"{name}: a model in train mode gave other scores than in eval mode"
+
+
+def fitted_and_scored_in_train_mode(name, model, models, data, x):
+    """Score `name` fitted and called with `model` (and the background of a likelihood
+    ratio) in train mode: its values; every module is checked to be in train mode still,
+    every parameter and buffer as before."""
+    found = [model] + ([models["background"]] if name == "likelihood_ratio" else [])
+    for each in found:
+        each.train()
+    try:
+        before = [model_state(each) for each in found]
+        values = fit_score(name, params_for(name, models), model, data)(model, x)
+        for each, state in zip(found, before):
+            assert_model_unchanged(each, state)
+        return values
+    finally:
+        for each in found:
+            each.eval()
 
 
 def test_a_score_does_not_leave_a_wrapped_model_in_train_mode(models, data):

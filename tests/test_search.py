@@ -848,7 +848,7 @@ def test_the_searchers_settings_are_resolved_checked_and_given_to_tunes_searcher
 
 
 def test_a_model_based_searcher_runs_a_quarter_of_its_draws_at_once_also_on_a_cluster():
-    from orchestrator.tune.search import trials_at_once
+    from orchestrator.tune.searchers import trials_at_once
 
     def search(algorithm, draws, *seeds):
         return Search(algorithm=algorithm, num_samples=draws, seeds=seeds)
@@ -864,7 +864,7 @@ def test_a_model_based_searcher_runs_a_quarter_of_its_draws_at_once_also_on_a_cl
 
 
 def test_startup_note_says_when_a_search_is_a_random_one():
-    from orchestrator.tune.search import startup_note
+    from orchestrator.tune.searchers import startup_note
 
     profile = overridden(*ONE_CELL)
     eight = profile.__class__(**{**profile.__dict__, "num_samples": 8})

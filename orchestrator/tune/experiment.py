@@ -34,9 +34,8 @@ from orchestrator.tune.search import (
     param_space,
     quiet_searcher,
     search_algorithm,
-    startup_note,
-    trials_at_once,
 )
+from orchestrator.tune.searchers import startup_note, trials_at_once
 from orchestrator.tune.storage import Storage, open_storage
 from orchestrator.tune.trainable import KEEP_CHECKPOINTS, make_trainable
 

@@ -143,8 +143,8 @@ def apply_best(space: SearchSpace, profile: Profile, path: Path,
     each combination of `by` in this profile's trials with its own values; a combination
     the file has no values for is a UsageError, and so is a trial whose value of a key the
     search held fixed (`fixed`: model=gffn) differs, unless the space carries values
-    across that key (`carried_across`: batch_size_gffn's base lr, found at batch size 64,
-    is scaled to every batch size). A population's best.json (pbt, pb2) holds schedules,
+    across that key (`carried_across`: a base learning rate found at one batch size is
+    scaled to every batch size). A population's best.json (pbt, pb2) holds schedules,
     not values: refused."""
     try:
         best = json.loads(Path(path).read_text())

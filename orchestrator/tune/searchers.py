@@ -76,3 +76,25 @@ def _value_in(key: str, text: str, distribution: Distribution) -> Any:
         raise UsageError(f"--start-at {key}={text}: outside {key} ~ {distribution}")
     return value
 
+
+def trials_at_once(search: Any, fit: int | None, requested: int | None) -> int | None:
+    """Tune's max_concurrent_trials for `search` (a `Search`): `requested`
+    (--max-concurrent-trials) if given, else `fit` (as many as fit on a local Ray; None on
+    a cluster: no cap), but for a model-based searcher at most max(1, num_samples // 4)
+    draws, each with its seeds, so that later draws follow the results of earlier ones (on
+    a cluster too, where Tune would otherwise start every draw at once: a
+    `ConcurrencyLimiter`)."""
+    if requested is not None or search.algorithm not in MODEL_BASED:
+        return requested if requested is not None else fit
+    limit = max(1, search.num_samples // 4) * max(1, len(search.seeds))
+    return min(fit or limit, limit)
+
+
+def startup_note(search: Any) -> str | None:
+    """The console's note when a model-based search (a `Search`) draws every value at
+    random."""
+    if search.startup_draws and search.num_samples <= search.startup_draws:
+        return (f"[sweep] note: {search.algorithm} draws its first {search.startup_draws} "
+                f"values at random; with --num-samples {search.num_samples} this is a "
+                f"random search (--startup-draws N)")
+    return None

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from workloads.models.flows.regularizer import approximate_mass
+from workloads.models.modes import evaluating
 from workloads.scores.base import OODScore, register_score
 
 
@@ -56,7 +57,8 @@ class LikelihoodRatio(OODScore):
     """LLR(x) = log p(x) - log p_background(x) (Ren et al. 2019; document 002, section
     2.4.4): the model's likelihood over that of `background`, a model of the same family
     trained on perturbed inputs (`workloads.training.background`; a sweep trains it in the trial
-    with `background_mu` > 0). Higher = more in-distribution. Asked for by name."""
+    with `background_mu` > 0). Higher = more in-distribution. Asked for by name. The
+    background runs in eval mode as the model does (`evaluating`), its modes put back."""
 
     requires = ("log_prob",)
     in_default_set = False
@@ -68,7 +70,8 @@ class LikelihoodRatio(OODScore):
         if self.background is None:
             raise ValueError("likelihood_ratio needs a background model (train one with "
                              "--set background_mu=0.2 on a flow sweep)")
-        return model.log_prob(x) - self.background.log_prob(x)
+        with evaluating(self.background):
+            return model.log_prob(x) - self.background.log_prob(x)
 
 
 def _pixel_flow(model):
@@ -108,7 +111,9 @@ class InputComplexity(OODScore):
     """IC(x) = log2 P(x) + C(x) (Serra et al. 2020; document 002, section 2.4.4): the
     likelihood in bits corrected by the input's code length C(x) under a lossless compressor,
     i.e. a likelihood ratio against the compressor as a universal model. Higher = more
-    in-distribution. Pixel-grid inputs only; the compressor is not differentiable."""
+    in-distribution. Pixel-grid inputs only; the compressor is not differentiable. The model
+    runs in eval mode (`evaluating`: NOTES.md E's likelihoods are those of the trained model,
+    batch norm on its running statistics, no dropout), every module's mode put back."""
 
     requires = ("log_prob",)
     in_default_set = False
@@ -123,7 +128,7 @@ class InputComplexity(OODScore):
         levels = _pixel_flow(model).levels
         if levels is None:
             raise ValueError("input_complexity needs pixel inputs (a flow with `levels`)")
-        with torch.no_grad():
+        with torch.no_grad(), evaluating(model):
             log2_p = torch.cat([discrete_log2_probability(model, chunk).double().cpu()
                                 for chunk in _batches(model, x, self.batch_size)])
         return (log2_p + compressed_bits(x, levels, self.compressor)).float()
@@ -140,7 +145,8 @@ class Typicality(OODScore):
     `quantile` (1 - alpha) of |mean NLL - H| over `resamples` batches of M inputs drawn with
     replacement from held-out validation data (batches of training inputs would sit closer
     to H than any unseen ID batch: the training NLL is what the model minimised). A batch is
-    flagged OOD when its distance exceeds it."""
+    flagged OOD when its distance exceeds it. The model runs in eval mode for the fit and
+    the scores alike (`evaluating`), every module's mode put back."""
 
     requires = ("log_prob",)
     in_default_set = False
@@ -156,7 +162,7 @@ class Typicality(OODScore):
         self.threshold: float | None = None
 
     def _nll(self, model, x: torch.Tensor) -> np.ndarray:
-        with torch.no_grad():
+        with torch.no_grad(), evaluating(model):
             return -torch.cat([model.log_prob(chunk).double().cpu()
                                for chunk in _batches(model, x, self.batch_size)]).numpy()
 
@@ -187,6 +193,6 @@ class Typicality(OODScore):
     def __call__(self, model, x):
         # groups of M must not be cut by the chunking: chunks of a multiple of M
         size = max(self.batch, (self.batch_size // self.batch) * self.batch)
-        with torch.no_grad():
+        with torch.no_grad(), evaluating(model):
             return torch.cat([self.forward(model, chunk).detach().float().cpu()
                               for chunk in _batches(model, x, size)])
