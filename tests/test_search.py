@@ -561,7 +561,7 @@ def test_an_interrupted_search_writes_no_search_result_and_says_how_to_resume(
     # the trials ASHA ended are stopped, the one still running interrupted
     assert "interrupted" in set(table.status) and set(table.status) <= {"stopped",
                                                                         "interrupted"}
-    assert (table[table.status == "interrupted"].epoch > 20).all()
+    assert (table[table.status == "interrupted"].epoch > 20).any()  # the one we waited for
     assert not (sweep_dir / "results" / "best.json").exists()
     assert not (sweep_dir / "results" / "search.md").exists()
     assert "interrupted: " in out and "no best.json or search.md from a partial run" in out

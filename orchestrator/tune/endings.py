@@ -37,22 +37,26 @@ class TrialEndings(Callback):
         self.__init__(**state)
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
-        if self._ended is None:  # a resumed experiment's trials that ended before
-            self._ended = {t.trial_id for t in trials if t.status in ENDED}
+        self._seen(trials)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._seen().add(trial.trial_id)
+        self._seen(trials).add(trial.trial_id)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._seen().add(trial.trial_id)
+        self._seen(trials).add(trial.trial_id)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        ended = self._seen()
-        _UNFINISHED[self.experiment] = [t.trial_id for t in trials if t.trial_id not in ended]
+        if self._ended is None:  # no step: nothing ran, nothing was stopped by clean-up
+            _UNFINISHED[self.experiment] = [t.trial_id for t in trials if t.status not in ENDED]
+            return
+        _UNFINISHED[self.experiment] = [t.trial_id for t in trials
+                                        if t.trial_id not in self._ended]
 
-    def _seen(self) -> set[str]:
+    def _seen(self, trials: list) -> set[str]:
+        """The trials that ended; first called before any of this run's trials ended, it
+        starts with those a resumed experiment had finished before."""
         if self._ended is None:
-            self._ended = set()
+            self._ended = {t.trial_id for t in trials if t.status in ENDED}
         return self._ended
 
 

@@ -217,13 +217,12 @@ def run_sweep(plan: SweepPlan) -> int:
                                    param_space=space_of_trials,
                                    storage_filesystem=storage.filesystem)
     else:
-        from ray.tune.logger import JsonLoggerCallback
-
         from orchestrator.tune.checkpoint_retention import CheckpointRetention
         from orchestrator.tune.console import ConsoleReporter, console_keys
         from orchestrator.tune.endings import TrialEndings
+        from orchestrator.tune.result_log import ResultLog
 
-        callbacks = [JsonLoggerCallback(), CheckpointRetention(keep=KEEP_CHECKPOINTS),
+        callbacks = [ResultLog(), CheckpointRetention(keep=KEEP_CHECKPOINTS),
                      TrialEndings(run_name)]
         if not verbose:
             callbacks.append(ConsoleReporter(console_keys(space.table_keys, settings),
