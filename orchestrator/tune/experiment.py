@@ -240,7 +240,10 @@ def run_sweep(plan: SweepPlan) -> int:
                                         num_samples=profile.num_samples
                                         * max(1, len(search.seeds)),
                                         time_budget_s=search.time_budget_s,
-                                        search_alg=search_algorithm(search, concurrent),
+                                        # the generator's cap only where asked: capped,
+                                        # it makes each trial only when one ends (slower)
+                                        search_alg=search_algorithm(
+                                            search, plan.max_concurrent_trials),
                                         scheduler=trial_scheduler(search, profile),
                                         max_concurrent_trials=concurrent,
                                         # Locally a finished trial's process serves the
