@@ -40,12 +40,10 @@ def _plain(value: Any) -> Any:
 
 
 def search_of(settings: dict[str, Any]) -> dict[str, Any] | None:
-    """The search record (`search_record`) of a sweep's settings when it is not a grid
+    """The search record (`Search.settings`) of a sweep's settings when it is not a grid
     (searched keys, or a scheduler); None for a grid."""
     record = settings.get("search")
-    if record and (record["searched"] or record["scheduler"] != "fifo"):
-        return record
-    return None
+    return record if record and Search.of(record).is_search else None
 
 
 def with_searched_keys(space: SearchSpace, settings: dict[str, Any]) -> SearchSpace:

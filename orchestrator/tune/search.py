@@ -133,12 +133,6 @@ class Search:
         return cls(**values)
 
 
-def is_grid(profile: Profile, search: Search) -> bool:
-    """Every trial of a grid is a fixed configuration run to its end: what the documents'
-    claims compare. Searched keys or a scheduler make a search."""
-    return not search.is_search
-
-
 def scheduler_settings(search: Search) -> dict[str, Any]:
     """Config values a scheduler needs of every trial: a report per epoch; a checkpoint per
     epoch where trials are paused (hyperband); where they are cloned and perturbed (pbt,
