@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from orchestrator.errors import (
     NoResultsError,
     UsageError,
 )
+from orchestrator.interrupts import Interrupted, interruptible
 
 
 def usage_errors() -> tuple[type[Exception], ...]:
@@ -43,14 +45,33 @@ def finite_float(text: str) -> float:
     return value
 
 
+def resume_command(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """The command line that resumes this one (its arguments with `--resume`), or None for
+    a command without `--resume`."""
+    if "--resume" not in parser._option_string_actions:
+        return None
+    return shlex.join([*parser.prog.split(), *(a for a in argv if a != "--resume"),
+                       "--resume"])
+
+
 def run_command(parser: argparse.ArgumentParser, main, argv: list[str] | None = None) -> int:
     """Parse, run `main(args)`, and turn bad input into one line and exit code 2. A pool
     whose actors kept dying ends with exit code 1 and a hint: its finished work is kept.
+    Ctrl-C or SIGTERM (`orchestrator.interrupts`): a sweep winds down on the first and
+    ends on its own; a job, or anything on a second signal, stops at once with one line,
+    the command that resumes it and exit code 130 (SIGINT) or 143 (SIGTERM).
     `args.argv` holds the arguments as given (a command's resume advice repeats them)."""
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return main(args)
+        with interruptible():
+            return main(args)
+    except Interrupted as stop:
+        resume = resume_command(parser, args.argv)
+        print(f"{parser.prog}: stopped by {stop}; "
+              + (f"what finished is kept; resume with: {resume}" if resume else
+                 "run it again"), file=sys.stderr, flush=True)
+        return stop.exit_code
     except NoResultsError as error:
         print(f"{parser.prog}: {error}", file=sys.stderr)
         return EXIT_NO_RESULTS

@@ -60,7 +60,8 @@ def main(args: argparse.Namespace) -> int:
         write_search_report(table, settings["search"], out,
                             grid=search_of(settings) is None,
                             epochs=artifacts.table(EPOCHS_TABLE))
-    verdicts = write_reproduction(space, sweep_dir, table, artifacts.tables, settings)
+    verdicts = write_reproduction(space, sweep_dir, table, artifacts.tables, settings,
+                                  artifacts.examples)
     print(markdown_table(table, space))
     drawn = "trials.md, aggregated.md" + (", ood.md" if not artifacts.ood.empty else "")
     print(f"\n[report] {out}: {drawn} and plots/ redrawn")

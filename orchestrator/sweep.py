@@ -108,9 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "command draws the same values)")
     parser.add_argument("--seeds", type=int, metavar="K",
                         help="train every configuration with seeds 0..K-1 (model "
-                             "initialisation and data order; the data split stays fixed); "
+                             "initialisation and data order; the data split stays fixed unless "
+                             "--vary-split); "
                              "same as --set seed=0,...,K-1 (default: the profile's count, "
                              "see --list)")
+    parser.add_argument("--vary-split", action="store_true",
+                        help="each seed also draws its own train/validation/test split and "
+                             "OOD sets (same as --set data_seed=seed): intervals over seeds "
+                             "then cover the split's variance too")
     parser.add_argument("--num-workers", type=int, help="data-parallel workers per trial")
     parser.add_argument("--gpus-per-worker", type=finite_float,
                         help="GPUs per worker (fractions share a GPU)")
@@ -176,6 +181,10 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError("--seeds and --set seed=... both set the seeds: use one")
     if seeds > 1 and not any(o.partition("=")[0].strip() == "seed" for o in args.overrides):
         args.overrides = [*args.overrides, "seed=" + ",".join(map(str, range(seeds)))]
+    if args.vary_split:
+        if any(o.partition("=")[0].strip() == "data_seed" for o in args.overrides):
+            raise UsageError("--vary-split and --set data_seed=... both set the split: use one")
+        args.overrides = [*args.overrides, "data_seed=seed"]
     profile = replace(apply_overrides(space, base, args.overrides),
                       num_samples=args.num_samples)
     if args.set_from is not None:  # a key the user --set keeps the user's value

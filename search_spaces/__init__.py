@@ -99,8 +99,10 @@ class Compare:
 @dataclass(frozen=True)
 class CompareMetrics:
     """Metric `lower` is below metric `higher` in the same trials, in every configuration
-    (`every`) or on average over the configurations."""
-    lower: str
+    (`every`) or on average over the configurations. `lower` may name several metrics (a
+    baseline's variants): the strongest of them -- the highest mean over seeds, per
+    configuration -- is the one compared."""
+    lower: str | tuple[str, ...]
     higher: str
     every: bool = True
     where: dict[str, Any] = field(default_factory=dict)

@@ -81,6 +81,16 @@ def sweep_made_once(key: str, tmp_path_factory, name: str, *args, env: dict | No
             sweep_dir)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_checkpoint_dirs_left_behind():
+    """At the end of the session, the temporary checkpoint directories of trials that
+    tests killed are removed (those of live processes stay)."""
+    yield
+    from orchestrator.tune.session import clean_stale_checkpoint_dirs
+
+    clean_stale_checkpoint_dirs()
+
+
 @pytest.fixture(scope="session")
 def alpha_diglm_ddp_sweep(tmp_path_factory):
     """(console output, sweep directory) of the alpha_diglm smoke sweep on Ray Train's path

@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 import torch
 from conftest import command_in_process
+from test_jobs_e2e import job_auroc, recomputed_auroc
 
 from orchestrator.tracking.offline import find_offline_runs, read_offline_run
+from workloads.evaluation.examples import EXAMPLE_COLUMNS
 
 pytestmark = pytest.mark.slow
 
@@ -84,11 +86,27 @@ def test_a_torchvision_resnet_is_evaluated_near_and_far_clean_and_attacked(
     (run_dir,) = find_offline_runs(out)
     assert read_offline_run(run_dir).summary["id_accuracy"] == summary["id_accuracy"]
     assert list(run_dir.glob("files/media/table/evaluation_*.table.json"))
+    examples = pd.read_parquet(out / "examples.parquet")  # per input, clean and attacked
+    scores = ("msp", "energy", "mahalanobis", "vim")
+    assert set(examples.columns) == {*EXAMPLE_COLUMNS, *(f"score_{s}" for s in scores),
+                                     *(f"score_{s}_attacked_eps0.00784314" for s in scores[:3])}
+    assert examples.groupby("split").size().to_dict() == {
+        "test": 60, **{s: 40 for s in summary["ood_sets"] if s != "my_scans"}, "my_scans": 30}
+    assert (examples[examples.split != "test"].compared_with == 40).all()  # n ID inputs
+    assert examples[examples.split == "test"].score_msp.notna().sum() == 40
+    # the 30 scans against the first 40 test inputs, and cifar100 both attacked
+    assert recomputed_auroc(examples, "my_scans", "score_mahalanobis", "score_mahalanobis") \
+        == job_auroc(frame, "mahalanobis", "my_scans", "clean")
+    hit = "score_msp_attacked_eps0.00784314"
+    assert recomputed_auroc(examples, "cifar100", hit, hit) == \
+        job_auroc(frame, "msp", "cifar100", "both_attacked", 2 / 255)
 
+    (out / "examples.parquet").unlink()
     resumed = evaluate(env, tmp_path, *args, "--wandb", "disabled", "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     again = pd.read_csv(out / "evaluation.csv")
     pd.testing.assert_frame_equal(again, frame)  # every unit reused: the same table
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "examples.parquet"), examples)
 
 
 def test_bad_input_exits_2_in_one_line(cifar_files, env, tmp_path):

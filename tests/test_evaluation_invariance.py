@@ -35,7 +35,9 @@ from torch import nn
 import workloads.studies
 from search_spaces import get_search_space
 from workloads.data import load_dataset
+from workloads.evaluation.examples import EXAMPLE_COLUMNS, EXAMPLES
 from workloads.evaluation.ood_evaluation import resolve_scores
+from workloads.evaluation.resampling import TrialMetrics
 from workloads.models import DIGLM, FeatureCache, build_flow
 from workloads.models.flows import Flow, VectorRealNVP
 from workloads.models.godin import GODIN
@@ -322,8 +324,20 @@ def test_a_final_stage_leaves_the_model_as_found_and_repeats_itself(stage, model
     config = config()
     model = models[kind]
     before = model_state(model)
-    first, _ = STAGE_FUNCTIONS[stage](model, data, config)
+    first, artifacts = STAGE_FUNCTIONS[stage](model, data, config)
     assert_model_unchanged(model, before)
+    # its per-example outputs give back every metric they have a form for, exactly
+    examples = artifacts[EXAMPLES]
+    assert set(EXAMPLE_COLUMNS) <= set(examples.columns)
+    assert set(examples.split) == {"test", *data.ood}
+    recomputed = TrialMetrics(examples, 0, None, config.get("num_bins", 15))
+    derived = {k: recomputed.of(k) for k in first}
+    derived = {k: v[0] for k, v in derived.items() if v is not None}
+    assert any(k.startswith("auroc_") for k in derived), stage
+    loose = ("test_acc", "test_nll")  # the stage's float32 means
+    for key, value in derived.items():
+        assert value == pytest.approx(first[key], abs=1e-6 if key in loose else 1e-12,
+                                      nan_ok=True), (stage, key)
     second, _ = STAGE_FUNCTIONS[stage](model, data, config)
     assert_model_unchanged(model, before)
     assert set(first) == set(second)

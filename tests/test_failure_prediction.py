@@ -235,7 +235,7 @@ def test_confidnet_phase_2_fine_tunes_a_copy_and_is_deterministic(bn_trained):
 # --- the sweep, end to end ------------------------------------------------------------------
 
 SCORES = {"msp", "msp_calibrated", "mc_dropout_vr", "mc_dropout_entropy", "mc_dropout_mi",
-          "confidnet", "laplace"}
+          "mc_dropout_avg", "confidnet", "laplace"}
 
 
 @pytest.mark.slow
@@ -254,10 +254,20 @@ def test_failure_prediction_smoke_sweep_then_the_ensemble_of_its_seeds(tmp_path,
     assert set(curves.score) == SCORES and curves.precision.between(0, 1).all()
     ood = pd.read_csv(results / "ood.csv")
     assert set(ood.score) == {"msp", "odin", "mc_dropout_vr", "mc_dropout_entropy",
-                              "mc_dropout_mi"}
+                              "mc_dropout_mi", "mc_dropout_avg"}
     assert (results / "plots" / "pr_curves.png").exists()
     reproduction = (sweep_dir / "REPRODUCTION.md").read_text()
     assert "confidnet_best_failure_aupr" in reproduction and "Document 003" not in reproduction
+    # ODIN's eps chosen on the validation inputs, from Liang et al.'s grid, and reported
+    assert table.odin_epsilon.between(0, 0.004).all()
+    # the verdicts' intervals cover seeds and test inputs, from the per-example outputs
+    assert reproduction.count("seeds and test inputs (two-level bootstrap, 1000 replicates)") \
+        == 3
+    examples = pd.read_parquet(results / "examples.parquet")
+    assert set(examples.trial_id) == set(table.trial_id)
+    assert {"score_mc_dropout_avg", "prediction_mc_dropout_avg"} <= set(examples.columns)
+    aggregated = pd.read_csv(results / "aggregated.csv")
+    assert aggregated.mistake_aupr_error_confidnet_boot_lo.notna().all()
     runs = {run.run_id: run for run in map(read_offline_run, find_offline_runs(sweep_dir))}
     media = runs[table.trial_id[0]].path / "files" / "media" / "table"
     assert list(media.glob("pr_curves_*.table.json"))

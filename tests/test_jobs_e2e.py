@@ -10,12 +10,14 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from conftest import command, command_in_process
 
 from orchestrator.tracking.offline import find_offline_runs, read_offline_run
+from workloads.evaluation.examples import EXAMPLE_COLUMNS
 
 pytestmark = pytest.mark.slow
 
@@ -39,6 +41,27 @@ def attack_dir(sweep, env):
     (out,) = (sweep_dir / "attacks").glob(f"{trial}-autoattack-*")
     assert "samples/s" in proc.stderr
     return out
+
+
+def recomputed_auroc(examples: pd.DataFrame, ood_set: str, id_column: str,
+                     ood_column: str) -> float:
+    """A detector's AUROC on `ood_set` recomputed from a job's examples.parquet: its OOD
+    rows against the test inputs it was compared with (the first `compared_with`)."""
+    from sklearn.metrics import roc_auc_score
+
+    ood = examples[examples.split == ood_set]
+    n = int(ood.compared_with.iloc[0])
+    id_rows = examples[examples.split == "test"].iloc[:n]
+    labels = np.r_[np.ones(n), np.zeros(len(ood))]
+    return roc_auc_score(labels, np.r_[id_rows[id_column], ood[ood_column]])
+
+
+def job_auroc(frame: pd.DataFrame, score: str, ood_set: str, setting: str,
+              eps: float | None = None) -> float:
+    """The job's reported AUROC (evaluation.csv) of one score, OOD set and setting."""
+    rows = frame[(frame.score == score) & (frame.ood_set == ood_set)
+                 & (frame.setting == setting)]
+    return rows.auroc.item() if eps is None else rows[rows.eps == eps].auroc.item()
 
 
 def test_attack_writes_results_and_a_wandb_run_and_resumes(sweep, attack_dir, env):
@@ -104,14 +127,34 @@ def test_attack_on_every_detector_writes_tables_and_resumes(sweep, env):
     assert summary["units_computed"] == 9 * 2 * 4 * 2  # scores x eps x sets x units
     (run_dir,) = find_offline_runs(out)
     assert "worst_auroc/neg_am" in read_offline_run(run_dir).summary
+    examples = pd.read_parquet(out / "examples.parquet")  # per input, clean and attacked
+    attacked = [f"score_{s}_attacked_eps{e}" for s in scores for e in ("0.0625", "0.125")]
+    assert set(examples.columns) == {*EXAMPLE_COLUMNS, *(f"score_{s}" for s in scores),
+                                     *attacked}
+    assert set(examples.split) == {"test"} | sets
+    test = examples[examples.split == "test"]
+    assert len(test) == 360 and (test.prediction >= 0).all()  # every digits test input
+    assert test[:20][attacked].notna().all().all() and test[20:][attacked].isna().all().all()
+    assert (examples[examples.split != "test"].compared_with == 20).all()
+    assert examples.groupby("split").size()["gaussian_noise"] == 20
+    assert test.correct.mean() == summary["id_accuracy"]
+    for score, ood_set in (("msp", "gaussian_noise"), ("log_px", "natural_patches")):
+        assert recomputed_auroc(examples, ood_set, f"score_{score}", f"score_{score}") == \
+            job_auroc(frame, score, ood_set, "clean")
+    hit = "score_energy_attacked_eps0.125"
+    assert recomputed_auroc(examples, "uniform_noise", "score_energy", hit) == \
+        job_auroc(frame, "energy", "uniform_noise", "ood_attacked", 1 / 8)
+    (out / "examples.parquet").unlink()
     again = command("attack", sweep_dir, *args, "--resume", env=env)
     assert str(out) in again.stdout
     resumed = json.loads((out / "summary.json").read_text())
     assert resumed["units_computed"] == 0 and resumed["units_loaded"] == 144
     assert pd.read_csv(out / "evaluation.csv").equals(frame)
+    # the loaded units' attacked scores in the file again, as computed the first time
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "examples.parquet"), examples)
 
 
-def test_langevin_driver_killed_then_resumed_ends_like_an_uninterrupted_run(
+def test_langevin_interrupted_by_ctrl_c_then_resumed_ends_like_an_uninterrupted_run(
         sweep, attack_dir, env):
     sweep_dir, (trial, _) = sweep
     args = ["--trial", trial, "--from", attack_dir, "--only-fooled", "--steps", 3000,
@@ -133,9 +176,16 @@ def test_langevin_driver_killed_then_resumed_ends_like_an_uninterrupted_run(
             break
         time.sleep(0.1)
     assert driver.poll() is None, "the chains finished before the driver could be killed"
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and its local Ray, for real
-    driver.wait()
+    os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C: the driver and its local Ray, for real
+    _, err = driver.communicate(timeout=120)
     assert 0 < min(steps) < 3000
+    # it stops at once (a job has nothing to wind down), says how to resume, exits 130
+    assert driver.returncode == 130, err[-3000:]
+    assert "Traceback" not in err.decode()
+    last = err.decode().strip().splitlines()[-1]
+    assert last.startswith("python -m orchestrator.langevin: stopped by SIGINT; what "
+                           "finished is kept; resume with: python -m orchestrator.langevin")
+    assert last.endswith(" --resume")
 
     resumed = command("langevin", sweep_dir, *args, "--resume", env=env)
     assert "resumed" in resumed.stdout

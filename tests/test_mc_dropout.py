@@ -108,8 +108,8 @@ def test_mc_dropout_leaves_the_global_rng_where_it_was_and_is_deterministic(mode
                                    seed=3)(model, x.clone()), first)
 
 
-def test_a_failure_stage_draws_the_passes_once_per_input_set_for_all_three_kinds(model):
-    """The failure-prediction study asks for "mc_dropout" as its three kinds
+def test_a_failure_stage_draws_the_passes_once_per_input_set_for_all_four_kinds(model):
+    """The failure-prediction study asks for "mc_dropout" as its four kinds
     (`failure_scores`), scored on the test set for mistakes and again, with each OOD set, for
     OOD detection (`evaluate_mistakes`, `evaluate_ood`): T passes per input set in all."""
     full = load_digits()
@@ -118,7 +118,8 @@ def test_a_failure_stage_draws_the_passes_once_per_input_set_for_all_three_kinds
     config = {"mc_passes": 4, "seed": 0, "confidnet_epochs": 1, "confidnet_lr": 1e-3,
               "odin_temperature": 1000.0, "odin_eps": 0.0}
     scores = failure_scores(model, data, config, "mc_dropout")
-    assert set(scores) == {"mc_dropout_vr", "mc_dropout_entropy", "mc_dropout_mi"}
+    assert set(scores) == {"mc_dropout_vr", "mc_dropout_entropy", "mc_dropout_mi",
+                           "mc_dropout_avg"}
     with StochasticPasses(model) as passes:
         evaluate_mistakes(model, data, scores)
         evaluate_ood(model, data, scores, resamples=0)

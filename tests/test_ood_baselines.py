@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from conftest import command, command_in_process, train_digits_classifier
 from pytorch_ood.loss import EnergyRegularizedLoss
+from sklearn.metrics import roc_auc_score
 from test_datasets import write_cifar, write_idx
 
 from orchestrator.tracking.offline import find_offline_runs, read_offline_run
@@ -251,6 +252,25 @@ def test_ood_baselines_smoke_sweep(tmp_path, env):
         assert set(ood[ood.arch == arch].score) == expected
     assert set(ood.ood_set) == {"gaussian_noise", "uniform_noise", "natural_patches"}
     assert ood.auroc.between(0, 1).all() and (ood.n == 360).all()  # balanced counts
+    # per-example outputs: every trial's AUROCs recomputed from them, exactly
+    examples = pd.read_parquet(results / "examples.parquet")
+    assert set(examples.trial_id) == set(table.trial_id)
+    for _, trial in table.iterrows():
+        rows = examples[examples.trial_id == trial.trial_id]
+        test = rows[rows.split == "test"]
+        assert len(test) == 360 and test["index"].is_unique
+        assert test.correct.mean() == pytest.approx(trial.test_acc, abs=1e-6)
+        for score in scores[trial.arch]:
+            aurocs = []
+            for ood_set in ("gaussian_noise", "uniform_noise", "natural_patches"):
+                ood_rows = rows[rows.split == ood_set]
+                id_values = test[f"score_{score}"].to_numpy(np.float64)
+                ood_values = ood_rows[f"score_{score}"].to_numpy(np.float64)
+                labels = np.r_[np.ones(len(id_values)), np.zeros(len(ood_values))]
+                auroc = roc_auc_score(labels, np.r_[id_values, ood_values])
+                assert auroc == trial[f"ood_{score}_{ood_set}_auroc"], (score, ood_set)
+                aurocs.append(auroc)
+            assert np.mean(aurocs) == pytest.approx(trial[f"auroc_{score}"], abs=1e-15)
     reproduction = (sweep_dir / "REPRODUCTION.md").read_text()
     for text in ("Thesis Table 3.1 baselines", "digits -> uniform_noise",
                  "fashionmnist -> mnist", "energy_finetuning_beats_energy",

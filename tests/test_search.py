@@ -555,7 +555,7 @@ def test_an_interrupted_search_writes_no_search_result_and_says_how_to_resume(
     assert driver.poll() is None, driver.communicate()
     os.killpg(driver.pid, signal.SIGINT)
     out, err = driver.communicate(timeout=300)
-    assert driver.returncode == 1, out[-3000:] + err[-3000:]
+    assert driver.returncode == 130, out[-3000:] + err[-3000:]  # the shell's code for SIGINT
     sweep_dir = newest(tmp_path)
     table = results(sweep_dir)
     # the trials ASHA ended are stopped, the one still running interrupted
@@ -565,6 +565,9 @@ def test_an_interrupted_search_writes_no_search_result_and_says_how_to_resume(
     assert not (sweep_dir / "results" / "best.json").exists()
     assert not (sweep_dir / "results" / "search.md").exists()
     assert "interrupted: " in out and "no best.json or search.md from a partial run" in out
+    # no verdicts drawn from part of a run: REPRODUCTION.md says so
+    assert "partial: " in (sweep_dir / "REPRODUCTION.md").read_text()
+    assert "Traceback" not in err and "interrupted by SIGINT" in err.strip().splitlines()[-1]
     assert err.strip().splitlines()[-1].endswith(
         "resume with: python -m orchestrator.sweep " + shlex.join(args) + " --resume")
 

@@ -2,7 +2,10 @@
 (`python -m orchestrator.attack SWEEP --trial ID --target ood`, into
 `SWEEP_DIR/attacks/<trial>-ood-<time>/`) and any model (`python -m orchestrator.evaluate`,
 `jobs.evaluate_model`). Writes `evaluation.csv` (`detector_frame`'s rows), `evaluation.md`,
-`evaluation.png`, `summary.json` and the units (`units/`, reused by --resume).
+`evaluation.png`, `summary.json`, `examples.parquet` (one row per input: the classifier's
+outputs on every test input, each detector's score clean and attacked per eps on the test
+inputs and OOD inputs scored; schema: `workloads.evaluation.examples`) and the units
+(`units/`, reused by --resume: a resumed run's files hold every unit, loaded or computed).
 
 OpenOOD and RobustBench evaluate detectors on clean OOD sets only, and the thesis attacks
 only its own AM detector (NOTES.md C). Here, for each score and eps, the OOD inputs are
@@ -38,12 +41,14 @@ from workloads.data import Dataset
 from workloads.evaluation.detector_evaluation import (
     ID,
     DetectorPlan,
-    accuracy,
+    classifier_examples,
     detector_frame,
     plan_detectors,
 )
 from workloads.evaluation.ood_evaluation import resolve_scores
 from workloads.scores import capabilities
+
+EXAMPLES_FILE = "examples.parquet"  # the per-example outputs (`workloads.evaluation.examples`)
 
 
 def default_scores(model: nn.Module) -> str:
@@ -61,9 +66,10 @@ def evaluate_plan(model: nn.Module, plan: DetectorPlan, data, eps_values: list[f
     """The evaluation both paths share (a trial's model: `orchestrator.attack --target
     ood`; any model: `orchestrator.evaluate`): attack on the pool (units in `out/units`,
     reused on `resume`), `detector_frame`'s rows, and `out/` evaluation.csv, evaluation.md,
-    evaluation.png and summary.json (`summary` and what the run measured); the table,
-    plot and worst attacked AUROC per detector go to `run` (a `JobRun`), which is
-    finished. Returns the rows."""
+    evaluation.png, summary.json (`summary` and what the run measured) and examples.parquet
+    (`Examples.frame`: the clean scores and every unit's attacked ones, loaded or computed);
+    the table, plot and worst attacked AUROC per detector go to `run` (a `JobRun`), which
+    is finished. Returns the rows."""
     from orchestrator.pools.attack import AttackPool, run_score_attacks
     from orchestrator.pools.base import start_ray
 
@@ -92,10 +98,11 @@ def evaluate_plan(model: nn.Module, plan: DetectorPlan, data, eps_values: list[f
         attacked = result.score
         units = {"units_computed": result.units_computed,
                  "units_loaded": result.units_loaded, "units_by_node": result.units_by_node}
+    examples, id_accuracy = classifier_examples(model, data)
     frame = detector_frame(model, plan, data.name, eps_values, attacked, resamples,
-                           attack_config.get("seed", 0))
-    id_accuracy = accuracy(model, data.x_test, data.y_test)
+                           attack_config.get("seed", 0), examples)
     frame.to_csv(out / "evaluation.csv", index=False)
+    examples.frame().to_parquet(out / EXAMPLES_FILE, index=False)
     markdown = evaluation_markdown(frame, title, id_accuracy)
     (out / "evaluation.md").write_text(markdown)
     figure = plot_evaluation(frame, out / "evaluation.png")
@@ -111,7 +118,8 @@ def evaluate_plan(model: nn.Module, plan: DetectorPlan, data, eps_values: list[f
     run.finish({"id_accuracy": id_accuracy,
                 **{f"worst_auroc/{k}": v for k, v in hit.groupby("score").auroc.min().items()}})
     print("\n" + markdown)
-    print(f"[{label}] results: {out}/evaluation.md, evaluation.csv, evaluation.png")
+    print(f"[{label}] results: {out}/evaluation.md, evaluation.csv, evaluation.png, "
+          f"{EXAMPLES_FILE}")
     return frame
 
 

@@ -7,7 +7,9 @@ Writes `<out>/`: `evaluation.csv` (every row: score x OOD set or group x setting
 `evaluation.md` (a detector per row: ID accuracy, AUROC [95%] clean and attacked, near and
 far), `evaluation.png` (each detector clean and attacked), `summary.json` (the model's
 provenance: factory, checkpoint SHA-256; what was not attacked or failed, and why),
-`provenance.json`, and the attack units (`units/`, reused by `--resume`); a W&B run.
+`examples.parquet` (one row per input: every detector's score clean and attacked per eps;
+`workloads.evaluation.examples`), `provenance.json`, and the attack units (`units/`, reused
+by `--resume`); a W&B run.
 """
 
 from __future__ import annotations

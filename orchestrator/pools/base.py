@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from orchestrator.interrupts import reinstall
+
 
 class PoolError(ValueError):
     """A pool job that cannot run as asked: bad resources, a mismatched resume, a corrupt
@@ -132,3 +134,4 @@ def start_ray() -> None:
         address = os.environ.get("RAY_ADDRESS")
         ray.init(address=address or "local", logging_level="WARNING",
                  **({} if address else {"include_dashboard": False}))
+        reinstall()  # ray.init sets its own SIGTERM handler: ours decides

@@ -1,11 +1,15 @@
 """A sweep's trials aggregated over seeds: per configuration (every config value but the
 seed), the number of seeds and each metric's mean, standard deviation and 95% t-interval
-(`workloads.evaluation.uncertainty.t_interval`)."""
+(`workloads.evaluation.uncertainty.t_interval`); for the metrics a table shows, with the
+trials' per-example outputs, the 95% interval over seeds and test inputs
+(`workloads.evaluation.resampling.seed_mean_intervals`: `<metric>_boot_lo`, `_boot_hi`)."""
 
 from __future__ import annotations
 
 import pandas as pd
 
+from workloads.data import trial_data_seed
+from workloads.evaluation.resampling import seed_mean_intervals
 from workloads.evaluation.uncertainty import interval_text, t_interval
 
 SEED = "seed"
@@ -28,9 +32,15 @@ def metric_columns(table: pd.DataFrame, settings: dict) -> list[str]:
                 table[c])]
 
 
-def aggregate_over_seeds(table: pd.DataFrame, settings: dict) -> pd.DataFrame:
+def aggregate_over_seeds(table: pd.DataFrame, settings: dict,
+                         examples: pd.DataFrame | None = None,
+                         shown: tuple[str, ...] = ()) -> pd.DataFrame:
     """One row per configuration of the completed trials: its config values, `seeds` (how
-    many), and `<metric>_mean`, `_std`, `_lo`, `_hi` for every metric."""
+    many), and `<metric>_mean`, `_std`, `_lo`, `_hi` for every metric; with per-example
+    outputs (`examples`), `<metric>_boot_lo`, `_boot_hi` for the metrics of `shown` that
+    have a per-example form, over seeds and test inputs."""
+    frames = ({t: f for t, f in examples.groupby("trial_id")}
+              if examples is not None and not examples.empty else {})
     done = table[table["status"] == "completed"] if "status" in table else table
     keys = config_columns(done, settings)
     metrics = metric_columns(done, settings)
@@ -42,6 +52,14 @@ def aggregate_over_seeds(table: pd.DataFrame, settings: dict) -> pd.DataFrame:
         for metric in metrics:
             stats = t_interval(group[metric].to_numpy())
             row.update({f"{metric}_{k}": stats[k] for k in ("mean", "std", "lo", "hi")})
+        wanted = [m for m in shown if m in metrics]
+        if wanted and "trial_id" in group and group["trial_id"].isin(frames).all():
+            data_seeds = [trial_data_seed(r) for r in group.to_dict("records")]
+            bins = int(group["num_bins"].iloc[0]) if "num_bins" in group else 15
+            for metric, (lo, hi) in seed_mean_intervals(
+                    [frames[t] for t in group["trial_id"]], data_seeds, wanted,
+                    bins).items():
+                row.update({f"{metric}_boot_lo": lo, f"{metric}_boot_hi": hi})
         rows.append(row)
     # With no completed trial: the header alone (a file with no columns cannot be read)
     return pd.DataFrame(rows, columns=None if rows else [*keys, "seeds"])
@@ -49,14 +67,20 @@ def aggregate_over_seeds(table: pd.DataFrame, settings: dict) -> pd.DataFrame:
 
 def aggregated_markdown(aggregated: pd.DataFrame, keys: list[str], metrics: list[str]) -> str:
     """The configurations as a markdown table: `keys`, the seed count, and for each of
-    `metrics` its mean and 95% t-interval over seeds."""
+    `metrics` its mean and 95% interval over seeds and test inputs, or where it has none
+    its t-interval over seeds, marked `(t)`."""
     lines = []
     for _, row in aggregated.iterrows():
         line = {k: row[k] for k in keys if k in row}
         line["seeds"] = int(row["seeds"])
         for metric in metrics:
-            if f"{metric}_mean" in row:
-                line[metric] = interval_text(row[f"{metric}_mean"], row[f"{metric}_lo"],
-                                             row[f"{metric}_hi"])
+            boot = f"{metric}_boot_lo" in row and pd.notna(row[f"{metric}_boot_lo"])
+            if boot:
+                line[metric] = interval_text(row[f"{metric}_mean"], row[f"{metric}_boot_lo"],
+                                             row[f"{metric}_boot_hi"])
+            elif f"{metric}_mean" in row:
+                text = interval_text(row[f"{metric}_mean"], row[f"{metric}_lo"],
+                                     row[f"{metric}_hi"])
+                line[metric] = text + (" (t)" if "[" in text else "")
         lines.append(line)
     return pd.DataFrame(lines).to_markdown(index=False, disable_numparse=True)

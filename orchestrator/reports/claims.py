@@ -3,17 +3,25 @@
 Each claim of a search space is a comparison (`search_spaces.Compare`, `CompareMetrics`,
 `Trend`, `Threshold`) that reduces, per seed, to a signed number whose sign is the claim:
 a difference that should be negative, a slope in the claimed direction, a margin below a
-threshold. Over the seeds that number gets a 95% t-interval
-(`workloads.evaluation.uncertainty`), and the verdict is
+threshold. That number gets a 95% interval over seeds and test inputs: the two-level
+bootstrap of `workloads.evaluation.resampling` (`claim_bootstrap`: seeds drawn with
+replacement, each test set's inputs drawn once per replicate, every metric recomputed
+from the trials' per-example outputs, paired across the arms). Where a metric has no
+per-example form (a p-value, a gain over a grid) or a trial left no per-example outputs,
+it is the 95% t-interval over seeds (`workloads.evaluation.uncertainty`), and says so;
+the t-interval over seeds is always shown beside. The verdict is
 
 - **holds**: the interval lies on the claim's side (every cell's, for an "every" claim);
 - **refuted**: the interval excludes the claim (any cell's, for an "every" claim);
-- **inconclusive**: otherwise, and always with a single seed (no interval).
+- **inconclusive**: otherwise, and always with a single seed (nothing says how much
+  another training run would move the number).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +29,14 @@ import pandas as pd
 
 from orchestrator.reports.aggregate import BOOKKEEPING, SEED
 from search_spaces import Claim, Compare, CompareMetrics, Threshold, Trend
+from workloads.data import trial_data_seed
+from workloads.evaluation.resampling import (
+    Draws,
+    TrialMetrics,
+    draw,
+    percentile_interval,
+    test_sets_of,
+)
 from workloads.evaluation.uncertainty import interval_text, t_interval
 
 HOLDS, REFUTED, INCONCLUSIVE = "holds", "refuted", "inconclusive"
@@ -37,6 +53,9 @@ class Verdict:
     cells: int = 0
     detail: str = ""
     per_cell: list[str] = field(default_factory=list)
+    t_lo: float = math.nan  # the 95% t-interval over seeds alone, beside
+    t_hi: float = math.nan
+    covers: str = "seeds (t-interval)"  # what the verdict's interval (lo, hi) covers
 
 
 def _side(lo: float, hi: float) -> str:
@@ -76,68 +95,113 @@ def _cells(table: pd.DataFrame, config: list[str], drop: tuple[str, ...]):
         yield " ".join(f"{k}={v}" for k, v in zip(keys, values)), group
 
 
-def _per_seed(group: pd.DataFrame, quantity) -> pd.Series:
-    """`quantity(rows of one seed)` for each seed of `group` (NaN where it cannot be had)."""
+Values = Callable[[pd.DataFrame, str], np.ndarray]  # (rows, metric) -> (len(rows), R)
+
+
+def observed(rows: pd.DataFrame, metric: str) -> np.ndarray:
+    """The trials' own numbers: one column (R = 1)."""
+    return rows[metric].to_numpy(dtype=np.float64)[:, None]
+
+
+def _per_seed(group: pd.DataFrame, quantity) -> dict:
+    """`quantity(rows of one seed)` (R values) for each seed of `group`."""
     seeds = group[SEED] if SEED in group else pd.Series(0, index=group.index)
-    return pd.Series({s: quantity(rows) for s, rows in group.groupby(seeds)}, dtype=float)
+    return {s: quantity(rows) for s, rows in group.groupby(seeds)}
 
 
-def _quantities(claim: Claim, table: pd.DataFrame, config: list[str]) -> dict[str, pd.Series]:
-    """Per cell, per seed: the claim's quantity, negative where the claim holds."""
+def _slope(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least-squares slope of each column of y (n, R) on x (n,), over its finite values."""
+    out = np.full(y.shape[1], math.nan)
+    for r in range(y.shape[1]):
+        ok = np.isfinite(y[:, r])
+        if ok.sum() >= 2 and np.ptp(x[ok]) > 0:
+            dx = x[ok] - x[ok].mean()
+            out[r] = dx @ (y[ok, r] - y[ok, r].mean()) / (dx @ dx)
+    return out
+
+
+def strongest(claim_test: CompareMetrics, group: pd.DataFrame) -> str:
+    """The metric `lower` names, or of several the one with the highest mean (the
+    baseline's strongest variant in this group of trials)."""
+    if isinstance(claim_test.lower, str):
+        return claim_test.lower
+    present = [m for m in claim_test.lower if m in group]
+    return max(present, key=lambda m: group[m].mean() if group[m].notna().any() else -math.inf)
+
+
+def _quantities(claim: Claim, table: pd.DataFrame, config: list[str],
+                values: Values = observed) -> dict[str, dict]:
+    """Per cell, per seed: the claim's quantity (R values: one per replicate of `values`),
+    negative where the claim holds."""
     test = claim.test
     rows = _filtered(table, test.where)
-    out: dict[str, pd.Series] = {}
+    out: dict[str, dict] = {}
     if isinstance(test, Compare):
         for name, group in _cells(rows, config, (test.key,)):
             def difference(seed_rows, test=test):
-                low = seed_rows.loc[seed_rows[test.key] == test.low, test.metric]
-                high = seed_rows.loc[seed_rows[test.key] == test.high, test.metric]
-                return low.mean() - high.mean() if len(low) and len(high) else math.nan
+                low = values(seed_rows[seed_rows[test.key] == test.low], test.metric)
+                high = values(seed_rows[seed_rows[test.key] == test.high], test.metric)
+                return (low.mean(axis=0) - high.mean(axis=0) if len(low) and len(high)
+                        else np.nan)
             out[name] = _per_seed(group, difference)
     elif isinstance(test, CompareMetrics):
         for name, group in _cells(rows, config, ()):
-            out[name] = _per_seed(group, lambda r, t=test: (r[t.lower] - r[t.higher]).mean())
+            lower = strongest(test, group)
+            out[name] = _per_seed(group, lambda r, t=test, lower=lower: (
+                values(r, lower) - values(r, t.higher)).mean(axis=0))
     elif isinstance(test, Trend):
         for name, group in _cells(rows, config, (test.key,)):
-            def slope(seed_rows, test=test):
-                x = np.log2(seed_rows[test.key].to_numpy(dtype=float))
-                y = seed_rows[test.metric].to_numpy(dtype=float)
-                ok = np.isfinite(y)
-                if ok.sum() < 2 or np.ptp(x[ok]) == 0:
-                    return math.nan
-                return -test.direction * np.polyfit(x[ok], y[ok], 1)[0]
-            out[name] = _per_seed(group, slope)
+            out[name] = _per_seed(group, lambda r, t=test: -t.direction * _slope(
+                np.log2(r[t.key].to_numpy(dtype=float)), values(r, t.metric)))
     elif isinstance(test, Threshold):
         sign = 1 if test.below else -1
         for name, group in _cells(rows, config, ()):
-            out[name] = _per_seed(group, lambda r, t=test, s=sign: s * (r[t.metric].mean()
-                                                                        - t.value))
+            out[name] = _per_seed(group, lambda r, t=test, s=sign: s * (
+                values(r, t.metric).mean(axis=0) - t.value))
     else:
         raise TypeError(f"unknown claim test {type(test).__name__}")
     return out
 
 
-def evaluate_claim(claim: Claim, table: pd.DataFrame, config: list[str]) -> Verdict:
+def _observed_cells(claim: Claim, table: pd.DataFrame, config: list[str]) -> dict:
+    """Per cell, the claim's quantity per seed (a Series; seeds without one dropped)."""
+    cells = {k: pd.Series({s: float(np.ravel(v)[0]) for s, v in per_seed.items()},
+                          dtype=float).dropna()
+             for k, per_seed in _quantities(claim, table, config).items()}
+    return {k: v for k, v in cells.items() if len(v)}
+
+
+def evaluate_claim(claim: Claim, table: pd.DataFrame, config: list[str],
+                   examples: pd.DataFrame | None = None, resamples: int = 1000) -> Verdict:
     """The verdict on `claim` from `table` (one row per trial; `config`: its config
-    columns)."""
+    columns). With the trials' per-example outputs (`examples`), its interval covers seeds
+    and test inputs (`claim_bootstrap`); otherwise, or where a metric cannot be had from
+    them, it is the t-interval over seeds."""
     missing = [c for c in _columns_used(claim) if c not in table.columns]
     if missing:
         return Verdict(claim, INCONCLUSIVE, detail=f"no data: {', '.join(missing)} not in "
                                                   f"the results")
-    cells = {k: v.dropna() for k, v in _quantities(claim, table, config).items()}
-    cells = {k: v for k, v in cells.items() if len(v)}
+    cells = _observed_cells(claim, table, config)
     if not cells:
         where = " ".join(f"{k}={v}" for k, v in getattr(claim.test, "where", {}).items())
         return Verdict(claim, INCONCLUSIVE, detail="no trials to compare"
                        + (f" (with {where})" if where else ""))
-    stats = {k: t_interval(v.to_numpy()) for k, v in cells.items()}
-    sides = {k: _side(s["lo"], s["hi"]) for k, s in stats.items()}
-    every = getattr(claim.test, "every", False)
+    t_stats = {k: t_interval(v.to_numpy()) for k, v in cells.items()}
+    stats = {k: dict(v) for k, v in t_stats.items()}  # the verdict's: updated below
     # the pooled quantity: per seed, the mean over cells
     pooled = pd.concat(cells.values(), axis=1).mean(axis=1)
-    overall = t_interval(pooled.to_numpy())
+    t_overall = t_interval(pooled.to_numpy())
+    overall = dict(t_overall)
     seeds = max(s["n"] for s in stats.values())
-    every = every and not getattr(claim.test, "mean", False)
+    boot, covers = claim_bootstrap(claim, table, config, examples, resamples)
+    if boot is not None:  # the verdict's intervals: over seeds and test inputs
+        single = seeds < 2  # no spread over seeds to measure: no verdict
+        for key, (lo, hi) in boot.items():
+            target = overall if key == POOLED else stats.get(key)
+            if target is not None:
+                target.update(lo=math.nan if single else lo, hi=math.nan if single else hi)
+    sides = {k: _side(s["lo"], s["hi"]) for k, s in stats.items()}
+    every = getattr(claim.test, "every", False) and not getattr(claim.test, "mean", False)
     if every:
         held = sum(v == HOLDS for v in sides.values())
         refuted = [k for k, v in sides.items() if v == REFUTED]
@@ -164,15 +228,93 @@ def evaluate_claim(claim: Claim, table: pd.DataFrame, config: list[str]) -> Verd
         # the configuration that decides: the worst for "every", else the best
         pick = max if every else min
         decisive = pick(stats, key=lambda k: stats[k]["mean"])
-        overall = stats[decisive]
+        overall, t_overall = stats[decisive], t_stats[decisive]
         detail += f"; shown: {decisive}" if len(stats) > 1 else ""
     return Verdict(claim, verdict, overall["mean"], overall["lo"], overall["hi"], seeds,
-                   len(cells), detail, per_cell)
+                   len(cells), detail, per_cell, t_overall["lo"], t_overall["hi"], covers)
+
+
+POOLED = "(pooled over cells)"
+
+
+class _NotFromExamples(LookupError):
+    """A metric that per-example outputs do not give."""
+
+
+def _resampled(quantities: np.ndarray, draws: Draws) -> np.ndarray:
+    """Per replicate, the mean over its drawn seeds of `quantities` (seeds x replicates;
+    NaN where a seed has none)."""
+    picked = quantities[draws.seeds.T, np.arange(draws.resamples)]
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a replicate with no seed of a cell
+        return np.nanmean(picked, axis=0)
+
+
+def claim_bootstrap(claim: Claim, table: pd.DataFrame, config: list[str],
+                    examples: pd.DataFrame | None, resamples: int = 1000, seed: int = 0,
+                    ) -> tuple[dict | None, str]:
+    """Percentile intervals of the claim's quantity, per cell and pooled (`POOLED`), over
+    the replicates of the two-level bootstrap of `workloads.evaluation.resampling`: seeds
+    drawn with replacement, each test set's inputs drawn once per replicate and shared by
+    every trial scored on it, every metric recomputed from the trials' per-example outputs.
+    None where that cannot be done, with the reason; else what the interval covers."""
+    if examples is None or examples.empty or "trial_id" not in table:
+        return None, "seeds (t-interval; no per-example outputs)"
+    rows = _filtered(table, claim.test.where)
+    frames = {t: f for t, f in examples.groupby("trial_id") if t in set(rows["trial_id"])}
+    if missing := [t for t in rows["trial_id"] if t not in frames]:
+        return None, f"seeds (t-interval; {len(missing)} trials without per-example outputs)"
+    info = rows.set_index("trial_id")
+    data_seed = {t: trial_data_seed(info.loc[t].to_dict()) for t in frames}
+    test_sets: dict = {}
+    for trial, frame in frames.items():
+        for key, index in test_sets_of(frame, data_seed[trial]).items():
+            test_sets[key] = np.union1d(test_sets.get(key, []), index)
+    seeds = sorted(rows[SEED].unique()) if SEED in rows else [0]
+    draws = draw(len(seeds), test_sets, resamples, seed)
+    metrics = {t: TrialMetrics(f, data_seed[t], draws,
+                               int(info.at[t, "num_bins"]) if "num_bins" in info else 15)
+               for t, f in frames.items()}
+    cache: dict = {}
+
+    def values(group: pd.DataFrame, metric: str) -> np.ndarray:
+        for trial in group["trial_id"]:
+            if (trial, metric) not in cache:
+                cache[trial, metric] = metrics[trial].of(metric)
+            if cache[trial, metric] is None:
+                raise _NotFromExamples(metric)
+        return np.array([cache[t, metric] for t in group["trial_id"]]).reshape(len(group), -1)
+
+    try:
+        per_cell = _quantities(claim, table, config, values)
+    except _NotFromExamples as error:
+        return None, f"seeds (t-interval; {error.args[0]} has no per-example form)"
+    position = {s: i for i, s in enumerate(seeds)}
+    matrices = {}
+    for cell, per_seed in per_cell.items():
+        matrix = np.full((len(seeds), resamples), np.nan)
+        for s, value in per_seed.items():
+            matrix[position[s]] = value
+        if not np.isnan(matrix).all():
+            matrices[cell] = matrix
+    if not matrices:
+        return None, "seeds (t-interval)"
+    intervals = {cell: percentile_interval(_resampled(m, draws)) for cell, m in matrices.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pooled = np.nanmean(np.stack(list(matrices.values())), axis=0)
+    intervals[POOLED] = percentile_interval(_resampled(pooled, draws))
+    return intervals, f"seeds and test inputs (two-level bootstrap, {resamples} replicates)"
+
+
+def _named(metrics: str | tuple[str, ...]) -> list[str]:
+    return [metrics] if isinstance(metrics, str) else list(metrics)
 
 
 def _columns_used(claim: Claim) -> list[str]:
     test = claim.test
-    used = {Compare: lambda t: [t.metric, t.key], CompareMetrics: lambda t: [t.lower, t.higher],
+    used = {Compare: lambda t: [t.metric, t.key],
+            CompareMetrics: lambda t: [*_named(t.lower), t.higher],
             Trend: lambda t: [t.metric, t.key], Threshold: lambda t: [t.metric]}[type(test)]
     return [*used(test), *test.where]
 
@@ -191,7 +333,9 @@ def quantity(claim: Claim) -> tuple[str, float, float]:
     if isinstance(test, Compare):
         return (f"{test.metric}: {test.key}={test.low} minus {test.key}={test.high}", 1.0, 0.0)
     if isinstance(test, CompareMetrics):
-        return f"{test.lower} minus {test.higher}", 1.0, 0.0
+        lower = test.lower if isinstance(test.lower, str) else \
+            f"the strongest of {', '.join(test.lower)}"
+        return f"{lower} minus {test.higher}", 1.0, 0.0
     if isinstance(test, Trend):
         return (f"slope of {test.metric} per doubling of {test.key}",
                 -float(test.direction), 0.0)
@@ -202,18 +346,23 @@ def quantity(claim: Claim) -> tuple[str, float, float]:
             1.0 if test.below else -1.0, test.value)
 
 
-def natural_interval(verdict: Verdict) -> str:
-    """The verdict's number and interval in the claim's own units."""
+def natural_interval(verdict: Verdict, seeds_only: bool = False) -> str:
+    """The verdict's number and interval in the claim's own units (`seeds_only`: the
+    t-interval over seeds instead)."""
     _, scale, offset = quantity(verdict.claim)
-    ends = sorted([scale * verdict.lo + offset, scale * verdict.hi + offset])
+    lo, hi = (verdict.t_lo, verdict.t_hi) if seeds_only else (verdict.lo, verdict.hi)
+    ends = sorted([scale * lo + offset, scale * hi + offset])
     return interval_text(scale * verdict.estimate + offset, *ends)
 
 
 def verdict_markdown(verdicts: list[Verdict]) -> str:
-    """One row per claim: the document's statement and source, our number with its 95%
-    interval over seeds, the verdict and how many seeds it rests on."""
+    """One row per claim: the document's statement and source, our number with the 95%
+    interval the verdict uses and what it covers, the t-interval over seeds alone beside it,
+    the verdict and how many seeds it rests on."""
     rows = [{"claim": v.claim.statement, "source": v.claim.source,
              "quantity": quantity(v.claim)[0],
-             "ours (mean [95% CI])": natural_interval(v), "verdict": f"**{v.verdict}**",
-             "seeds": v.seeds, "detail": v.detail} for v in verdicts]
+             "ours (mean [95% CI])": natural_interval(v), "interval over": v.covers,
+             "t-interval over seeds": natural_interval(v, seeds_only=True),
+             "verdict": f"**{v.verdict}**", "seeds": v.seeds, "detail": v.detail}
+            for v in verdicts]
     return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)

@@ -2,12 +2,13 @@
 
 Files in `<sweep_dir>/results/`: `trials.csv` (every config column and final metric),
 `trials.md` (the search space's key columns), `reliability.json` (reliability-diagram bins
-per trial), and for sweeps with an OOD stage `ood.csv` (long format: trial x score x OOD
-set), `ood.md` (Table-3.1-style tables) and `samples.json` (log p(x) and AM values for the
-histograms), with the training-time diagnostic `diagnostic.csv` (trial x epoch x score x
-OOD set), and every other long table the trials' final stages leave (`<name>.csv`; the
-`.md` table and plot of each that the search space declares in `result_tables`); PNGs in
-`plots/`.
+per trial), `examples.parquet` (every trial's per-example outputs:
+`workloads.evaluation.examples`), and for sweeps with an OOD stage `ood.csv` (long
+format: trial x score x OOD set), `ood.md` (Table-3.1-style tables) and `samples.json`
+(log p(x) and AM values for the histograms), with the training-time diagnostic
+`diagnostic.csv` (trial x epoch x score x OOD set), and every other long table the trials'
+final stages leave (`<name>.csv`; the `.md` table and plot of each that the search space
+declares in `result_tables`); PNGs in `plots/`.
 `python -m orchestrator.report SWEEP_DIR` redraws the
 tables and plots from these files alone.
 """
@@ -44,8 +45,8 @@ from orchestrator.reports.tables import (
     result_table_markdown,
     sort_table,
 )
-from orchestrator.tune.session import FINAL_FILE
-from orchestrator.tune.storage import long_tables, read_final_artifacts
+from orchestrator.tune.session import EXAMPLES_FILE, FINAL_FILE
+from orchestrator.tune.storage import long_tables, read_examples, read_final_artifacts
 from search_spaces import SearchSpace, expand_setup
 
 SWEEP_FILE = "sweep.json"  # what the sweep was asked (name, profile, overrides, storage)
@@ -67,6 +68,8 @@ class Artifacts:
     # long tables by name: ood (trial x score x OOD set), diagnostic (x epoch), and the
     # study's own (`SearchSpace.result_tables`)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    # every trial's per-example outputs (`workloads.evaluation.examples`), with `trial_id`
+    examples: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def table(self, name: str) -> pd.DataFrame:
         return self.tables.get(name, pd.DataFrame())
@@ -80,14 +83,18 @@ class Artifacts:
         return self.table("diagnostic")
 
 
-def _final_artifacts(result, filesystem) -> dict | None:
-    """The `final.json` of a trial's last checkpoint: Tune's, or Ray Train's (its path in
-    the storage `filesystem` among the metrics)."""
+def _final_checkpoint(result, filesystem) -> tuple[pyarrow.fs.FileSystem, str | None]:
+    """Where a trial's last checkpoint is: Tune's, or Ray Train's (its path in the storage
+    `filesystem` among the metrics)."""
     if result.checkpoint is not None:
-        return read_final_artifacts(result.checkpoint.filesystem, result.checkpoint.path,
-                                    FINAL_FILE)
-    path = (result.metrics or {}).get("checkpoint_path")
-    return read_final_artifacts(filesystem or pyarrow.fs.LocalFileSystem(), path, FINAL_FILE)
+        return result.checkpoint.filesystem, result.checkpoint.path
+    return (filesystem or pyarrow.fs.LocalFileSystem(),
+            (result.metrics or {}).get("checkpoint_path"))
+
+
+def _final_artifacts(result, filesystem) -> dict | None:
+    """The `final.json` of a trial's last checkpoint."""
+    return read_final_artifacts(*_final_checkpoint(result, filesystem), FINAL_FILE)
 
 
 EPOCHS_TABLE = "epochs"  # a search's long table: trial x epoch, its validation metrics
@@ -142,7 +149,7 @@ def collect_results(result_grid, filesystem=None, stopped_early: bool = False,
     `interrupted` (Tune had not ended them when the fit was interrupted), `stopped` when
     `stopped_early` (a scheduler ends trials), else `incomplete`.
     """
-    rows, artifacts = [], Artifacts()
+    rows, artifacts, examples = [], Artifacts(), []
     long_rows: dict[str, list[dict]] = {}
     for result in result_grid:
         config = {k: v for k, v in expand_setup(result.config or {}).items()
@@ -175,7 +182,12 @@ def collect_results(result_grid, filesystem=None, stopped_early: bool = False,
         for name, table_rows in long_tables(final).items():
             long_rows.setdefault(name, []).extend({"trial_id": trial_id, **r}
                                                   for r in table_rows)
+        frame = read_examples(*_final_checkpoint(result, filesystem), EXAMPLES_FILE)
+        if frame is not None:
+            examples.append(frame.assign(trial_id=trial_id))
     artifacts.tables = {name: pd.DataFrame(r) for name, r in long_rows.items() if r}
+    if examples:
+        artifacts.examples = pd.concat(examples, ignore_index=True)
     return pd.DataFrame(rows), artifacts
 
 
@@ -201,6 +213,8 @@ def write_results(table: pd.DataFrame, artifacts: Artifacts, space: SearchSpace,
     table = sort_table(table, space)
     table.to_csv(out / "trials.csv", index=False)
     (out / "reliability.json").write_text(json.dumps(artifacts.reliability))
+    if not artifacts.examples.empty:
+        artifacts.examples.to_parquet(out / EXAMPLES_FILE, index=False)
     for name, frame in list(artifacts.tables.items()):
         artifacts.tables[name] = ood_long_table(table, frame, space, settings)
         artifacts.tables[name].to_csv(out / f"{name}.csv", index=False)
@@ -215,11 +229,13 @@ def render_outputs(table: pd.DataFrame, artifacts: Artifacts, space: SearchSpace
     """The aggregated table, the markdown tables and the plots, from the table and
     artifacts alone; returns the aggregated table."""
     (out / "trials.md").write_text(f"# {space.name}\n\n{markdown_table(table, space)}\n")
-    aggregated = aggregate_over_seeds(table, settings)
+    aggregated = aggregate_over_seeds(table, settings, artifacts.examples,
+                                      tuple(space.table_metrics))
     aggregated.to_csv(out / "aggregated.csv", index=False)
     keys = [k for k in space.table_keys if k in aggregated.columns]
     (out / "aggregated.md").write_text(
-        f"# {space.name}: over seeds (mean [95% t-interval])\n\n"
+        f"# {space.name}: over seeds (mean [95% interval over seeds and test inputs: a "
+        f"two-level bootstrap; (t): a t-interval over seeds alone])\n\n"
         f"{aggregated_markdown(aggregated, keys, list(space.table_metrics))}\n")
     plot_metrics(table, space, out / "plots")
     plot_reliability(table, artifacts.reliability, space, out / "plots")
@@ -258,6 +274,8 @@ def load_results(sweep_dir: str | Path) -> tuple[pd.DataFrame, Artifacts]:
         artifacts.samples = json.loads((out / "samples.json").read_text())
     artifacts.tables = {path.stem: pd.read_csv(path) for path in sorted(out.glob("*.csv"))
                         if path.stem not in NOT_LONG_TABLES}
+    if (out / EXAMPLES_FILE).exists():
+        artifacts.examples = pd.read_parquet(out / EXAMPLES_FILE)
     return table, artifacts
 
 def status_counts(table: pd.DataFrame) -> str:

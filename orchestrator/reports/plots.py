@@ -91,6 +91,7 @@ def plot_metrics(table: pd.DataFrame, space: SearchSpace, out: Path) -> list[Pat
     written = []
     if space.plot_x not in table.columns:
         return written
+    table = table[table[space.plot_x].notna()]  # a trial that never started has no config
     panels = list(_groups(table, space.plot_panels))
     line_keys = [k for k in space.plot_lines if k in table.columns]
     colour_values = sorted(table[line_keys[0]].dropna().unique()) if line_keys else []

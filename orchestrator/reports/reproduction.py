@@ -36,8 +36,10 @@ def latest_defense(sweep_dir: Path) -> tuple[pd.DataFrame | None, Path | None]:
 
 
 def evaluate_claims(space: SearchSpace, table: pd.DataFrame, ood: pd.DataFrame,
-                    settings: dict, defense: pd.DataFrame | None) -> list[Verdict]:
-    """A verdict on every claim `space` declares, each on the results it names."""
+                    settings: dict, defense: pd.DataFrame | None,
+                    examples: pd.DataFrame | None = None) -> list[Verdict]:
+    """A verdict on every claim `space` declares, each on the results it names (a claim on
+    the trials with their per-example outputs `examples`)."""
     data = {"trials": (table, config_columns(table, settings)),
             "ood": (ood, [c for c in ood.columns if c in settings or c in ("score", "ood_set")]
                     if not ood.empty else []),
@@ -51,27 +53,38 @@ def evaluate_claims(space: SearchSpace, table: pd.DataFrame, ood: pd.DataFrame,
             verdicts.append(Verdict(claim, "inconclusive",
                                     detail=f"no {claim.data} results (run {run})"))
             continue
-        verdicts.append(evaluate_claim(claim, frame, config))
+        verdicts.append(evaluate_claim(claim, frame, config,
+                                       examples if claim.data == "trials" else None))
     return verdicts
 
 
 def reproduction_report(space: SearchSpace, sweep_dir: Path, table: pd.DataFrame,
-                        tables: dict[str, pd.DataFrame],
-                        settings: dict) -> tuple[str, list[Verdict]]:
+                        tables: dict[str, pd.DataFrame], settings: dict,
+                        examples: pd.DataFrame | None = None) -> tuple[str, list[Verdict]]:
     """The markdown of REPRODUCTION.md, and the verdicts; `tables`: the sweep's long tables
-    by name (`Artifacts.tables`: `ood` and the study's own)."""
+    by name (`Artifacts.tables`: `ood` and the study's own); `examples`: the trials'
+    per-example outputs (`Artifacts.examples`)."""
     ood = tables.get("ood", pd.DataFrame())
     defense, defense_dir = latest_defense(sweep_dir)
     search = search_of(settings)
-    verdicts = [] if search else evaluate_claims(space, table, ood, settings, defense)
+    partial = partial_run(table)
+    verdicts = [] if search or partial else evaluate_claims(space, table, ood, settings,
+                                                            defense, examples)
     seeds = table[SEED].nunique() if SEED in table else 1
     dataset = str(table["dataset"].iloc[0]) if "dataset" in table and len(table) else "?"
     parts = [f"# {space.name}: the documents' claims, reproduced\n",
              f"Sweep `{Path(sweep_dir).name}`: {len(table)} trials, {seeds} seed(s) per "
              f"configuration, data `{dataset}`. A verdict is *holds* when the claim's "
-             f"quantity has its 95% t-interval over seeds on the claim's side, *refuted* "
-             f"when the interval excludes the claim, *inconclusive* otherwise (always with "
-             f"one seed).\n", "## Verdicts\n"]
+             f"quantity has its 95% interval on the claim's side, *refuted* when the "
+             f"interval excludes the claim, *inconclusive* otherwise (always with one "
+             f"seed). The interval covers the training seeds and the test inputs: a "
+             f"two-level bootstrap (seeds drawn with replacement; each test set's inputs "
+             f"drawn once per replicate and shared by every trial scored on it, so the "
+             f"arms stay paired; every metric recomputed from `results/examples.parquet`). "
+             f"Where a metric has no per-example form it is the t-interval over seeds "
+             f"(column *interval over*); the t-interval over seeds alone is beside it. "
+             f"Seeds that share a `data_seed` share one test split: its sampling is in "
+             f"the bootstrap interval, not in the t-interval.\n", "## Verdicts\n"]
     if verdicts:
         parts += [verdict_markdown(verdicts), ""]
         for verdict in verdicts:
@@ -79,6 +92,9 @@ def reproduction_report(space: SearchSpace, sweep_dir: Path, table: pd.DataFrame
                 parts.append(f"<details><summary>{verdict.claim.id}: per cell</summary>\n\n"
                              + "\n".join(f"- {c}" for c in verdict.per_cell)
                              + "\n\n</details>\n")
+    elif partial and space.claims:
+        parts.append(f"**{partial}**: the sweep was interrupted, and no verdict is drawn "
+                     f"from part of a run; resume it (`--resume`) and the claims get theirs.\n")
     elif search and space.claims:
         parts.append(f"Claims need a grid sweep, every trial run to its end; this sweep "
                      f"{search_text(search)}: {len(space.claims)} claims skipped. Run the "
@@ -99,10 +115,21 @@ def reproduction_report(space: SearchSpace, sweep_dir: Path, table: pd.DataFrame
     return "\n".join(parts) + "\n", verdicts
 
 
+def partial_run(table: pd.DataFrame) -> str:
+    """"partial: 3 of 8 trials ended" for a sweep whose trials were interrupted (none:
+    "")."""
+    if "status" not in table or not (table["status"] == "interrupted").any():
+        return ""
+    ended = int((table["status"] != "interrupted").sum())
+    return f"partial: {ended} of {len(table)} trials ended"
+
+
 def write_reproduction(space: SearchSpace, sweep_dir: str | Path, table: pd.DataFrame,
-                       tables: dict[str, pd.DataFrame], settings: dict) -> list[Verdict]:
+                       tables: dict[str, pd.DataFrame], settings: dict,
+                       examples: pd.DataFrame | None = None) -> list[Verdict]:
     """Write `<sweep_dir>/REPRODUCTION.md`; return the verdicts."""
-    markdown, verdicts = reproduction_report(space, Path(sweep_dir), table, tables, settings)
+    markdown, verdicts = reproduction_report(space, Path(sweep_dir), table, tables, settings,
+                                             examples)
     (Path(sweep_dir) / FILE).write_text(markdown)
     return verdicts
 
@@ -114,7 +141,7 @@ def rewrite_reproduction(sweep_dir: str | Path) -> list[Verdict]:
     space = get_search_space(record["name"])
     table, artifacts = load_results(sweep_dir)
     return write_reproduction(space, sweep_dir, table, artifacts.tables,
-                              recorded_settings(record, space))
+                              recorded_settings(record, space), artifacts.examples)
 
 
 def verdict_lines(verdicts: list[Verdict]) -> list[str]:
@@ -129,5 +156,7 @@ def verdict_frame(verdicts: list[Verdict]) -> pd.DataFrame:
     return pd.DataFrame([{"claim": v.claim.id, "statement": v.claim.statement,
                           "source": v.claim.source, "verdict": v.verdict,
                           "quantity": quantity(v.claim)[0], "ours": natural_interval(v),
+                          "interval_over": v.covers,
+                          "seeds_t_interval": natural_interval(v, seeds_only=True),
                           "seeds": v.seeds,
                           "detail": v.detail} for v in verdicts])

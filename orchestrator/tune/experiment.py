@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import UsageError
+from orchestrator.interrupts import reinstall
 from orchestrator.reports.collect import SWEEP_FILE
 from orchestrator.reports.provenance import datasets_read, write_provenance
 from orchestrator.reports.search import search_of, search_text, with_searched_keys
@@ -36,6 +37,7 @@ from orchestrator.tune.search import (
     search_algorithm,
 )
 from orchestrator.tune.searchers import startup_note, trials_at_once
+from orchestrator.tune.session import clean_stale_checkpoint_dirs
 from orchestrator.tune.storage import Storage, open_storage
 from orchestrator.tune.trainable import KEEP_CHECKPOINTS, make_trainable
 
@@ -186,6 +188,8 @@ def run_sweep(plan: SweepPlan) -> int:
              **({} if address else {"include_dashboard": False, **local_resources(
                  search, scaling.total_resources(), plan.max_concurrent_trials)}),
              runtime_env={"env_vars": {k: os.environ.get(k, v) for k, v in RAY_ENV.items()}})
+    reinstall()  # ray.init sets its own SIGTERM handler: ours decides
+    clean_stale_checkpoint_dirs()  # what trials killed mid-checkpoint left, on this machine
     concurrent = concurrent_trials(ray.cluster_resources(), scaling.total_resources(),
                                    on_cluster=bool(address), requested=plan.max_concurrent_trials,
                                    shutdown=ray.shutdown)
@@ -269,6 +273,9 @@ def run_sweep(plan: SweepPlan) -> int:
     write_provenance(local_dir, datasets_read(settings.get("dataset", [])), plan.data_dir)
     started = time.perf_counter()
     fitted = True
+    # Ctrl-C and SIGTERM alike: `orchestrator.interrupts` asks Tune to stop (run_command's
+    # handler), not Tune's own SIGINT handler
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
         result_grid = tuner.fit()
     except Exception as error:  # Tune itself failed: keep whatever the trials reported

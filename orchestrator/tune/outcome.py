@@ -8,11 +8,13 @@ the search were whole, and ends with the command that resumes it.
 from __future__ import annotations
 
 import hashlib
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import EXIT_NO_RESULTS, EXIT_UNFINISHED
+from orchestrator.interrupts import exit_code, first_signal
 from orchestrator.reports.collect import (
     EPOCHS_TABLE,
     collect_results,
@@ -21,6 +23,7 @@ from orchestrator.reports.collect import (
 )
 from orchestrator.reports.reproduction import FILE as REPRODUCTION_FILE
 from orchestrator.reports.reproduction import (
+    partial_run,
     verdict_frame,
     verdict_lines,
     write_reproduction,
@@ -41,12 +44,13 @@ RAY_LOG = "ray.log"
 
 def summary_run(mode: str, run_name: str, record: dict[str, Any], table, artifacts,
                 results: Path, verdicts: list | None = None,
-                search_tables: dict | None = None) -> None:
+                search_tables: dict | None = None, partial: str = "") -> None:
     """The sweep's results in W&B, where it is monitored: one run in the sweep's group
     (job_type "summary") with the trials table, the table over seeds (`aggregated`), the
     long tables (ood, diagnostic and the study's own), the claims' verdicts (table
-    `claims`, summary `claims/<id>`) and every plot. A resumed sweep updates the
-    same run."""
+    `claims`, summary `claims/<id>`) and every plot; an interrupted sweep's summary says
+    `partial` ("partial: 3 of 8 trials ended") and has no verdicts. A resumed sweep updates
+    the same run."""
     run_id = "summary-" + hashlib.sha1(run_name.encode()).hexdigest()[:12]
     run = tracking.JobRun(mode, "summary", f"{run_name}-summary", run_name, record,
                           results.parent / "summary", run_id=run_id)
@@ -63,6 +67,7 @@ def summary_run(mode: str, run_name: str, record: dict[str, Any], table, artifac
         run.table("claims", verdict_frame(verdicts))
     statuses = table["status"].value_counts().to_dict() if "status" in table else {}
     run.finish({"trials": len(table), **{f"status/{k}": v for k, v in statuses.items()},
+                "partial": partial or False,
                 **{f"claims/{v.claim.id}": v.verdict for v in verdicts or []}})
 
 
@@ -72,7 +77,8 @@ def finish_sweep(plan: SweepPlan, space: SearchSpace, run_name: str, local_dir: 
     """Write the sweep's results from Tune's `result_grid` (`fitted`: the fit returned;
     `unfinished`: the trials Tune had not ended when it did, None if unseen), print its
     last lines and return the exit code: 0, every trial completed or diverged; 1
-    (EXIT_UNFINISHED), some errored, did not finish or were interrupted; 3
+    (EXIT_UNFINISHED), some errored or did not finish; 130 / 143, interrupted by SIGINT /
+    SIGTERM (`orchestrator.interrupts`: no verdicts from a partial run); 3
     (EXIT_NO_RESULTS), no trial completed."""
     search, settings = plan.search, record["settings"]
     interrupted = bool(unfinished)
@@ -90,7 +96,10 @@ def finish_sweep(plan: SweepPlan, space: SearchSpace, run_name: str, local_dir: 
         search_tables = write_search_report(table, settings["search"], out,
                                             grid=not search.is_search,
                                             epochs=artifacts.table(EPOCHS_TABLE))
-    verdicts = write_reproduction(space, local_dir, table, artifacts.tables, settings)
+    # no verdict from part of a grid either (`partial_run`: REPRODUCTION.md says so)
+    verdicts = write_reproduction(space, local_dir, table, artifacts.tables, settings,
+                                  artifacts.examples)
+    partial = partial_run(table)
     print(f"\n[sweep] {space.name} / {plan.profile_name}: {len(table)} trials in "
           f"{wall:.1f} s\n")
     print(markdown_table(table, space))
@@ -114,16 +123,18 @@ def finish_sweep(plan: SweepPlan, space: SearchSpace, run_name: str, local_dir: 
         print(f"[sweep] the documents' claims need a grid sweep, every trial run to its "
               f"end: skipped; {then}")
     summary_run(plan.wandb, run_name, record, table, artifacts, out, verdicts,
-                search_tables)
+                search_tables, partial)
     note = tracking.sync_instructions(local_dir)
     if note:
         print(note)
     statuses = table["status"].value_counts().to_dict() if "status" in table else {}
     print(f"[sweep] status: {statuses}", flush=True)
     if interrupted:
-        print(f"[sweep] interrupted ({status_counts(table)}); resume with: "
-              f"{plan.resume_command()}", file=sys.stderr)
-        return EXIT_UNFINISHED
+        signum = first_signal()
+        by = f" by {signal.Signals(signum).name}" if signum else ""
+        print(f"[sweep] interrupted{by} ({status_counts(table)}; {partial}: no verdicts); "
+              f"resume with: {plan.resume_command()}", file=sys.stderr, flush=True)
+        return exit_code(signum) if signum else EXIT_UNFINISHED
     if not statuses.get("completed"):
         print(f"[sweep] no trial completed ({status_counts(table)}); the tables hold what "
               f"they reported, see {local_dir / RAY_LOG} for errors", file=sys.stderr)

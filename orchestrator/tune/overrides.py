@@ -19,7 +19,11 @@ from search_spaces import SETUP, Distribution, Profile, SearchSpace
 
 
 def _parse_scalar(key: str, text: str, example: Any) -> Any:
+    from workloads.data import SPLIT_PER_SEED
+
     kind = type(example)
+    if key == "data_seed" and text == SPLIT_PER_SEED:  # each seed its own split
+        return text
     try:
         if kind is bool:
             if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -264,6 +268,7 @@ def check_datasets(profile: Profile, data_dir: str, download: bool) -> None:
         absent_ood_sets,
         ensure_dataset,
         training_set_size,
+        trial_data_seed,
     )
 
     for name in profile_values(profile, "dataset"):
@@ -281,8 +286,8 @@ def check_datasets(profile: Profile, data_dir: str, download: bool) -> None:
         if not 0 < fraction < 1:
             raise UsageError(f"--set val_fraction={fraction}: must be in (0, 1) (the share "
                              f"of the training split held out for validation)")
-        key = (config["dataset"], config.get("data_seed", 0), config.get("normal_class", -1),
-               fraction)
+        key = (config["dataset"], trial_data_seed({"seed": 0, **config}),
+               config.get("normal_class", -1), fraction)
         if key not in sizes:
             try:
                 sizes[key] = training_set_size(key[0], data_dir, seed=key[1],

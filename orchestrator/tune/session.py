@@ -21,9 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from workloads.evaluation.examples import EXAMPLES
+
 STATE_FILE = "state.pt"
 TRAIN_RUN_PREFIX = "train-"
 FINAL_FILE = "final.json"
+EXAMPLES_FILE = "examples.parquet"  # the final stage's per-example outputs (`EXAMPLES`)
 
 
 class Session:
@@ -52,15 +55,52 @@ class Session:
     _say = staticmethod(lambda text: None)  # a session with a board replaces it
 
 
+CHECKPOINT_PREFIX = "ckpt-"  # the temporary directories a report's checkpoint is written to
+
+
+def clean_stale_checkpoint_dirs(root: str | Path | None = None) -> list[Path]:
+    """Remove the temporary checkpoint directories (`ckpt-<pid>-*` in the system's temp dir,
+    or `root`) whose process is gone: a trial killed while it wrote a checkpoint leaves its
+    own behind. A live process's are left alone. Returns what was removed. Each trial
+    process calls it as it starts, and so does a sweep."""
+    import shutil
+
+    removed = []
+    for path in Path(root or tempfile.gettempdir()).glob(f"{CHECKPOINT_PREFIX}*-*"):
+        pid = path.name[len(CHECKPOINT_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
 @contextmanager
 def _checkpoint_dir(state: dict | None, final: dict | None):
-    """A temporary directory holding `state.pt` and `final.json`, or None without state."""
+    """A temporary directory holding `state.pt`, `final.json` and the final stage's
+    per-example outputs (`examples.parquet`), or None without state. Named
+    `ckpt-<pid>-*`: what a killed process leaves is found and removed by
+    `clean_stale_checkpoint_dirs`."""
     if state is None:
         yield None
         return
-    with tempfile.TemporaryDirectory(prefix="ckpt-") as directory:
+    with tempfile.TemporaryDirectory(prefix=f"{CHECKPOINT_PREFIX}{os.getpid()}-") as directory:
         torch.save(state, Path(directory) / STATE_FILE)
         if final is not None:
+            final = dict(final)
+            examples = final.pop(EXAMPLES, None)
+            if examples is not None:
+                examples.to_parquet(Path(directory) / EXAMPLES_FILE, index=False)
             (Path(directory) / FINAL_FILE).write_text(json.dumps(final))
         yield directory
 
@@ -89,6 +129,10 @@ def load_checkpoint_dir(directory: str | Path, name: str | None = None,
         final = json.loads(final_path.read_text()) if final_path.exists() else None
     except ValueError:
         raise CheckpointError(f"checkpoint file {final_path} is not valid JSON") from None
+    if final is not None and (directory / EXAMPLES_FILE).exists():
+        import pandas as pd
+
+        final[EXAMPLES] = pd.read_parquet(directory / EXAMPLES_FILE)
     return state, final
 
 
@@ -145,6 +189,7 @@ class TuneSession(Session):
         from orchestrator.tune.progress_board import trial_progress
 
         _quiet_ray_train_logs()
+        clean_stale_checkpoint_dirs()
         torch.set_num_threads(max(1, num_threads))
         self.device = select_device(use_gpu=False)
         self.trial_id = tune.get_context().get_trial_id() or ""
@@ -183,6 +228,7 @@ class TrainSession(Session):
         from orchestrator.tune.progress_board import trial_progress
 
         _quiet_ray_train_worker_logs()
+        clean_stale_checkpoint_dirs()
         torch.set_num_threads(max(1, num_threads))
         context = ray.train.get_context()
         self.rank = context.get_world_rank()

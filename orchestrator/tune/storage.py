@@ -14,11 +14,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.fs
 
 from orchestrator.errors import UsageError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,20 @@ def read_final_artifacts(filesystem: pyarrow.fs.FileSystem, checkpoint_path: str
         return None
     with filesystem.open_input_stream(path) as stream:
         return json.loads(stream.read().decode())
+
+
+def read_examples(filesystem: pyarrow.fs.FileSystem, checkpoint_path: str | None,
+                  name: str) -> pd.DataFrame | None:
+    """The per-example outputs (`name`: examples.parquet) of a checkpoint directory in
+    storage, if present."""
+    if not checkpoint_path:
+        return None
+    path = f"{checkpoint_path.rstrip('/')}/{name}"
+    if filesystem.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    from pyarrow import parquet
+
+    return parquet.read_table(path, filesystem=filesystem).to_pandas()
 
 
 def long_tables(final: dict[str, Any]) -> dict[str, list[dict]]:

@@ -14,6 +14,7 @@ from workloads.data.dataset import (
 )
 from workloads.data.datasets import (
     DIGITS_TRAIN_SIZE,
+    SPLIT_PER_SEED,
     VAL_FRACTION,
     absent_ood_sets,
     dataset_files,
@@ -24,6 +25,7 @@ from workloads.data.datasets import (
     load_trial_data,
     one_class_split,
     training_set_size,
+    trial_data_seed,
 )
 from workloads.data.idx import check_idx_file
 from workloads.data.ood_sets import (
@@ -41,5 +43,6 @@ __all__ = [
     "check_idx_file", "dataset_files",
     "ensure_dataset", "iterate_minibatches", "load_celeba", "load_dataset", "load_digits",
     "load_image_dataset", "load_trial_data", "match_shape", "natural_image_patches",
-    "noise_ood_sets", "one_class_split", "training_set_size", "VAL_FRACTION",
+    "noise_ood_sets", "one_class_split", "training_set_size", "trial_data_seed",
+    "SPLIT_PER_SEED", "VAL_FRACTION",
 ]

@@ -88,6 +88,9 @@ class Dataset:
     # True: each OOD set is compared with as many ID test inputs as it has, and the reverse
     # (n = min of the two, the thesis' balanced Table 3.1); False: every input of both
     balanced_ood: bool = True
+    # each test input's index in the dataset as loaded (None: its position in the test
+    # files); per-example outputs key inputs by it, so trials of one data_seed align
+    test_index: np.ndarray | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

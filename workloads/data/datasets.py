@@ -52,9 +52,11 @@ def load_digits(seed: int = 0) -> Dataset:
     x = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]
     y = bunch.target.astype(np.int64)
     xtr, ytr, xva, yva, xte, yte = stratified_split(x, y, (0.2, 0.2), seed)
+    # the same shuffles of the row numbers: each test input's row in scikit-learn's array
+    test_index = stratified_split(np.arange(len(y)), y, (0.2, 0.2), seed)[4]
     t = torch.from_numpy
     return Dataset(DIGITS, t(xtr), t(ytr), t(xva), t(yva), t(xte), t(yte), num_classes=10,
-                   levels=17)
+                   levels=17, test_index=test_index)
 
 
 def training_set_size(name: str, data_dir: str | Path | None, seed: int = 0,
@@ -175,14 +177,26 @@ def absent_ood_sets(name: str, data_dir: str | Path | None) -> dict[str, str]:
     return absent
 
 
+SPLIT_PER_SEED = "seed"  # `data_seed` = "seed": each training seed draws its own split
+
+
+def trial_data_seed(config: dict) -> int:
+    """The seed of a trial's split and OOD sets: its `data_seed` (0 when absent), or with
+    `data_seed` "seed" (`--vary-split`) its training `seed`: seeds then differ in their
+    test inputs too, and intervals over seeds cover the split's variance."""
+    data_seed = config.get("data_seed", 0)
+    return int(config["seed"]) if data_seed == SPLIT_PER_SEED else int(data_seed)
+
+
 def load_trial_data(config: dict) -> Dataset:
-    """The dataset of a trial's config (`dataset`, `data_dir`, `data_seed`, `val_fraction`);
-    with `normal_class` >= 0, its one-class anomaly version."""
-    data = load_dataset(config["dataset"], config.get("data_dir"), download=False,
-                        seed=config["data_seed"],
+    """The dataset of a trial's config (`dataset`, `data_dir`, `data_seed` as
+    `trial_data_seed` reads it, `val_fraction`); with `normal_class` >= 0, its one-class
+    anomaly version."""
+    seed = trial_data_seed(config)
+    data = load_dataset(config["dataset"], config.get("data_dir"), download=False, seed=seed,
                         val_fraction=config.get("val_fraction", VAL_FRACTION))
     if config.get("normal_class", -1) >= 0:
-        data = one_class_split(data, config["normal_class"], seed=config["data_seed"])
+        data = one_class_split(data, config["normal_class"], seed=seed)
     return data
 
 
@@ -201,10 +215,12 @@ def one_class_split(data: Dataset, normal_class: int, seed: int = 0) -> Dataset:
 
     others = data.x_test[data.y_test != normal_class]
     order = torch.randperm(len(others), generator=torch.Generator().manual_seed(seed))
+    test_index = (np.arange(len(data.x_test)) if data.test_index is None
+                  else np.asarray(data.test_index))[(data.y_test == normal_class).numpy()]
     return Dataset(f"{data.name}-class{normal_class}", *keep(data.x_train, data.y_train),
                    *keep(data.x_val, data.y_val), *keep(data.x_test, data.y_test),
                    num_classes=data.num_classes, ood={"other_classes": others[order]},
-                   levels=data.levels, balanced_ood=False)
+                   levels=data.levels, balanced_ood=False, test_index=test_index)
 
 
 def iterate_minibatches(num_examples: int, batch_size: int, epoch: int, seed: int = 0,

@@ -12,7 +12,9 @@ attacked (the three settings of ATD, Azizmalayeri et al. 2022), each with a 95% 
 bootstrap interval over the test inputs. Sets are grouped near / far where the ID dataset has
 a customary split (OpenOOD v1.5, Zhang et al. 2023: CIFAR-10 and CIFAR-100); a group's
 figure is the mean over its sets, its interval a bootstrap of that mean (the ID resample
-shared by the sets, each OOD set resampled on its own).
+shared by the sets, each OOD set resampled on its own). The per-example outputs
+(`workloads.evaluation.examples`) hold every input's clean score and, for each eps, its
+score attacked (`attacked_column`): a row's split says which way it was pushed.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 from torch import nn
 
 from workloads.adversarial.detector_attacks import ScoreAttack, attack_serially
+from workloads.evaluation.examples import TEST, Examples
 from workloads.evaluation.metrics import ood_metrics
 from workloads.evaluation.ood_evaluation import no_progress
 from workloads.evaluation.uncertainty import _resample_counts, ood_metrics_of_weights
@@ -69,6 +72,12 @@ class DetectorPlan:
 
 def attack_name(score: str, inputs: str, eps: float) -> str:
     return f"{score}-{inputs}-eps{eps:.6g}"
+
+
+def attacked_column(score: str, eps: float) -> str:
+    """The per-example name of `score` at its attacked inputs (`score_<this>` in the file):
+    the ID inputs pushed down (to look OOD), each OOD set's pushed up (to look ID)."""
+    return f"{score}_attacked_eps{eps:.6g}"
 
 
 def plan_detectors(model: nn.Module, data, names: list[str], params: dict[str, dict],
@@ -142,22 +151,26 @@ def _figures(id_values: np.ndarray, ood_values: list[np.ndarray], resamples: int
 
 def detector_frame(model: nn.Module, plan: DetectorPlan, dataset: str, eps_values: list[float],
                    attacked: dict[str, torch.Tensor], resamples: int = 1000,
-                   seed: int = 0) -> pd.DataFrame:
+                   seed: int = 0, examples: Examples | None = None) -> pd.DataFrame:
     """The rows of the evaluation: per score, per OOD set and per group of sets (near, far,
     other, all: `ood_set` "group:<name>") and per setting: clean (eps NaN), then for each
     eps ood_attacked, id_attacked and both_attacked (ATD's three settings; none for a
     score that is not attacked: the reason in `note`): AUROC and FPR95 with their 95%
-    intervals. `attacked` holds the score at each attack's inputs (`attack_name`)."""
+    intervals. `attacked` holds the score at each attack's inputs (`attack_name`). Every
+    value goes into `examples` too: `score_<name>` clean, `score_<attacked_column>`
+    attacked."""
     eps_values = list(dict.fromkeys(eps_values))
     ood_sets = [k for k in plan.inputs if k != ID]
     units = {**{s: [s] for s in ood_sets}, **_groups(dataset, ood_sets)}
     rows = []
     for name, score in plan.scores.items():
         clean = {key: score(model, x).double().numpy() for key, x in plan.inputs.items()}
+        record_examples(examples, name, clean)
         settings = [(math.nan, "clean", clean[ID], clean)]
         for eps in ([] if name in plan.not_attacked else eps_values):
             hit = {k: attacked[attack_name(name, k, eps)].double().numpy()
                    for k in (ID, *ood_sets)}
+            record_examples(examples, attacked_column(name, eps), hit)
             settings += [(eps, "ood_attacked", clean[ID], hit),
                          (eps, "id_attacked", hit[ID], clean),
                          (eps, "both_attacked", hit[ID], hit)]
@@ -176,6 +189,19 @@ def detector_frame(model: nn.Module, plan: DetectorPlan, dataset: str, eps_value
     return pd.DataFrame(rows)
 
 
+def record_examples(examples: Examples | None, column: str,
+                    values: dict[str, np.ndarray]) -> None:
+    """One score's values per scored set into `examples` (if any) as `score_<column>`: the
+    ID inputs on the test split, each OOD set compared with all the ID inputs scored."""
+    if examples is None:
+        return
+    for key, set_values in values.items():
+        if key == ID:
+            examples.record_score(TEST, column, set_values)
+        else:
+            examples.record_score(key, column, set_values, compared_with=len(values[ID]))
+
+
 def _groups(dataset: str, ood_sets: list[str]) -> dict[str, list[str]]:
     """"group:near" / "group:far" / "group:other" (those with members) and "group:all"."""
     groups: dict[str, list[str]] = {}
@@ -191,17 +217,27 @@ def summary_groups(frame: pd.DataFrame) -> list[str]:
     return ["all"] if groups in ([], ["other"]) else groups
 
 
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
-    """Top-1 accuracy of `model` on (x, y), in eval mode, modes left as found."""
+def classifier_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """`model`'s logits on `x` (at least one input; on the CPU), in eval mode, modes left as
+    found."""
     from workloads.models.modes import evaluating
 
     device = next(model.parameters()).device
-    correct = 0
     with evaluating(model), torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            logits = model(x[start:start + batch_size].to(device))
-            correct += int((logits.argmax(1).cpu() == y[start:start + batch_size]).sum())
-    return correct / max(1, len(x))
+        return torch.cat([model(x[start:start + batch_size].to(device)).cpu()
+                          for start in range(0, len(x), batch_size)])
+
+
+def classifier_examples(model: nn.Module, data) -> tuple[Examples, float]:
+    """Per-example outputs begun with the classifier's outputs on every test input of `data`
+    (prediction, correct, confidence, nll; the scores follow in `detector_frame`), and its
+    top-1 accuracy there (0 without test inputs)."""
+    examples = Examples(data)
+    if not len(data.x_test):
+        return examples, 0.0
+    logits = classifier_logits(model, data.x_test)
+    examples.record_logits(logits)
+    return examples, int((logits.argmax(1) == data.y_test).sum()) / len(data.x_test)
 
 
 @dataclass
@@ -210,6 +246,7 @@ class DetectorEvaluation:
     id_accuracy: float
     not_attacked: dict[str, str]
     failed: dict[str, str]
+    examples: pd.DataFrame | None = None  # per-example outputs (`Examples.frame`)
 
 
 AttackFn = Callable[[nn.Module, list[ScoreAttack], dict[str, Any], dict[str, Any]],
@@ -224,12 +261,14 @@ def evaluate_detectors(model: nn.Module, data, scores: list[str] | None = None,
     """Every score of `scores` (default: every one `model` can serve) on `data` (its test
     inputs and OOD sets, the first `n` of each), clean and, for each of `eps_values`, under
     APGD on the score (`attack_config`: steps, norm, seed, batch_size); `attack` runs the
-    attacks (default: in this process)."""
+    attacks (default: in this process). Its `examples`: one row per input scored."""
     names = list(scores) if scores is not None else servable_scores(model)
     plan = plan_detectors(model, data, names, params or {}, list(eps_values), n)
     config = {"steps": 100, "norm": "Linf", "seed": seed, "batch_size": 100,
               **(attack_config or {})}
     attacked = attack(model, plan.attacks, plan.scores, config) if plan.attacks else {}
-    frame = detector_frame(model, plan, data.name, list(eps_values), attacked, resamples, seed)
-    return DetectorEvaluation(frame, accuracy(model, data.x_test, data.y_test),
-                              plan.not_attacked, plan.failed)
+    examples, id_accuracy = classifier_examples(model, data)
+    frame = detector_frame(model, plan, data.name, list(eps_values), attacked, resamples, seed,
+                           examples)
+    return DetectorEvaluation(frame, id_accuracy, plan.not_attacked, plan.failed,
+                              examples.frame())

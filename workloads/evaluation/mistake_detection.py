@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from workloads.data import Dataset
+from workloads.evaluation.examples import TEST, Examples
 from workloads.evaluation.metrics import failure_metrics, mann_whitney
 from workloads.scores import OODScore, batched_logits, fitted_score
 
@@ -36,18 +37,30 @@ def error_pr_curve(values: np.ndarray, correct: np.ndarray,
 
 
 def evaluate_mistakes(model: nn.Module, data: Dataset, scores: dict[str, dict | OODScore],
-                      curves: list[dict] | None = None) -> list[dict[str, float | str | int]]:
+                      curves: list[dict] | None = None, examples: Examples | None = None,
+                      ) -> list[dict[str, float | str | int]]:
     """One row per score: `n_correct`, `n_wrong`, the `failure_metrics` (`auroc`,
     `aupr_success`, `aupr_error`, `fpr95_success`, `fpr95_error`), `mw_u`, `mw_p`. Each
-    score is fitted on its split first, unless given fitted. With a `curves` list, each
-    score's `error_pr_curve` is appended to it (rows `score`, `recall`, `precision`)."""
-    predictions = batched_logits(model, data.x_test).argmax(dim=1)
-    correct = (predictions == data.y_test.to(predictions.device)).cpu().numpy()
+    score is fitted on its split first, unless given fitted. The errors are the model's,
+    or a score's own where it makes its own prediction (`predicts`, `predict(model, x)`:
+    MC dropout's averaged prediction, as ConfidNet's code evaluates it). With a `curves`
+    list, each score's `error_pr_curve` is appended to it (rows `score`, `recall`,
+    `precision`); each score's values (and own predictions) go into `examples`."""
+    labels = data.y_test.cpu().numpy()
+    predictions = batched_logits(model, data.x_test).argmax(dim=1).cpu().numpy()
     rows = []
     for name, params in scores.items():
         score = fitted_score(name, params, model, data)
         with torch.no_grad():
             values = score(model, data.x_test).double().cpu().numpy()
+        correct = predictions == labels
+        if getattr(score, "predicts", False):
+            own = score.predict(model, data.x_test).cpu().numpy()
+            correct = own == labels
+            if examples is not None:
+                examples.record_prediction(name, own)
+        if examples is not None:
+            examples.record_score(TEST, name, values)
         row: dict[str, float | str | int] = {"score": name, "n_correct": int(correct.sum()),
                                              "n_wrong": int((~correct).sum())}
         row.update(failure_metrics(values, correct))

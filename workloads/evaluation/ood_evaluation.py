@@ -20,6 +20,7 @@ import numpy as np
 from torch import nn
 
 from workloads.data import Dataset
+from workloads.evaluation.examples import TEST, Examples
 from workloads.evaluation.metrics import ood_metrics
 from workloads.evaluation.uncertainty import OOD_INTERVAL_METRICS, bootstrap_ood_intervals
 from workloads.scores import (
@@ -90,7 +91,8 @@ def no_progress(text: str) -> None:
 def evaluate_ood(model: nn.Module, data: Dataset, scores: dict[str, dict | OODScore],
                  max_samples: int = 2000, resamples: int = 1000, seed: int = 0,
                  progress: Progress = no_progress,
-                 id_values: dict[str, np.ndarray] | None = None) -> OODEvaluation:
+                 id_values: dict[str, np.ndarray] | None = None,
+                 examples: Examples | None = None, suffix: str = "") -> OODEvaluation:
     """Fit each score on the training split (unless given fitted), then compare ID test
     inputs with every OOD set of `data` on balanced counts (unless `data.balanced_ood` is
     False: all of both; the row's `n` is the OOD count, `n_id` the ID one). Each row also
@@ -100,12 +102,15 @@ def evaluate_ood(model: nn.Module, data: Dataset, scores: dict[str, dict | OODSc
     `max_samples` raw values per set of the histogram scores (log p(x), AM). `progress` is
     told each score as it starts ("OOD score 2/5: energy"). `id_values` holds, by score
     name, the ID test inputs' values already computed by the caller (e.g. the VAE's test
-    IWAE, also its bits/dim): they are not computed again."""
+    IWAE, also its bits/dim): they are not computed again. Every value computed goes into
+    `examples` (per-example outputs), the score named `<score><suffix>` there and in the
+    rows (`suffix` "_ft": a fine-tuned copy's scores beside the model's)."""
     result = OODEvaluation()
-    for index, (name, score_params) in enumerate(scores.items()):
-        progress(f"OOD score {index + 1}/{len(scores)}: {name}")
-        score = fitted_score(name, score_params, model, data)
-        known = (id_values or {}).get(name)
+    for index, (score_name, score_params) in enumerate(scores.items()):
+        progress(f"OOD score {index + 1}/{len(scores)}: {score_name}")
+        score = fitted_score(score_name, score_params, model, data)
+        name = score_name + suffix
+        known = (id_values or {}).get(score_name)
         values = {"id": (np.asarray(known, dtype=np.float64) if known is not None
                          else score(model, data.x_test).double().numpy())}
         for ood_name, x_ood in data.ood.items():
@@ -120,8 +125,13 @@ def evaluate_ood(model: nn.Module, data: Dataset, scores: dict[str, dict | OODSc
                     row[f"{metric}_lo"], row[f"{metric}_hi"] = lo, hi
             result.rows.append({"score": name, "ood_set": ood_name, "n": n, "n_id": n_id,
                                 **row})
-        if name in HISTOGRAM_SCORES:
-            key, sign = HISTOGRAM_SCORES[name]
+        if examples is not None:
+            examples.record_score(TEST, name, values["id"])
+            for split in data.ood:
+                examples.record_score(split, name, values[split], compared_with=(
+                    len(values[split]) if data.balanced_ood else len(values["id"])))
+        if score_name in HISTOGRAM_SCORES and not suffix:
+            key, sign = HISTOGRAM_SCORES[score_name]
             result.samples[key] = {k: (sign * v[:max_samples]).tolist()
                                    for k, v in values.items()}
     return result

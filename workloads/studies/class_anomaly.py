@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from workloads.data import load_trial_data
+from workloads.evaluation.examples import EXAMPLES, Examples
 from workloads.evaluation.ood_evaluation import Progress, evaluate_ood, no_progress
 from workloads.models.factory import build_anomaly_model
 from workloads.studies.generative import GenerativeLoop
@@ -98,6 +99,8 @@ def anomaly_final_stage(model: nn.Module, data, config: dict[str, Any],
                         progress: Progress = no_progress):
     """A trained GradCon or OCGAN: the OOD stage of its score (the normal class's test
     inputs against every test input of the other classes) and `test_recon_mse`."""
-    ood = evaluate_ood(model, data, SCORES[config["method"]](config), progress=progress)
+    examples = Examples(data)
+    ood = evaluate_ood(model, data, SCORES[config["method"]](config), progress=progress,
+                       examples=examples)
     return ({**ood.flat_metrics(), "test_recon_mse": reconstruction_mse(model, data.x_test)},
-            {"ood": ood.rows})
+            {"ood": ood.rows, EXAMPLES: examples.frame()})

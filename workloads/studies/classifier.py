@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from workloads.data import load_trial_data
+from workloads.evaluation.examples import EXAMPLES, Examples
 from workloads.evaluation.ood_evaluation import Progress, no_progress, resolve_scores
 from workloads.models import build_classifier, feature_cached
 from workloads.models.factory import classifier_options
@@ -37,9 +38,10 @@ def classifier_final_stage(model: nn.Module, data, config: dict[str, Any],
     model = feature_cached(model)  # the scores share one forward pass per input chunk
     scores = resolve_scores(model, config.get("ood_scores", "msp+lnz"),
                             {"lnz": {"kind": config["log_partition"]}})
+    examples = Examples(data)
     final, reliability = final_evaluation(model, data, num_bins=config["num_bins"],
-                                          scores=scores, progress=progress)
-    return final, {"reliability": reliability}
+                                          scores=scores, progress=progress, examples=examples)
+    return final, {"reliability": reliability, EXAMPLES: examples.frame()}
 
 
 class ClassifierLoop(EpochLoop):

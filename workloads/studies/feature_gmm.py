@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from workloads.adversarial.purification import purification_table
+from workloads.evaluation.examples import EXAMPLES, Examples
 from workloads.evaluation.metrics import classifier_calibration
 from workloads.evaluation.mistake_detection import evaluate_mistakes
 from workloads.evaluation.ood_evaluation import (
@@ -61,16 +62,17 @@ def feature_gmm_final_stage(model: nn.Module, data, config: dict[str, Any],
     `purify_eps` x `purify_nu` grid on the validation and test splits (Table 4)."""
     model = feature_cached(model)  # the scores share one forward pass per input chunk
     scores = feature_gmm_scores(model, data, config, progress=progress)
-    metrics, reliability = classifier_test_metrics(model, data, config["num_bins"])
+    examples = Examples(data)
+    metrics, reliability = classifier_test_metrics(model, data, config["num_bins"], examples)
     if "msp_calibrated" in scores:
         temperature = scores["msp_calibrated"].temperature
         logits = batched_logits(model, data.x_test) / temperature
         metrics.update(temperature=temperature, test_ece_calibrated=classifier_calibration(
             logits, data.y_test, config["num_bins"]).ece)
-    ood = evaluate_ood(model, data, scores, progress=progress)
+    ood = evaluate_ood(model, data, scores, progress=progress, examples=examples)
     metrics.update(ood.flat_metrics())
     progress("mistake detection")
-    mistakes = evaluate_mistakes(model, data, scores)
+    mistakes = evaluate_mistakes(model, data, scores, examples=examples)
     for row in mistakes:
         metrics.update({f"mistake_auroc_{row['score']}": row["auroc"],
                         f"mistake_aupr_error_{row['score']}": row["aupr_error"],
@@ -88,7 +90,7 @@ def feature_gmm_final_stage(model: nn.Module, data, config: dict[str, Any],
                  if r["split"] == "test"]
         metrics["purify_best_test_gain"] = max(gains)
         artifacts["purification"] = purification
-    return metrics, artifacts
+    return metrics, {**artifacts, EXAMPLES: examples.frame()}
 
 
 # the train loop of the study: a classifier's, ending in this final stage

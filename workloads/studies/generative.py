@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from workloads.data import load_trial_data
+from workloads.evaluation.examples import EXAMPLES, Examples
 from workloads.evaluation.ood_evaluation import (
     Progress,
     evaluate_ood,
@@ -190,9 +191,11 @@ def generative_final_stage(model: nn.Module, data, config: dict[str, Any],
     accuracy and calibration, and the OOD stage of `ood_scores` (with `score_params`); with
     `background_mu` > 0, a background model trained first and the likelihood ratio added."""
     final: dict[str, Any] = {}
+    examples = Examples(data)
     metrics = _density_metrics(model, data.x_test, config["seed"], "test")
     if isinstance(model, DIGLM):
-        test, final["reliability"] = classifier_test_metrics(model, data, config["num_bins"])
+        test, final["reliability"] = classifier_test_metrics(model, data, config["num_bins"],
+                                                             examples)
         metrics.update(test)
     requested, params = config["ood_scores"], dict(config.get("score_params") or {})
     if config.get("background_mu", 0) > 0:  # the likelihood ratio's background model
@@ -204,9 +207,9 @@ def generative_final_stage(model: nn.Module, data, config: dict[str, Any],
         requested = "+".join(dict.fromkeys([*names, "likelihood_ratio"]))
         metrics["background_train_nll"] = history[-1].loss
     ood = evaluate_ood(model, data, resolve_scores(model, requested, params),
-                       progress=progress)
+                       progress=progress, examples=examples)
     metrics.update(ood.flat_metrics())
-    final.update(ood=ood.rows, samples=ood.samples)
+    final.update(ood=ood.rows, samples=ood.samples, **{EXAMPLES: examples.frame()})
     return metrics, final
 
 

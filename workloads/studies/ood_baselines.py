@@ -10,7 +10,9 @@ from typing import Any
 
 from torch import nn
 
+from workloads.data import trial_data_seed
 from workloads.data.outliers import load_outliers
+from workloads.evaluation.examples import EXAMPLES, Examples
 from workloads.evaluation.ood_evaluation import (
     Progress,
     evaluate_ood,
@@ -34,20 +36,23 @@ def ood_baselines_final_stage(model: nn.Module, data, config: dict[str, Any],
     al. 2020) and scored by `finetuned_scores`, named `<score>_ft` (`energy_ft`: the
     thesis' Energy column)."""
     cached = feature_cached(model)  # the scores share one forward pass per input chunk
-    metrics, reliability = classifier_test_metrics(cached, data, config["num_bins"])
+    examples = Examples(data)
+    metrics, reliability = classifier_test_metrics(cached, data, config["num_bins"], examples)
     metrics["num_params"] = sum(p.numel() for p in cached.parameters())
     ood = evaluate_ood(cached, data, resolve_scores(cached, config["ood_scores"]),
-                       progress=progress)
+                       progress=progress, examples=examples)
     if config["energy_epochs"] > 0:
         progress("energy fine-tuning")
         tuned, tuned_metrics = _energy_finetuned(unwrapped(model), data, config)
         metrics.update(tuned_metrics)
         tuned = FeatureCache(tuned)
         tuned_ood = evaluate_ood(tuned, data, resolve_scores(tuned, config["finetuned_scores"]),
-                                 progress=lambda text: progress(f"fine-tuned model, {text}"))
-        ood.rows += [{**row, "score": f"{row['score']}_ft"} for row in tuned_ood.rows]
+                                 progress=lambda text: progress(f"fine-tuned model, {text}"),
+                                 examples=examples, suffix="_ft")
+        ood.rows += tuned_ood.rows
     metrics.update(ood.flat_metrics())
-    return metrics, {"reliability": reliability, "ood": ood.rows, "samples": ood.samples}
+    return metrics, {"reliability": reliability, "ood": ood.rows, "samples": ood.samples,
+                     EXAMPLES: examples.frame()}
 
 
 def _energy_finetuned(model: nn.Module, data, config: dict[str, Any]):
@@ -58,7 +63,7 @@ def _energy_finetuned(model: nn.Module, data, config: dict[str, Any]):
     (`energy_in_before`, ...), which show whether the margins `energy_m_in` / `energy_m_out`
     bind."""
     outliers = load_outliers(config["outlier_set"], data, config.get("data_dir"),
-                             seed=config["data_seed"])
+                             seed=trial_data_seed(config))
     tuned = copy.deepcopy(model)
     metrics = {"energy_in_before": mean_energy(tuned, data.x_train),
                "energy_out_before": mean_energy(tuned, outliers)}

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from workloads.data import load_trial_data
+from workloads.evaluation.examples import EXAMPLES, Examples
 from workloads.evaluation.latent_separability import linear_separability, random_projection
 from workloads.evaluation.ood_evaluation import Progress, evaluate_ood, no_progress
 from workloads.models import build_vae
@@ -132,8 +133,9 @@ def vae_final_stage(model: nn.Module, data, config: dict[str, Any],
     nll, dim = -test_log_px.mean().item(), math.prod(data.input_shape)
     cell = math.log(data.levels - 1) if config["decoder"] == "gaussian" else 0.0
     metrics = {"test_nll": nll, "test_bpd": (nll / dim + cell) / math.log(2)}
+    examples = Examples(data)
     ood = evaluate_ood(model, data, scores, progress=progress,
-                       id_values={largest: test_log_px.double().numpy()})
+                       id_values={largest: test_log_px.double().numpy()}, examples=examples)
     metrics.update(ood.flat_metrics())
     progress("latent SVMs (Table 3.1)")
     rows = []
@@ -159,4 +161,5 @@ def vae_final_stage(model: nn.Module, data, config: dict[str, Any],
         rows.append({"representation": "pixels (random projection)",
                      "positive": config["dataset"], "negative": negative,
                      **linear_separability(pixels_id, pixels_neg, seed=config["seed"])})
-    return metrics, {"ood": ood.rows, "samples": ood.samples, "latent_svm": rows}
+    return metrics, {"ood": ood.rows, "samples": ood.samples, "latent_svm": rows,
+                     EXAMPLES: examples.frame()}

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from workloads.data import Dataset, iterate_minibatches
+from workloads.evaluation.examples import Examples
 from workloads.evaluation.metrics import accuracy, classifier_calibration, nll
 from workloads.evaluation.ood_evaluation import evaluate_ood, no_progress
 from workloads.evaluation.uncertainty import bootstrap_ece_interval
@@ -207,11 +208,14 @@ def evaluate_split(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[s
     return {"acc": accuracy(logits, y), "nll": nll(logits, y)}
 
 
-def classifier_test_metrics(model: nn.Module, data: Dataset,
-                            num_bins: int = 15) -> tuple[dict[str, float], dict]:
+def classifier_test_metrics(model: nn.Module, data: Dataset, num_bins: int = 15,
+                            examples: Examples | None = None) -> tuple[dict[str, float], dict]:
     """Test accuracy, NLL, ECE (with a 95% bootstrap interval over the test inputs), MCE,
-    and the reliability-diagram bins."""
+    and the reliability-diagram bins; each test input's prediction, correctness, confidence
+    and NLL into `examples`."""
     logits = batched_logits(model, data.x_test)
+    if examples is not None:
+        examples.record_logits(logits)
     calib = classifier_calibration(logits, data.y_test, num_bins)
     confidence, prediction = logits.softmax(dim=1).max(dim=1)
     ece_lo, ece_hi = bootstrap_ece_interval(confidence.numpy(),
@@ -227,8 +231,9 @@ def classifier_test_metrics(model: nn.Module, data: Dataset,
 def final_evaluation(model: nn.Module, data: Dataset,
                      scores: dict[str, dict] | None = None, num_bins: int = 15,
                      progress: Callable[[str], None] = no_progress,
-                     ) -> tuple[dict[str, float], dict]:
-    """Test accuracy, NLL, ECE, MCE and OOD metrics per (score, OOD set).
+                     examples: Examples | None = None) -> tuple[dict[str, float], dict]:
+    """Test accuracy, NLL, ECE, MCE and OOD metrics per (score, OOD set); the per-example
+    outputs into `examples`.
 
     `scores` maps registered OOD score names to their parameters (default: MSP and ln Z);
     scores that need it are fitted on the training split first.
@@ -237,7 +242,8 @@ def final_evaluation(model: nn.Module, data: Dataset,
     score `auroc_<score>`, ...) and the reliability-diagram bins. `progress` is told each
     OOD score as it starts.
     """
-    metrics, reliability = classifier_test_metrics(model, data, num_bins)
-    ood = evaluate_ood(model, data, scores or {"msp": {}, "lnz": {}}, progress=progress)
+    metrics, reliability = classifier_test_metrics(model, data, num_bins, examples)
+    ood = evaluate_ood(model, data, scores or {"msp": {}, "lnz": {}}, progress=progress,
+                       examples=examples)
     metrics.update(ood.flat_metrics())
     return metrics, reliability
