@@ -8,6 +8,7 @@ W&B).
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import shlex
@@ -54,6 +55,15 @@ def resume_command(parser: argparse.ArgumentParser, argv: list[str]) -> str | No
                        "--resume"])
 
 
+def _stop_ray() -> None:
+    """Shut down the Ray this process started, if any, before a command's last line: its
+    actors' last log lines (forwarded to the driver as they die) come before it, not
+    after."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 def run_command(parser: argparse.ArgumentParser, main, argv: list[str] | None = None) -> int:
     """Parse, run `main(args)`, and turn bad input into one line and exit code 2. A pool
     whose actors kept dying ends with exit code 1 and a hint: its finished work is kept.
@@ -67,6 +77,7 @@ def run_command(parser: argparse.ArgumentParser, main, argv: list[str] | None = 
         with interruptible():
             return main(args)
     except Interrupted as stop:
+        _stop_ray()
         resume = resume_command(parser, args.argv)
         print(f"{parser.prog}: stopped by {stop}; "
               + (f"what finished is kept; resume with: {resume}" if resume else
@@ -79,6 +90,15 @@ def run_command(parser: argparse.ArgumentParser, main, argv: list[str] | None = 
         if isinstance(error, UsageError) or isinstance(error, usage_errors()):
             print(f"{parser.prog}: error: {error}", file=sys.stderr)
             return EXIT_USAGE
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            _stop_ray()
+            resume = resume_command(parser, args.argv)
+            where = f" writing {error.filename}" if error.filename else ""
+            print(f"{parser.prog}: no space left on the device{where}; every file written "
+                  f"is whole (written under a temporary name, then renamed): free space and "
+                  + (f"resume with: {resume}" if resume else "run it again"),
+                  file=sys.stderr, flush=True)
+            return EXIT_UNFINISHED
         from ray.exceptions import RayActorError
 
         if not isinstance(error, RayActorError):

@@ -114,5 +114,7 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
+    except OSError as error:  # named by the file meant, not the temporary one
+        raise OSError(error.errno, error.strerror, str(path)) from None
     finally:
         temporary.unlink(missing_ok=True)

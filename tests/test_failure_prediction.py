@@ -261,8 +261,8 @@ def test_failure_prediction_smoke_sweep_then_the_ensemble_of_its_seeds(tmp_path,
     # ODIN's eps chosen on the validation inputs, from Liang et al.'s grid, and reported
     assert table.odin_epsilon.between(0, 0.004).all()
     # the verdicts' intervals cover seeds and test inputs, from the per-example outputs
-    assert reproduction.count("seeds and test inputs (two-level bootstrap, 1000 replicates)") \
-        == 3
+    assert reproduction.count("seeds and test inputs (t over seeds + 200 resamples of the "
+                              "test inputs)") == 3
     examples = pd.read_parquet(results / "examples.parquet")
     assert set(examples.trial_id) == set(table.trial_id)
     assert {"score_mc_dropout_avg", "prediction_mc_dropout_avg"} <= set(examples.columns)

@@ -306,3 +306,34 @@ def test_defend_paper_profile_runs_on_mnist_files(tmp_path, env):
     frame = pd.read_csv(out / "defense.csv")
     assert len(frame) == 1 and frame.n_val[0] == 10 and frame.n_test[0] == 20
     assert "mnist" in (out / "tables.md").read_text()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
+def test_a_full_disk_stops_an_attack_in_one_line_and_resume_completes_it(sweep, attack_dir,
+                                                                          env):
+    """The job's directory on a 12 KiB tmpfs that fills during the attack: one line naming
+    the file and the resume command, exit 1, no partial file; with the space grown, --resume
+    ends with the results of the uninterrupted attack (`attack_dir`)."""
+    sweep_dir, (trial, _) = sweep
+    expected = json.loads((attack_dir / "summary.json").read_text())["robust_accuracy"]
+    target = sweep_dir / "attacks"  # the attack_dir fixture's, hidden while mounted over
+    args = ["attack", sweep_dir, "--trial", trial, "--version", "custom", "--attacks",
+            "apgd-ce", "--eps", "1/16", "--n", 40, "--batch-size", 20]
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12k", "tmpfs", str(target)],
+                   check=True)
+    try:
+        full = command(*args, env=env, check=False)
+        assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr[-3000:]
+        last = full.stderr.strip().splitlines()[-1]
+        assert f"no space left on the device writing {target}/" in last
+        assert last.endswith(" --resume")
+        for path in target.rglob("*"):  # whatever was written is whole
+            assert not path.name.startswith("."), path
+            if path.suffix == ".pt":
+                torch.load(path, weights_only=True)
+        subprocess.run(["mount", "-o", "remount,size=64m", str(target)], check=True)
+        command(*args, "--resume", env=env)
+        (out,) = target.glob(f"{trial}-autoattack-*")
+        assert json.loads((out / "summary.json").read_text())["robust_accuracy"] == expected
+    finally:
+        subprocess.run(["umount", str(target)], check=True)

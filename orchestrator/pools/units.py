@@ -11,14 +11,15 @@ absent, whenever the process dies.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from orchestrator.interrupts import atomic_write
 from orchestrator.pools.base import PoolError
 
 JOB_FILE = "job.json"
@@ -74,17 +75,17 @@ def open_job(out: str | Path, kind: str, config: dict[str, Any], digest: str,
 
 
 def save_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    """Write a JSON file whole or not at all (`atomic_write`)."""
+    atomic_write(path, json.dumps(obj, indent=2, default=str))
 
 
 def save_unit(obj: dict[str, Any], path: Path) -> None:
-    """Write a unit file atomically: complete or absent."""
+    """Write a unit file atomically: complete or absent (a full disk leaves no partial
+    file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, buffer.getvalue())
 
 
 def load_unit(path: Path) -> dict[str, Any]:

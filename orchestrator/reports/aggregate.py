@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from workloads.data import trial_data_seed
-from workloads.evaluation.resampling import seed_mean_intervals
+from workloads.evaluation.resampling import dataset_key, seed_mean_intervals
 from workloads.evaluation.uncertainty import interval_text, t_interval
 
 SEED = "seed"
@@ -54,10 +53,10 @@ def aggregate_over_seeds(table: pd.DataFrame, settings: dict,
             row.update({f"{metric}_{k}": stats[k] for k in ("mean", "std", "lo", "hi")})
         wanted = [m for m in shown if m in metrics]
         if wanted and "trial_id" in group and group["trial_id"].isin(frames).all():
-            data_seeds = [trial_data_seed(r) for r in group.to_dict("records")]
+            datasets = [dataset_key(r) for r in group.to_dict("records")]
             bins = int(group["num_bins"].iloc[0]) if "num_bins" in group else 15
             for metric, (lo, hi) in seed_mean_intervals(
-                    [frames[t] for t in group["trial_id"]], data_seeds, wanted,
+                    [frames[t] for t in group["trial_id"]], datasets, wanted,
                     bins).items():
                 row.update({f"{metric}_boot_lo": lo, f"{metric}_boot_hi": hi})
         rows.append(row)

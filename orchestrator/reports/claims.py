@@ -3,10 +3,12 @@
 Each claim of a search space is a comparison (`search_spaces.Compare`, `CompareMetrics`,
 `Trend`, `Threshold`) that reduces, per seed, to a signed number whose sign is the claim:
 a difference that should be negative, a slope in the claimed direction, a margin below a
-threshold. That number gets a 95% interval over seeds and test inputs: the two-level
-bootstrap of `workloads.evaluation.resampling` (`claim_bootstrap`: seeds drawn with
-replacement, each test set's inputs drawn once per replicate, every metric recomputed
-from the trials' per-example outputs, paired across the arms). Where a metric has no
+threshold. That number gets a 95% interval over seeds and test inputs
+(`claim_bootstrap`, `workloads.evaluation.resampling.combined_interval`): Student's t over
+the seeds with two variance components, the spread of the per-seed numbers and the
+variance of their mean over resamples of the test inputs (each test set drawn once per
+replicate and shared by every trial scored on it, so the arms stay paired; every metric
+recomputed from the trials' per-example outputs). Where a metric has no
 per-example form (a p-value, a gain over a grid) or a trial left no per-example outputs,
 it is the 95% t-interval over seeds (`workloads.evaluation.uncertainty`), and says so;
 the t-interval over seeds is always shown beside. The verdict is
@@ -29,12 +31,12 @@ import pandas as pd
 
 from orchestrator.reports.aggregate import BOOKKEEPING, SEED
 from search_spaces import Claim, Compare, CompareMetrics, Threshold, Trend
-from workloads.data import trial_data_seed
 from workloads.evaluation.resampling import (
-    Draws,
+    RESAMPLES,
     TrialMetrics,
+    combined_interval,
+    dataset_key,
     draw,
-    percentile_interval,
     test_sets_of,
 )
 from workloads.evaluation.uncertainty import interval_text, t_interval
@@ -172,7 +174,7 @@ def _observed_cells(claim: Claim, table: pd.DataFrame, config: list[str]) -> dic
 
 
 def evaluate_claim(claim: Claim, table: pd.DataFrame, config: list[str],
-                   examples: pd.DataFrame | None = None, resamples: int = 1000) -> Verdict:
+                   examples: pd.DataFrame | None = None, resamples: int = RESAMPLES) -> Verdict:
     """The verdict on `claim` from `table` (one row per trial; `config`: its config
     columns). With the trials' per-example outputs (`examples`), its interval covers seeds
     and test inputs (`claim_bootstrap`); otherwise, or where a metric cannot be had from
@@ -194,12 +196,13 @@ def evaluate_claim(claim: Claim, table: pd.DataFrame, config: list[str],
     overall = dict(t_overall)
     seeds = max(s["n"] for s in stats.values())
     boot, covers = claim_bootstrap(claim, table, config, examples, resamples)
-    if boot is not None:  # the verdict's intervals: over seeds and test inputs
-        single = seeds < 2  # no spread over seeds to measure: no verdict
-        for key, (lo, hi) in boot.items():
+    if boot is not None and seeds < 2:
+        covers += "; one seed: no interval"
+    if boot is not None:  # the verdict's intervals: over seeds and test inputs (NaN for a
+        for key, (lo, hi) in boot.items():  # cell of one seed: no spread to measure)
             target = overall if key == POOLED else stats.get(key)
             if target is not None:
-                target.update(lo=math.nan if single else lo, hi=math.nan if single else hi)
+                target.update(lo=lo, hi=hi)
     sides = {k: _side(s["lo"], s["hi"]) for k, s in stats.items()}
     every = getattr(claim.test, "every", False) and not getattr(claim.test, "mean", False)
     if every:
@@ -241,23 +244,15 @@ class _NotFromExamples(LookupError):
     """A metric that per-example outputs do not give."""
 
 
-def _resampled(quantities: np.ndarray, draws: Draws) -> np.ndarray:
-    """Per replicate, the mean over its drawn seeds of `quantities` (seeds x replicates;
-    NaN where a seed has none)."""
-    picked = quantities[draws.seeds.T, np.arange(draws.resamples)]
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a replicate with no seed of a cell
-        return np.nanmean(picked, axis=0)
-
-
 def claim_bootstrap(claim: Claim, table: pd.DataFrame, config: list[str],
-                    examples: pd.DataFrame | None, resamples: int = 1000, seed: int = 0,
+                    examples: pd.DataFrame | None, resamples: int = RESAMPLES, seed: int = 0,
                     ) -> tuple[dict | None, str]:
-    """Percentile intervals of the claim's quantity, per cell and pooled (`POOLED`), over
-    the replicates of the two-level bootstrap of `workloads.evaluation.resampling`: seeds
-    drawn with replacement, each test set's inputs drawn once per replicate and shared by
-    every trial scored on it, every metric recomputed from the trials' per-example outputs.
-    None where that cannot be done, with the reason; else what the interval covers."""
+    """Intervals of the claim's quantity, per cell and pooled (`POOLED`), over seeds and
+    test inputs (`workloads.evaluation.resampling.combined_interval`): the spread of the
+    per-seed quantities, plus the variance of their mean over `resamples` replicates of
+    the test inputs (seeds held fixed; each test set drawn once per replicate and shared by
+    every trial scored on it; every metric recomputed from the per-example outputs). None
+    where that cannot be done, with the reason; else what the interval covers."""
     if examples is None or examples.empty or "trial_id" not in table:
         return None, "seeds (t-interval; no per-example outputs)"
     rows = _filtered(table, claim.test.where)
@@ -265,14 +260,13 @@ def claim_bootstrap(claim: Claim, table: pd.DataFrame, config: list[str],
     if missing := [t for t in rows["trial_id"] if t not in frames]:
         return None, f"seeds (t-interval; {len(missing)} trials without per-example outputs)"
     info = rows.set_index("trial_id")
-    data_seed = {t: trial_data_seed(info.loc[t].to_dict()) for t in frames}
+    keys = {t: dataset_key(info.loc[t].to_dict()) for t in frames}
     test_sets: dict = {}
     for trial, frame in frames.items():
-        for key, index in test_sets_of(frame, data_seed[trial]).items():
+        for key, index in test_sets_of(frame, keys[trial]).items():
             test_sets[key] = np.union1d(test_sets.get(key, []), index)
-    seeds = sorted(rows[SEED].unique()) if SEED in rows else [0]
-    draws = draw(len(seeds), test_sets, resamples, seed)
-    metrics = {t: TrialMetrics(f, data_seed[t], draws,
+    draws = draw(test_sets, resamples, seed)
+    metrics = {t: TrialMetrics(f, keys[t], draws,
                                int(info.at[t, "num_bins"]) if "num_bins" in info else 15)
                for t, f in frames.items()}
     cache: dict = {}
@@ -283,28 +277,34 @@ def claim_bootstrap(claim: Claim, table: pd.DataFrame, config: list[str],
                 cache[trial, metric] = metrics[trial].of(metric)
             if cache[trial, metric] is None:
                 raise _NotFromExamples(metric)
-        return np.array([cache[t, metric] for t in group["trial_id"]]).reshape(len(group), -1)
+        return np.array([cache[t, metric] for t in group["trial_id"]]).reshape(
+            len(group), resamples)
 
     try:
         per_cell = _quantities(claim, table, config, values)
     except _NotFromExamples as error:
         return None, f"seeds (t-interval; {error.args[0]} has no per-example form)"
-    position = {s: i for i, s in enumerate(seeds)}
-    matrices = {}
-    for cell, per_seed in per_cell.items():
+    observed = _observed_cells(claim, table, config)
+    seeds = sorted({s for cell in observed.values() for s in cell.index})
+    matrices = {}  # per cell: seeds x replicates, NaN where a seed has no quantity
+    for cell in observed:
         matrix = np.full((len(seeds), resamples), np.nan)
-        for s, value in per_seed.items():
-            matrix[position[s]] = value
-        if not np.isnan(matrix).all():
-            matrices[cell] = matrix
-    if not matrices:
-        return None, "seeds (t-interval)"
-    intervals = {cell: percentile_interval(_resampled(m, draws)) for cell, m in matrices.items()}
+        for position, s in enumerate(seeds):
+            if s in observed[cell].index:
+                matrix[position] = per_cell[cell][s]
+        matrices[cell] = matrix
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        pooled = np.nanmean(np.stack(list(matrices.values())), axis=0)
-    intervals[POOLED] = percentile_interval(_resampled(pooled, draws))
-    return intervals, f"seeds and test inputs (two-level bootstrap, {resamples} replicates)"
+        warnings.simplefilter("ignore", RuntimeWarning)  # a replicate with no finite seed
+        intervals = {cell: combined_interval(observed[cell].to_numpy(),
+                                             np.nanmean(m, axis=0))
+                     for cell, m in matrices.items()}
+        pooled = pd.concat(observed.values(), axis=1).mean(axis=1)
+        per_seed = np.nanmean(np.stack(list(matrices.values())), axis=0)
+        intervals[POOLED] = combined_interval(
+            pooled.to_numpy(), np.nanmean(per_seed[[seeds.index(s) for s in pooled.index]],
+                                          axis=0))
+    return intervals, (f"seeds and test inputs (t over seeds + {resamples} resamples of "
+                       f"the test inputs)")
 
 
 def _named(metrics: str | tuple[str, ...]) -> list[str]:

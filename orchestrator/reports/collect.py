@@ -234,8 +234,9 @@ def render_outputs(table: pd.DataFrame, artifacts: Artifacts, space: SearchSpace
     aggregated.to_csv(out / "aggregated.csv", index=False)
     keys = [k for k in space.table_keys if k in aggregated.columns]
     (out / "aggregated.md").write_text(
-        f"# {space.name}: over seeds (mean [95% interval over seeds and test inputs: a "
-        f"two-level bootstrap; (t): a t-interval over seeds alone])\n\n"
+        f"# {space.name}: over seeds (mean [95% interval over seeds and test inputs: t "
+        f"over the seeds plus the test inputs' resampling variance; (t): a t-interval "
+        f"over seeds alone])\n\n"
         f"{aggregated_markdown(aggregated, keys, list(space.table_metrics))}\n")
     plot_metrics(table, space, out / "plots")
     plot_reliability(table, artifacts.reliability, space, out / "plots")

@@ -77,14 +77,15 @@ def reproduction_report(space: SearchSpace, sweep_dir: Path, table: pd.DataFrame
              f"configuration, data `{dataset}`. A verdict is *holds* when the claim's "
              f"quantity has its 95% interval on the claim's side, *refuted* when the "
              f"interval excludes the claim, *inconclusive* otherwise (always with one "
-             f"seed). The interval covers the training seeds and the test inputs: a "
-             f"two-level bootstrap (seeds drawn with replacement; each test set's inputs "
-             f"drawn once per replicate and shared by every trial scored on it, so the "
-             f"arms stay paired; every metric recomputed from `results/examples.parquet`). "
-             f"Where a metric has no per-example form it is the t-interval over seeds "
-             f"(column *interval over*); the t-interval over seeds alone is beside it. "
-             f"Seeds that share a `data_seed` share one test split: its sampling is in "
-             f"the bootstrap interval, not in the t-interval.\n", "## Verdicts\n"]
+             f"seed). The interval covers the training seeds and the test inputs: Student's "
+             f"t over the seeds, with the spread of the per-seed numbers plus the variance "
+             f"of their mean over 200 resamples of the test inputs (each test set drawn "
+             f"once per resample and shared by every trial scored on it, so the arms stay "
+             f"paired; every metric recomputed from `results/examples.parquet`). Where a "
+             f"metric has no per-example form it is the t-interval over seeds (column "
+             f"*interval over*); the t-interval over seeds alone is beside it. Seeds that "
+             f"share a `data_seed` share one test split: its sampling is in the first "
+             f"interval, not in the t-interval.\n", "## Verdicts\n"]
     if verdicts:
         parts += [verdict_markdown(verdicts), ""]
         for verdict in verdicts:

@@ -124,8 +124,9 @@ class Examples:
 
 def _padded(values: np.ndarray | None, n: int, name: str) -> np.ndarray:
     """`values` to length n: NaN (or -1 / False) where an input was not scored."""
-    integer = name.endswith("prediction") or name.startswith(PREDICTION_PREFIX)
-    boolean = name.endswith("correct")
+    scored = name.startswith(SCORE_PREFIX)  # a score is a float, whatever its name
+    integer = not scored and (name.endswith("prediction") or name.startswith(PREDICTION_PREFIX))
+    boolean = not scored and name.endswith("correct")
     fill = -1 if integer else False if boolean else np.nan
     dtype = np.int64 if integer else bool if boolean else np.float64
     out = np.full(n, fill, dtype=dtype)

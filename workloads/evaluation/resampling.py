@@ -1,27 +1,36 @@
-"""Intervals over seeds and test inputs at once: a two-level bootstrap from per-example
-outputs (`workloads.evaluation.examples`).
+"""Intervals over seeds and test inputs at once, from per-example outputs
+(`workloads.evaluation.examples`).
 
 A verdict generalises over training seeds and over the test sample, so its interval must
-cover both. One replicate
+cover both. Every seed of a sweep is usually scored on the same test split, so a spread
+over seeds says nothing of how much the test sample moves a number; and a percentile
+bootstrap over K = 2-5 seeds under-covers badly (a bootstrap of the mean of K normal values
+covers 48% at K = 2, 75% at K = 3, 84% at K = 5; the t-interval 95%). So the interval of a
+mean over K seeds, m, adds two variance components and takes Student's t:
 
-1. draws K seeds with replacement from the K seeds of the claim;
-2. draws each test set once, with replacement: a test set is the inputs of one split
-   ("test", or an OOD set) as loaded with one `data_seed`. Every trial scored on it -- each
-   seed, each configuration, each detector of a claim -- sees the same resampled inputs
-   (the comparison stays paired, and seeds that share a test split share its sampling
-   error, as they do in fact). Seeds that drew their own split (`data_seed` per seed) get
-   independent draws: then the design is the nested one, seeds then inputs within them;
-3. recomputes every metric of every trial with each input counted as often as it was
-   drawn (`TrialMetrics`: the metric's own definition, weighted: a count of ones gives the
-   stage's number exactly);
-4. the claim's quantity, seed by seed, averaged over the drawn seeds
-   (`orchestrator.reports.claims`).
+    m +- t(0.975, K - 1) * sqrt(s^2 / K + V_inputs)
 
-The percentile interval (2.5, 97.5) of the replicates is the 95% interval.
+- s^2: the sample variance of the per-seed numbers (the seeds' spread, with each seed's
+  own sampling noise);
+- V_inputs: the variance of m over `resamples` bootstrap resamples of the test inputs,
+  the seeds held fixed (`draw`): each test set is drawn once per replicate, with
+  replacement, and the draw is shared by every trial scored on it -- every seed,
+  configuration and score of a claim sees the same resampled inputs, so comparisons stay
+  paired and the test sample's error, common to all seeds, is counted once
+  (`TrialMetrics` recomputes each metric with each input counted as often as it was drawn:
+  a count of ones gives the stage's own number exactly).
 
-Draw order, fixed (`draw`, and the brute-force test that repeats it): per replicate, the
-seeds `rng.integers(0, K, K)`, then for each test set in sorted (data_seed, split) order
-`rng.integers(0, n, n)`.
+Inputs are identified by (dataset, split, index): a test input by its index in the
+dataset, so seeds that share a split share its inputs, and seeds that drew their own
+(`--vary-split`) share only the inputs their splits have in common; an OOD set's input by
+its position, whatever the data seed (two seeds' noise sets are then resampled together,
+which can only widen the interval). The seed-by-input noise is in both components (in s^2
+and in V_inputs / K): a little conservative, never narrower than the t-interval over seeds.
+With fewer than 2 seeds there is no interval (nothing says how much another run would move
+the number).
+
+Draw order, fixed (`draw`, and the brute-force test that repeats it): per replicate, for
+each test set in sorted order, `rng.integers(0, n, n)`.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy.special import stdtrit
 
 from workloads.evaluation.examples import PREDICTION_PREFIX, SCORE_PREFIX, TEST
 from workloads.evaluation.metrics import FAILURE_METRICS
@@ -40,44 +50,66 @@ if TYPE_CHECKING:
     import pandas as pd
 
 OOD_METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95", "tnr95")
-TestSet = tuple[int, str]  # (data_seed, split)
+RESAMPLES = 200  # replicates of the test inputs: enough for a variance (about 10% error)
+TestSet = tuple[str, str]  # (dataset, split)
 
 
 @dataclass
 class Draws:
-    """The replicates' draws: `seeds` (B, K) positions in the sorted seeds; per test set, its
-    inputs' indices (sorted) and `counts` (B, n): how often each input is drawn."""
+    """The replicates' draws: per test set, its inputs' indices (sorted) and `counts`
+    (B, n): how often each input is drawn."""
 
-    seeds: np.ndarray
     indices: dict[TestSet, np.ndarray]
     counts: dict[TestSet, np.ndarray]
-
-    @property
-    def resamples(self) -> int:
-        return len(self.seeds)
+    resamples: int
 
 
-def draw(num_seeds: int, test_sets: dict[TestSet, np.ndarray], resamples: int = 1000,
+def draw(test_sets: dict[TestSet, np.ndarray], resamples: int = RESAMPLES,
          seed: int = 0) -> Draws:
-    """The draws of `resamples` replicates over `num_seeds` seeds and the `test_sets`
-    (each: the indices of its inputs), in the module's fixed order."""
+    """The draws of `resamples` replicates of the `test_sets` (each: the indices of its
+    inputs), in the module's fixed order."""
     rng = np.random.default_rng(seed)
     keys = sorted(test_sets)
     indices = {k: np.unique(np.asarray(test_sets[k], dtype=np.int64)) for k in keys}
-    seeds = np.empty((resamples, num_seeds), dtype=np.int64)
     counts = {k: np.zeros((resamples, len(indices[k]))) for k in keys}
     for b in range(resamples):
-        seeds[b] = rng.integers(0, num_seeds, num_seeds)
         for k in keys:
             n = len(indices[k])
             counts[k][b] = np.bincount(rng.integers(0, n, n), minlength=n)
-    return Draws(seeds, indices, counts)
+    return Draws(indices, counts, resamples)
 
 
-def test_sets_of(frame: pd.DataFrame, data_seed: int) -> dict[TestSet, np.ndarray]:
-    """The test sets one trial's examples were scored on, each with its inputs' indices."""
-    return {(int(data_seed), str(split)): part["index"].to_numpy()
+def test_sets_of(frame: pd.DataFrame, dataset: str) -> dict[TestSet, np.ndarray]:
+    """The test sets one trial's examples were scored on, each with its inputs' indices
+    (`dataset`: what identifies the data, e.g. "digits", "digits-class3")."""
+    return {(str(dataset), str(split)): part["index"].to_numpy()
             for split, part in frame.groupby("split", sort=True)}
+
+
+def dataset_key(config: dict) -> str:
+    """What identifies a trial's inputs beside their indices: its dataset, and for class
+    anomaly detection its normal class ("digits", "digits-class3")."""
+    normal = config.get("normal_class", -1)
+    normal = -1 if normal is None or normal != normal else int(normal)
+    return str(config.get("dataset", "")) + (f"-class{normal}" if normal >= 0 else "")
+
+
+def combined_interval(per_seed: np.ndarray, replicates: np.ndarray,
+                      confidence: float = 0.95) -> tuple[float, float]:
+    """The interval of the mean of `per_seed` (K numbers, one per seed, on the test data as
+    it is) given `replicates` of that mean over resampled test inputs: mean +- t(K - 1)
+    sqrt(s^2 / K + var(replicates)). NaN with fewer than 2 finite seeds."""
+    per_seed = np.asarray(per_seed, dtype=np.float64)
+    per_seed = per_seed[np.isfinite(per_seed)]
+    replicates = np.asarray(replicates, dtype=np.float64)
+    replicates = replicates[np.isfinite(replicates)]
+    k = len(per_seed)
+    if k < 2 or len(replicates) < 2:
+        return math.nan, math.nan
+    variance = per_seed.var(ddof=1) / k + replicates.var(ddof=1)
+    half = float(stdtrit(k - 1, 0.5 + confidence / 2)) * math.sqrt(variance)
+    mean = float(per_seed.mean())
+    return mean - half, mean + half
 
 
 def _finite(values: np.ndarray) -> np.ndarray:
@@ -92,12 +124,13 @@ class TrialMetrics:
     `workloads.evaluation.metrics.calibration`), `mistake_<m>_<score>` (m of
     `FAILURE_METRICS`; the errors are the score's own prediction's where it has one),
     `ood_<score>_<set>_<m>` (m of `OOD_METRICS`) and `auroc_<score>` (the mean over the OOD
-    sets). With `draws` None, the counts are ones: the stage's own numbers."""
+    sets). With `draws` None, the counts are ones: the stage's own numbers. A score with a
+    non-finite value among the inputs a metric uses gives NaN, as the stage's metric does."""
 
-    def __init__(self, frame: pd.DataFrame, data_seed: int, draws: Draws | None,
+    def __init__(self, frame: pd.DataFrame, dataset: str, draws: Draws | None,
                  num_bins: int = 15):
         self.parts = {str(s): p for s, p in frame.groupby("split", sort=False)}
-        self.data_seed, self.draws, self.num_bins = int(data_seed), draws, num_bins
+        self.dataset, self.draws, self.num_bins = str(dataset), draws, num_bins
         self.scores = [c[len(SCORE_PREFIX):] for c in frame.columns
                        if c.startswith(SCORE_PREFIX)]
         self.ood_sets = [s for s in self.parts if s != TEST]
@@ -107,7 +140,7 @@ class TrialMetrics:
         index = self.parts[split]["index"].to_numpy()
         if self.draws is None:
             return np.ones((1, len(index)))
-        key = (self.data_seed, split)
+        key = (self.dataset, split)
         position = np.searchsorted(self.draws.indices[key], index)
         return self.draws.counts[key][:, position]
 
@@ -163,7 +196,7 @@ class TrialMetrics:
         correct = (test[own].to_numpy() == test["label"].to_numpy() if own in test
                    else test["correct"].to_numpy(dtype=bool))
         weight = self.weights(TEST)
-        if correct.all() or not correct.any():
+        if correct.all() or not correct.any() or not np.isfinite(values).all():
             return np.full(len(weight), math.nan)
         success = ood_metrics_of_weights(values[correct], values[~correct],
                                          weight[:, correct], weight[:, ~correct])
@@ -176,44 +209,38 @@ class TrialMetrics:
     def _ood(self, score: str, ood_set: str, metric: str) -> np.ndarray:
         column = SCORE_PREFIX + score
         part = self.parts[ood_set]
-        scored = part[column].notna().to_numpy()
         n_id = int(part["compared_with"].iloc[0])
         score_id = self.parts[TEST][column].to_numpy(dtype=np.float64)[:n_id]
-        score_ood = part[column].to_numpy(dtype=np.float64)[scored]
-        rows = ood_metrics_of_weights(score_id, score_ood, self.weights(TEST)[:, :n_id],
-                                      self.weights(ood_set)[:, scored])
+        score_ood = part[column].to_numpy(dtype=np.float64)  # a stage scores all its rows
+        weight_id = self.weights(TEST)[:, :n_id]
+        if not (np.isfinite(score_id).all() and np.isfinite(score_ood).all()):
+            return np.full(len(weight_id), math.nan)
+        rows = ood_metrics_of_weights(score_id, score_ood, weight_id, self.weights(ood_set))
         rows["tnr95"] = 1.0 - rows["fpr95"]
         return _finite(rows[metric])
 
 
-def percentile_interval(replicates: np.ndarray, confidence: float = 0.95,
-                        ) -> tuple[float, float]:
-    """The percentile interval of the finite replicates (NaN, NaN without any)."""
-    finite = np.asarray(replicates, dtype=np.float64)
-    finite = finite[np.isfinite(finite)]
-    if not len(finite):
-        return math.nan, math.nan
-    tail = 100 * (1 - confidence) / 2
-    return float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail))
-
-
-def seed_mean_intervals(frames: list[pd.DataFrame], data_seeds: list[int], metrics: list[str],
-                        num_bins: int = 15, resamples: int = 1000, seed: int = 0,
+def seed_mean_intervals(frames: list[pd.DataFrame], datasets: list[str], metrics: list[str],
+                        num_bins: int = 15, resamples: int = RESAMPLES, seed: int = 0,
                         ) -> dict[str, tuple[float, float]]:
-    """For one configuration's trials (one per seed: their per-example outputs `frames` and
-    `data_seeds`), the 95% interval of each metric's mean over seeds, over seeds and test
-    inputs (the module's replicates); metrics without a per-example form are left out."""
+    """For one configuration's trials (one per seed: their per-example outputs `frames`,
+    and what identifies each one's data, `datasets`), the 95% interval of each metric's
+    mean over seeds, over seeds and test inputs (`combined_interval`); metrics without a
+    per-example form are left out, and with one seed every interval is NaN."""
     test_sets: dict[TestSet, np.ndarray] = {}
-    for frame, data_seed in zip(frames, data_seeds):
-        for key, index in test_sets_of(frame, data_seed).items():
+    for frame, dataset in zip(frames, datasets):
+        for key, index in test_sets_of(frame, dataset).items():
             test_sets[key] = np.union1d(test_sets.get(key, []), index)
-    draws = draw(len(frames), test_sets, resamples, seed)
-    trials = [TrialMetrics(f, d, draws, num_bins) for f, d in zip(frames, data_seeds)]
+    draws = draw(test_sets, resamples, seed)
     out = {}
     for metric in metrics:
-        values = [trial.of(metric) for trial in trials]
-        if any(v is None for v in values):
+        observed = [TrialMetrics(f, d, None, num_bins).of(metric)
+                    for f, d in zip(frames, datasets)]
+        if any(v is None for v in observed):
             continue
-        picked = np.stack(values)[draws.seeds.T, np.arange(resamples)]
-        out[metric] = percentile_interval(picked.mean(axis=0))
+        replicates = np.stack([TrialMetrics(f, d, draws, num_bins).of(metric)
+                               for f, d in zip(frames, datasets)])
+        with np.errstate(invalid="ignore"):
+            out[metric] = combined_interval(np.concatenate(observed),
+                                            replicates.mean(axis=0))
     return out
