@@ -12,6 +12,7 @@ import errno
 import math
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from orchestrator.errors import (
     NoResultsError,
     UsageError,
 )
-from orchestrator.interrupts import Interrupted, interruptible
+from orchestrator.interrupts import exit_code, interruptible
 
 
 def usage_errors() -> tuple[type[Exception], ...]:
@@ -64,6 +65,17 @@ def _stop_ray() -> None:
         ray.shutdown()
 
 
+def _stopped(parser: argparse.ArgumentParser, argv: list[str], signum: int) -> int:
+    """A command stopped at once by `signum`: one line, with the command that resumes it,
+    and the shell's exit code for the signal."""
+    _stop_ray()
+    resume = resume_command(parser, argv)
+    print(f"{parser.prog}: stopped by {signal.Signals(signum).name}; "
+          + (f"what finished is kept; resume with: {resume}" if resume else "run it again"),
+          file=sys.stderr, flush=True)
+    return exit_code(signum)
+
+
 def run_command(parser: argparse.ArgumentParser, main, argv: list[str] | None = None) -> int:
     """Parse, run `main(args)`, and turn bad input into one line and exit code 2. A pool
     whose actors kept dying ends with exit code 1 and a hint: its finished work is kept.
@@ -74,15 +86,14 @@ def run_command(parser: argparse.ArgumentParser, main, argv: list[str] | None = 
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        with interruptible():
-            return main(args)
-    except Interrupted as stop:
-        _stop_ray()
-        resume = resume_command(parser, args.argv)
-        print(f"{parser.prog}: stopped by {stop}; "
-              + (f"what finished is kept; resume with: {resume}" if resume else
-                 "run it again"), file=sys.stderr, flush=True)
-        return stop.exit_code
+        with interruptible() as received:
+            try:
+                return main(args)
+            except KeyboardInterrupt:  # `Interrupted`, or the one Ray raises in its place
+                pass
+        # the signal that stopped it: the last (a sweep's second; a job's first)
+        return _stopped(parser, args.argv,
+                        received.signals[-1] if received.signals else signal.SIGINT)
     except NoResultsError as error:
         print(f"{parser.prog}: {error}", file=sys.stderr)
         return EXIT_NO_RESULTS

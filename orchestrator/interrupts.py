@@ -21,8 +21,11 @@ from pathlib import Path
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class Interrupted(BaseException):  # noqa: N818 -- like KeyboardInterrupt, not an error
-    """A command stopped at once by a signal (a job's first, or a sweep's second)."""
+class Interrupted(KeyboardInterrupt):
+    """A command stopped at once by a signal (a job's first, or a sweep's second). A
+    KeyboardInterrupt: Ray's blocking calls (`ray.wait`, `ray.get`) turn a KeyboardInterrupt
+    raised while they wait into one of their own, and any other exception into a
+    SystemError; the signal itself is in the block's `Received`."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)

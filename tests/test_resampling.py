@@ -250,3 +250,14 @@ def test_a_non_finite_score_gives_nan_as_the_stage_does():
     assert math.isnan(metrics.of("ood_a_noise_auroc")[0])
     assert math.isnan(failure_metrics(test.score_a, test.correct)["auroc"])
     assert math.isnan(metrics.of("mistake_auroc_a")[0])
+
+
+def test_a_metric_only_some_trials_have_is_resampled_where_it_exists():
+    """A score computed by some trials only (a fine-tuned copy's, G-ODIN's): the trials
+    without it have no quantity, as in the t path; the others still get the interval."""
+    table, examples = sweep(False, seeds=3)
+    examples.loc[examples.trial_id.str.endswith("gffn"), "score_b"] = np.nan
+    table.loc[table.model == "gffn", "auroc_b"] = np.nan
+    claim = Claim("m", "b below a", "x", CompareMetrics("auroc_b", "auroc_a", every=False))
+    verdict = evaluate_claim(claim, table, ["model"], examples)
+    assert verdict.covers.startswith("seeds and test inputs") and verdict.cells == 1

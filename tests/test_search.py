@@ -530,17 +530,25 @@ def test_a_killed_optuna_search_resumes_its_searcher_and_draws_no_more(tmp_path,
     assert table.lr.between(1e-4, 1e-1).all()
 
 
+ASHA = ["--set", "lr=loguniform(1e-4,1e-1)", "--num-samples", "3", "--scheduler", "asha"]
+GRID = ["--set", "lr=0.001,0.01"]
+
+
 @pytest.mark.slow
-def test_an_interrupted_search_writes_no_search_result_and_says_how_to_resume(
-        tmp_path, sweep_env):
-    """Ctrl-C (SIGINT to the terminal's process group) while an ASHA search runs: Tune
-    ends the fit and returns normally; the running trials are not "stopped" as if ASHA had
-    ended them, no best.json or search.md is written from part of a search, and the last
-    line is the command that resumes it."""
+@pytest.mark.parametrize("signum, group, search", [
+    (signal.SIGINT, True, ASHA),    # Ctrl-C in a terminal: the driver and its Ray
+    (signal.SIGTERM, False, GRID),  # `kill`, `timeout`, a scheduler: the driver alone
+], ids=["ctrl-c-asha", "sigterm-grid"])
+def test_an_interrupted_sweep_writes_no_search_result_or_verdict_and_says_how_to_resume(
+        tmp_path, sweep_env, signum, group, search):
+    """Ctrl-C while an ASHA search runs, or SIGTERM to a grid sweep's driver: Tune ends the
+    fit and returns normally; the running trials are `interrupted` (not "stopped" as if
+    ASHA had ended them), no best.json, search.md or verdict is drawn from part of a run,
+    the exit code is the shell's for the signal, and the last line is the command that
+    resumes it."""
     args = ["batch_size_gffn", "--profile", "smoke", "--storage", str(tmp_path / "runs"),
             "--wandb", "disabled", "--set", "model=gffn", "--set", "batch_size=64",
-            "--set", "epochs_b=400", "--set", "lr=loguniform(1e-4,1e-1)",
-            "--num-samples", "3", "--scheduler", "asha"]
+            "--set", "epochs_b=400", *search]
     tmp_path.mkdir(parents=True, exist_ok=True)
     driver = subprocess.Popen([sys.executable, "-m", "orchestrator.sweep", *args],
                               env=sweep_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -553,9 +561,12 @@ def test_an_interrupted_search_writes_no_search_result_and_says_how_to_resume(
             break
         time.sleep(0.2)
     assert driver.poll() is None, driver.communicate()
-    os.killpg(driver.pid, signal.SIGINT)
+    if group:
+        os.killpg(driver.pid, signum)
+    else:
+        driver.send_signal(signum)
     out, err = driver.communicate(timeout=300)
-    assert driver.returncode == 130, out[-3000:] + err[-3000:]  # the shell's code for SIGINT
+    assert driver.returncode == 128 + signum, out[-3000:] + err[-3000:]  # 130, 143
     sweep_dir = newest(tmp_path)
     table = results(sweep_dir)
     # the trials ASHA ended are stopped, the one still running interrupted
@@ -567,8 +578,10 @@ def test_an_interrupted_search_writes_no_search_result_and_says_how_to_resume(
     assert "interrupted: " in out and "no best.json or search.md from a partial run" in out
     # no verdicts drawn from part of a run: REPRODUCTION.md says so
     assert "partial: " in (sweep_dir / "REPRODUCTION.md").read_text()
-    assert "Traceback" not in err and "interrupted by SIGINT" in err.strip().splitlines()[-1]
-    assert err.strip().splitlines()[-1].endswith(
+    assert "the documents' claims" not in out
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and f"interrupted by {signum.name}" in last
+    assert last.endswith(
         "resume with: python -m orchestrator.sweep " + shlex.join(args) + " --resume")
 
 

@@ -276,7 +276,9 @@ def claim_bootstrap(claim: Claim, table: pd.DataFrame, config: list[str],
             if (trial, metric) not in cache:
                 cache[trial, metric] = metrics[trial].of(metric)
             if cache[trial, metric] is None:
-                raise _NotFromExamples(metric)
+                if pd.notna(info.at[trial, metric]):  # a number its examples cannot give
+                    raise _NotFromExamples(metric)
+                cache[trial, metric] = np.full(resamples, np.nan)  # a trial without it
         return np.array([cache[t, metric] for t in group["trial_id"]]).reshape(
             len(group), resamples)
 
