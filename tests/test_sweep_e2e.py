@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -214,3 +215,36 @@ def test_lr_scaling_smoke_sweep_applies_the_rules(tmp_path, sweep_env):
         assert row.scaled_lr == pytest.approx(expected)  # what the optimizer used
         assert row.lr == base  # the configured base rate (what --set-from carries)
     assert (sweep_dir / "results" / "plots" / "test_acc_vs_batch_size.png").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
+def test_a_full_storage_ends_the_sweep_in_one_line_and_resume_completes_it(
+        gffn_smoke_sweep, tmp_path, sweep_env):
+    """--storage on a 400 KiB tmpfs that fills mid-sweep: the trials that cannot write end
+    as errors, the last line names the storage, "no space left" and the resume command,
+    exit 1; with the space grown, --resume ends with the uninterrupted sweep's results."""
+    _, reference_dir, _ = gffn_smoke_sweep
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    args = [sys.executable, "-m", "orchestrator.sweep", "batch_size_gffn", "--profile",
+            "smoke", "--storage", str(storage), "--wandb", "disabled", "--set", "model=ffn"]
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(storage)],
+                   check=True)
+    try:
+        full = run_captured(args, env=sweep_env, timeout=600, cwd=tmp_path)
+        assert full.returncode == 1, full.stdout[-2000:] + full.stderr[-2000:]
+        last = full.stderr.strip().splitlines()[-1]
+        assert last.startswith("[sweep] no space left on the device: ") and str(storage) in last
+        assert last.endswith(" --set model=ffn --resume")
+        subprocess.run(["mount", "-o", "remount,size=64m", str(storage)], check=True)
+        resumed = run_captured([*args, "--resume"], env=sweep_env, timeout=600, cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+        (sweep_dir,) = storage.glob("batch_size_gffn-smoke-*")
+        table = trials(sweep_dir).set_index("batch_size")
+        reference = trials(reference_dir)
+        reference = reference[reference.model == "ffn"].set_index("batch_size")
+        assert (table.status == "completed").all() and len(table) == 2
+        for column in ("test_acc", "test_nll", "auroc_msp"):
+            assert table[column].to_dict() == reference[column].to_dict(), column
+    finally:
+        subprocess.run(["umount", str(storage)], check=True)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import UsageError
+from orchestrator.errors import EXIT_UNFINISHED, UsageError
 from orchestrator.interrupts import reinstall
 from orchestrator.reports.collect import SWEEP_FILE
 from orchestrator.reports.provenance import datasets_read, write_provenance
@@ -38,7 +38,7 @@ from orchestrator.tune.search import (
 )
 from orchestrator.tune.searchers import startup_note, trials_at_once
 from orchestrator.tune.session import clean_stale_checkpoint_dirs
-from orchestrator.tune.storage import Storage, open_storage
+from orchestrator.tune.storage import Storage, open_storage, storage_full
 from orchestrator.tune.trainable import KEEP_CHECKPOINTS, make_trainable
 
 # Environment of every Ray worker of a sweep (a value already in the environment wins).
@@ -280,6 +280,13 @@ def run_sweep(plan: SweepPlan) -> int:
         result_grid = tuner.fit()
     except Exception as error:  # Tune itself failed: keep whatever the trials reported
         fitted = False
+        full = storage_full(storage)
+        if full:  # Tune's own files cut short: say so in one line; --resume goes on
+            ray.shutdown()
+            print(f"[sweep] no space left on the device: {full}; the trials that could not "
+                  f"write their checkpoints ended as errors: free space and resume with: "
+                  f"{plan.resume_command()}", file=sys.stderr, flush=True)
+            return EXIT_UNFINISHED
         print(f"[sweep] Tune stopped with an error: {error!r}", file=sys.stderr)
         result_grid = tune.Tuner.restore(storage.path(run_name), trainable,
                                          storage_filesystem=storage.filesystem).get_results()

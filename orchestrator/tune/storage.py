@@ -61,6 +61,20 @@ class Storage:
             stream.write(json.dumps(value, indent=2, default=str).encode())
 
 
+FULL_BELOW = 1 << 20  # bytes free under which a local storage counts as full
+
+
+def storage_full(storage: Storage) -> str:
+    """"1.2 KiB free under /path" when a local storage has (almost) no space left, else ""
+    (a URI's space is the server's: not measured here)."""
+    if storage.is_uri:
+        return ""
+    import shutil
+
+    free = shutil.disk_usage(storage.root).free
+    return f"{free / 1024:.1f} KiB free under {storage.root}" if free < FULL_BELOW else ""
+
+
 def open_storage(storage: str) -> Storage:
     """The filesystem of `--storage`; UsageError when pyarrow cannot make one of it."""
     if "://" not in storage:
