@@ -65,15 +65,16 @@ def _stop_ray() -> None:
         ray.shutdown()
 
 
-def _stopped(parser: argparse.ArgumentParser, argv: list[str], signum: int) -> int:
-    """A command stopped at once by `signum`: one line, with the command that resumes it,
-    and the shell's exit code for the signal."""
+def _last_line(parser: argparse.ArgumentParser, argv: list[str], what: str,
+               resumable: str, otherwise: str) -> None:
+    """A command's ending cut short, in one last line after its Ray is shut down: `what`
+    happened, then `resumable` and the command that resumes it, or for a command without
+    --resume `otherwise`."""
     _stop_ray()
     resume = resume_command(parser, argv)
-    print(f"{parser.prog}: stopped by {signal.Signals(signum).name}; "
-          + (f"what finished is kept; resume with: {resume}" if resume else "run it again"),
+    print(f"{parser.prog}: {what}; "
+          + (f"{resumable} resume with: {resume}" if resume else otherwise),
           file=sys.stderr, flush=True)
-    return exit_code(signum)
 
 
 def run_command(parser: argparse.ArgumentParser, main, argv: list[str] | None = None) -> int:
@@ -92,8 +93,10 @@ def run_command(parser: argparse.ArgumentParser, main, argv: list[str] | None = 
             except KeyboardInterrupt:  # `Interrupted`, or the one Ray raises in its place
                 pass
         # the signal that stopped it: the last (a sweep's second; a job's first)
-        return _stopped(parser, args.argv,
-                        received.signals[-1] if received.signals else signal.SIGINT)
+        signum = received.signals[-1] if received.signals else signal.SIGINT
+        _last_line(parser, args.argv, f"stopped by {signal.Signals(signum).name}",
+                   "what finished is kept;", "run it again")
+        return exit_code(signum)
     except NoResultsError as error:
         print(f"{parser.prog}: {error}", file=sys.stderr)
         return EXIT_NO_RESULTS
@@ -102,13 +105,11 @@ def run_command(parser: argparse.ArgumentParser, main, argv: list[str] | None = 
             print(f"{parser.prog}: error: {error}", file=sys.stderr)
             return EXIT_USAGE
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            _stop_ray()
-            resume = resume_command(parser, args.argv)
             where = f" writing {error.filename}" if error.filename else ""
-            print(f"{parser.prog}: no space left on the device{where}; every file written "
-                  f"is whole (written under a temporary name, then renamed): free space and "
-                  + (f"resume with: {resume}" if resume else "run it again"),
-                  file=sys.stderr, flush=True)
+            whole = ("every file written is whole (written under a temporary name, then "
+                     "renamed): free space and")
+            _last_line(parser, args.argv, f"no space left on the device{where}", whole,
+                       f"{whole} run it again")
             return EXIT_UNFINISHED
         from ray.exceptions import RayActorError
 

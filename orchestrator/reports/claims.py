@@ -195,7 +195,8 @@ def evaluate_claim(claim: Claim, table: pd.DataFrame, config: list[str],
     t_overall = t_interval(pooled.to_numpy())
     overall = dict(t_overall)
     seeds = max(s["n"] for s in stats.values())
-    boot, covers = claim_bootstrap(claim, table, config, examples, resamples)
+    boot, covers = claim_bootstrap(claim, table, config, examples, resamples,
+                                   observed=cells)
     if boot is not None and seeds < 2:
         covers += "; one seed: no interval"
     if boot is not None:  # the verdict's intervals: over seeds and test inputs (NaN for a
@@ -246,13 +247,15 @@ class _NotFromExamples(LookupError):
 
 def claim_bootstrap(claim: Claim, table: pd.DataFrame, config: list[str],
                     examples: pd.DataFrame | None, resamples: int = RESAMPLES, seed: int = 0,
-                    ) -> tuple[dict | None, str]:
+                    observed: dict | None = None) -> tuple[dict | None, str]:
     """Intervals of the claim's quantity, per cell and pooled (`POOLED`), over seeds and
     test inputs (`workloads.evaluation.resampling.combined_interval`): the spread of the
     per-seed quantities, plus the variance of their mean over `resamples` replicates of
     the test inputs (seeds held fixed; each test set drawn once per replicate and shared by
-    every trial scored on it; every metric recomputed from the per-example outputs). None
-    where that cannot be done, with the reason; else what the interval covers."""
+    every trial scored on it; every metric recomputed from the per-example outputs).
+    `observed`: the per-seed quantities per cell, if the caller has them
+    (`_observed_cells`). None where that cannot be done, with the reason; else what the
+    interval covers."""
     if examples is None or examples.empty or "trial_id" not in table:
         return None, "seeds (t-interval; no per-example outputs)"
     rows = _filtered(table, claim.test.where)
@@ -261,11 +264,8 @@ def claim_bootstrap(claim: Claim, table: pd.DataFrame, config: list[str],
         return None, f"seeds (t-interval; {len(missing)} trials without per-example outputs)"
     info = rows.set_index("trial_id")
     keys = {t: dataset_key(info.loc[t].to_dict()) for t in frames}
-    test_sets: dict = {}
-    for trial, frame in frames.items():
-        for key, index in test_sets_of(frame, keys[trial]).items():
-            test_sets[key] = np.union1d(test_sets.get(key, []), index)
-    draws = draw(test_sets, resamples, seed)
+    draws = draw(test_sets_of(list(frames.values()), [keys[t] for t in frames]), resamples,
+                 seed)
     metrics = {t: TrialMetrics(f, keys[t], draws,
                                int(info.at[t, "num_bins"]) if "num_bins" in info else 15)
                for t, f in frames.items()}
@@ -286,7 +286,8 @@ def claim_bootstrap(claim: Claim, table: pd.DataFrame, config: list[str],
         per_cell = _quantities(claim, table, config, values)
     except _NotFromExamples as error:
         return None, f"seeds (t-interval; {error.args[0]} has no per-example form)"
-    observed = _observed_cells(claim, table, config)
+    if observed is None:
+        observed = _observed_cells(claim, table, config)
     seeds = sorted({s for cell in observed.values() for s in cell.index})
     matrices = {}  # per cell: seeds x replicates, NaN where a seed has no quantity
     for cell in observed:

@@ -79,11 +79,17 @@ def draw(test_sets: dict[TestSet, np.ndarray], resamples: int = RESAMPLES,
     return Draws(indices, counts, resamples)
 
 
-def test_sets_of(frame: pd.DataFrame, dataset: str) -> dict[TestSet, np.ndarray]:
-    """The test sets one trial's examples were scored on, each with its inputs' indices
-    (`dataset`: what identifies the data, e.g. "digits", "digits-class3")."""
-    return {(str(dataset), str(split)): part["index"].to_numpy()
-            for split, part in frame.groupby("split", sort=True)}
+def test_sets_of(frames: list[pd.DataFrame], datasets: list[str],
+                 ) -> dict[TestSet, np.ndarray]:
+    """The test sets the trials' examples (`frames`) were scored on, each with the indices
+    of its inputs over all of them (`datasets`: what identifies each trial's data, e.g.
+    "digits", "digits-class3")."""
+    test_sets: dict[TestSet, np.ndarray] = {}
+    for frame, dataset in zip(frames, datasets):
+        for split, part in frame.groupby("split", sort=True):
+            key = (str(dataset), str(split))
+            test_sets[key] = np.union1d(test_sets.get(key, []), part["index"].to_numpy())
+    return test_sets
 
 
 def dataset_key(config: dict) -> str:
@@ -227,19 +233,15 @@ def seed_mean_intervals(frames: list[pd.DataFrame], datasets: list[str], metrics
     and what identifies each one's data, `datasets`), the 95% interval of each metric's
     mean over seeds, over seeds and test inputs (`combined_interval`); metrics without a
     per-example form are left out, and with one seed every interval is NaN."""
-    test_sets: dict[TestSet, np.ndarray] = {}
-    for frame, dataset in zip(frames, datasets):
-        for key, index in test_sets_of(frame, dataset).items():
-            test_sets[key] = np.union1d(test_sets.get(key, []), index)
-    draws = draw(test_sets, resamples, seed)
+    draws = draw(test_sets_of(frames, datasets), resamples, seed)
+    as_is = [TrialMetrics(f, d, None, num_bins) for f, d in zip(frames, datasets)]
+    resampled = [TrialMetrics(f, d, draws, num_bins) for f, d in zip(frames, datasets)]
     out = {}
     for metric in metrics:
-        observed = [TrialMetrics(f, d, None, num_bins).of(metric)
-                    for f, d in zip(frames, datasets)]
+        observed = [trial.of(metric) for trial in as_is]
         if any(v is None for v in observed):
             continue
-        replicates = np.stack([TrialMetrics(f, d, draws, num_bins).of(metric)
-                               for f, d in zip(frames, datasets)])
+        replicates = np.stack([trial.of(metric) for trial in resampled])
         with np.errstate(invalid="ignore"):
             out[metric] = combined_interval(np.concatenate(observed),
                                             replicates.mean(axis=0))
